@@ -1,0 +1,453 @@
+"""StyleGAN2 generator and discriminator in plain PyTorch.
+
+Parameter and buffer names mirror NVIDIA's StyleGAN2-ADA `training/networks.py`
+(`mapping.fc0.weight`, `synthesis.b64.conv0.affine.bias`, …) so that a state dict
+from a real checkpoint loads with `strict=True`; the math and its order follow the
+same reference so a real checkpoint reproduces NVIDIA's images.
+
+What is added over the reference: the synthesis can stop after block k and return
+only the feature maps (the drag loop needs block 6 and nothing after it), and the
+whole network always runs in fp32 (fp16-trained layers are numerically fine in fp32).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .ops import (LRELU_GAIN, bias_act, conv2d_resample, modulated_conv2d,
+                  normalize_2nd_moment, setup_filter, upsample2d)
+
+NOISE_MODES = ("const", "random", "none")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Everything needed to rebuild a generator; stored in checkpoint metadata."""
+    resolution: int = 512
+    z_dim: int = 512
+    w_dim: int = 512
+    img_channels: int = 3
+    channel_base: int = 32768
+    channel_max: int = 512
+    mapping_layers: int = 8
+    mapping_lr_multiplier: float = 0.01
+    layer_features: int | None = None      # mapping hidden width; None → w_dim
+    conv_clamp: float | None = None
+    num_fp16_res: int = 0                  # recorded only: we always compute in fp32
+    w_avg_beta: float = 0.995
+
+    def __post_init__(self):
+        log2 = math.log2(self.resolution)
+        if self.resolution < 8 or self.resolution > 1024 or log2 != int(log2):
+            raise ValueError(f"resolution must be a power of two in 8…1024, got {self.resolution}")
+        if self.img_channels not in (1, 3, 4):
+            raise ValueError(f"img_channels must be 1, 3 or 4, got {self.img_channels}")
+        if self.mapping_layers < 1:
+            raise ValueError("mapping_layers must be ≥ 1")
+
+    @property
+    def num_blocks(self) -> int:
+        return int(math.log2(self.resolution)) - 1          # b4 … b{res}
+
+    @property
+    def num_ws(self) -> int:
+        return 2 * int(math.log2(self.resolution)) - 2
+
+    def channels(self, res: int) -> int:
+        return min(self.channel_base // res, self.channel_max)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "GeneratorConfig":
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown generator config fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+class FullyConnectedLayer(nn.Module):
+    """Equalised-learning-rate linear layer (weights stored divided by lr_multiplier)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 activation: str = "linear", lr_multiplier: float = 1.0, bias_init: float = 0.0):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight * self.weight_gain
+        b = self.bias
+        if b is not None and self.bias_gain != 1:
+            b = b * self.bias_gain
+        if self.activation == "linear" and b is not None:
+            return torch.addmm(b.unsqueeze(0), x, w.t())
+        x = x.matmul(w.t())
+        gain = LRELU_GAIN if self.activation == "lrelu" else 1.0
+        return bias_act(x, b, act=self.activation, gain=gain)
+
+
+class MappingNetwork(nn.Module):
+    """z [N, z_dim] → ws [N, num_ws, w_dim], tracking the running mean w_avg."""
+
+    def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int = 8,
+                 layer_features: int | None = None, lr_multiplier: float = 0.01,
+                 w_avg_beta: float = 0.995):
+        super().__init__()
+        self.z_dim, self.w_dim, self.num_ws = z_dim, w_dim, num_ws
+        self.num_layers, self.w_avg_beta = num_layers, w_avg_beta
+        hidden = w_dim if layer_features is None else layer_features
+        features = [z_dim] + [hidden] * (num_layers - 1) + [w_dim]
+        for idx in range(num_layers):
+            layer = FullyConnectedLayer(features[idx], features[idx + 1], activation="lrelu",
+                                        lr_multiplier=lr_multiplier)
+            setattr(self, f"fc{idx}", layer)
+        self.register_buffer("w_avg", torch.zeros([w_dim]))
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0,
+                truncation_cutoff: int | None = None, update_w_avg: bool = False) -> torch.Tensor:
+        assert z.ndim == 2 and z.shape[1] == self.z_dim, f"z must be [N, {self.z_dim}], got {tuple(z.shape)}"
+        x = normalize_2nd_moment(z.to(torch.float32))
+        for idx in range(self.num_layers):
+            x = getattr(self, f"fc{idx}")(x)
+        if update_w_avg:
+            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+        x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
+        if truncation_psi != 1:
+            if truncation_cutoff is None:
+                x = self.w_avg.lerp(x, truncation_psi)
+            else:
+                x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
+        return x
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated 3×3 conv (+ optional 2× up), noise, bias, lrelu."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
+                 up: int = 1, conv_clamp: float | None = None, kernel_size: int = 3):
+        super().__init__()
+        self.resolution, self.up, self.conv_clamp = resolution, up, conv_clamp
+        self.padding = kernel_size // 2
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
+        self.register_buffer("noise_const", torch.randn([resolution, resolution]))
+        self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+        self.register_buffer("resample_filter", setup_filter(), persistent=False)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+        styles = self.affine(w)
+        noise = None
+        if noise_mode == "random":
+            noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution],
+                                device=x.device) * self.noise_strength
+        elif noise_mode == "const":
+            noise = self.noise_const * self.noise_strength
+        x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
+                             resample_filter=self.resample_filter, flip_weight=(self.up == 1))
+        return bias_act(x, self.bias, act="lrelu", gain=LRELU_GAIN, clamp=self.conv_clamp)
+
+
+class ToRGBLayer(nn.Module):
+    """Modulated 1×1 conv to image channels, no demodulation."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, conv_clamp: float | None = None):
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, 1, 1]))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+        self.weight_gain = 1 / math.sqrt(in_channels)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        return bias_act(x, self.bias, clamp=self.conv_clamp)
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution stage of the skip architecture: [const | up-conv], conv, toRGB."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
+                 img_channels: int, conv_clamp: float | None = None):
+        super().__init__()
+        self.in_channels, self.resolution = in_channels, resolution
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2,
+                                        conv_clamp=conv_clamp)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp)
+        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
+        self.num_conv = 1 if in_channels == 0 else 2
+        self.register_buffer("resample_filter", setup_filter(), persistent=False)
+
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
+                noise_mode: str = "const", render: bool = True):
+        """ws: [N, num_conv + 1, w_dim] (the last row feeds toRGB). Returns (x, img)."""
+        if self.in_channels == 0:
+            x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = self.conv1(x, ws[:, 0], noise_mode)
+        else:
+            x = self.conv0(x, ws[:, 0], noise_mode)
+            x = self.conv1(x, ws[:, 1], noise_mode)
+        if render:
+            if img is not None:
+                img = upsample2d(img, self.resample_filter)
+            y = self.torgb(x, ws[:, self.num_conv])
+            img = y if img is None else img + y
+        return x, img
+
+
+@dataclass
+class SynthesisOutput:
+    image: torch.Tensor | None            # [N, C, res, res] in ≈[-1, 1], None if not rendered
+    features: list[torch.Tensor] = field(default_factory=list)   # block k → [N, C_k, 2^(k+1), 2^(k+1)]
+
+
+class SynthesisNetwork(nn.Module):
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.block_resolutions = [2 ** i for i in range(2, int(math.log2(cfg.resolution)) + 1)]
+        for res in self.block_resolutions:
+            in_ch = cfg.channels(res // 2) if res > 4 else 0
+            block = SynthesisBlock(in_ch, cfg.channels(res), cfg.w_dim, res, cfg.img_channels,
+                                   conv_clamp=cfg.conv_clamp)
+            setattr(self, f"b{res}", block)
+        self.num_ws = cfg.num_ws
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const",
+                stop_after_block: int | None = None, render: bool = True) -> SynthesisOutput:
+        """ws: [N, num_ws, w_dim]. stop_after_block k (1-based: 1 = b4) skips everything later.
+
+        The image is rendered only when the last block runs and render=True; when stopping
+        early no toRGB layer runs at all.
+        """
+        n_blocks = len(self.block_resolutions)
+        assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.cfg.w_dim), \
+            f"ws must be [N, {self.num_ws}, {self.cfg.w_dim}], got {tuple(ws.shape)}"
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        last = n_blocks if stop_after_block is None else stop_after_block
+        if not 1 <= last <= n_blocks:
+            raise ValueError(f"stop_after_block must be in 1…{n_blocks}, got {stop_after_block}")
+        render = render and last == n_blocks
+        ws = ws.to(torch.float32)
+        x = img = None
+        features = []
+        w_idx = 0
+        for res in self.block_resolutions[:last]:
+            block = getattr(self, f"b{res}")
+            block_ws = ws.narrow(1, w_idx, block.num_conv + 1)
+            x, img = block(x, img, block_ws, noise_mode=noise_mode, render=render)
+            features.append(x)
+            w_idx += block.num_conv
+        return SynthesisOutput(image=img, features=features)
+
+
+class Generator(nn.Module):
+    """z or w or W+ → image and per-block features.
+
+    Latents accepted by `synthesize`: w [N, w_dim] (broadcast to every layer) or W+
+    [N, num_ws, w_dim]. `forward(z)` maps then synthesises, like NVIDIA's G(z, c).
+    """
+
+    def __init__(self, cfg: GeneratorConfig | None = None, **overrides):
+        super().__init__()
+        cfg = cfg or GeneratorConfig()
+        if overrides:
+            cfg = dataclasses.replace(cfg, **overrides)
+        self.cfg = cfg
+        self.synthesis = SynthesisNetwork(cfg)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(cfg.z_dim, cfg.w_dim, self.num_ws, cfg.mapping_layers,
+                                      cfg.layer_features, cfg.mapping_lr_multiplier, cfg.w_avg_beta)
+
+    @property
+    def resolution(self) -> int:
+        return self.cfg.resolution
+
+    @property
+    def w_dim(self) -> int:
+        return self.cfg.w_dim
+
+    def block_resolution(self, k: int) -> int:
+        """Spatial size of the features of block k (1-based)."""
+        return self.synthesis.block_resolutions[k - 1]
+
+    def to_wplus(self, w: torch.Tensor) -> torch.Tensor:
+        if w.ndim == 2:
+            assert w.shape[1] == self.w_dim, f"w must be [N, {self.w_dim}], got {tuple(w.shape)}"
+            return w.unsqueeze(1).repeat([1, self.num_ws, 1])
+        assert w.ndim == 3 and w.shape[1:] == (self.num_ws, self.w_dim), \
+            f"W+ must be [N, {self.num_ws}, {self.w_dim}], got {tuple(w.shape)}"
+        return w
+
+    def synthesize(self, w: torch.Tensor, noise_mode: str = "const",
+                   stop_after_block: int | None = None, render: bool = True) -> SynthesisOutput:
+        return self.synthesis(self.to_wplus(w), noise_mode=noise_mode,
+                              stop_after_block=stop_after_block, render=render)
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+                noise_mode: str = "const") -> torch.Tensor:
+        ws = self.mapping(z, truncation_psi, truncation_cutoff)
+        return self.synthesis(ws, noise_mode=noise_mode).image
+
+    @torch.no_grad()
+    def mean_w(self, n: int = 10000, seed: int = 0) -> torch.Tensor:
+        """The tracked w_avg if it was ever updated, else an estimate from n samples. [w_dim]"""
+        if self.mapping.w_avg.abs().sum() > 0:
+            return self.mapping.w_avg.clone()
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn([n, self.cfg.z_dim], generator=gen).to(self.mapping.w_avg.device)
+        return self.mapping(z)[:, 0].mean(dim=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Discriminator (residual, minibatch-stddev), names as NVIDIA's `Discriminator`.
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    resolution: int = 512
+    img_channels: int = 3
+    channel_base: int = 32768
+    channel_max: int = 512
+    conv_clamp: float | None = None
+    mbstd_group_size: int = 4
+    mbstd_num_channels: int = 1
+    num_fp16_res: int = 0                  # recorded only
+
+    def channels(self, res: int) -> int:
+        return min(self.channel_base // res, self.channel_max)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DiscriminatorConfig":
+        return cls(**json.loads(text))
+
+
+class Conv2dLayer(nn.Module):
+    """Equalised-learning-rate conv with optional 2× down-sampling."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
+                 activation: str = "linear", down: int = 1, conv_clamp: float | None = None):
+        super().__init__()
+        self.activation, self.down, self.conv_clamp = activation, down, conv_clamp
+        self.padding = kernel_size // 2
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
+        self.act_gain = LRELU_GAIN if activation == "lrelu" else 1.0
+        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
+        self.bias = nn.Parameter(torch.zeros([out_channels])) if bias else None
+        self.register_buffer("resample_filter", setup_filter(), persistent=False)
+
+    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        w = self.weight * self.weight_gain
+        x = conv2d_resample(x, w.to(x.dtype), f=self.resample_filter, down=self.down, padding=self.padding)
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+
+
+class DiscriminatorBlock(nn.Module):
+    """Residual block: [fromRGB], conv, down-conv, plus a 1×1 down skip, each branch × √½."""
+
+    def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, img_channels: int,
+                 conv_clamp: float | None = None):
+        super().__init__()
+        self.in_channels = in_channels
+        if in_channels == 0:
+            self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu", conv_clamp=conv_clamp)
+        self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu", conv_clamp=conv_clamp)
+        self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation="lrelu", down=2, conv_clamp=conv_clamp)
+        self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2)
+
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor) -> torch.Tensor:
+        if self.in_channels == 0:
+            x = self.fromrgb(img)
+        y = self.skip(x, gain=math.sqrt(0.5))
+        x = self.conv0(x)
+        x = self.conv1(x, gain=math.sqrt(0.5))
+        return y + x
+
+
+class MinibatchStdLayer(nn.Module):
+    def __init__(self, group_size: int, num_channels: int = 1):
+        super().__init__()
+        self.group_size, self.num_channels = group_size, num_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        g = min(self.group_size, n)
+        if n % g:
+            raise ValueError(f"minibatch-stddev needs a batch divisible by {g}, got {n}")
+        f = self.num_channels
+        y = x.reshape(g, -1, f, c // f, h, w)       # [G, n/G, F, c, H, W]
+        y = (y - y.mean(dim=0)).square().mean(dim=0)
+        y = (y + 1e-8).sqrt().mean(dim=[2, 3, 4])   # [n/G, F]
+        y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)
+        return torch.cat([x, y], dim=1)
+
+
+class DiscriminatorEpilogue(nn.Module):
+    def __init__(self, in_channels: int, resolution: int, mbstd_group_size: int, mbstd_num_channels: int,
+                 conv_clamp: float | None = None):
+        super().__init__()
+        self.mbstd = MinibatchStdLayer(mbstd_group_size, mbstd_num_channels) if mbstd_num_channels > 0 else None
+        self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, 3, activation="lrelu",
+                                conv_clamp=conv_clamp)
+        self.fc = FullyConnectedLayer(in_channels * resolution ** 2, in_channels, activation="lrelu")
+        self.out = FullyConnectedLayer(in_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mbstd is not None:
+            x = self.mbstd(x)
+        x = self.conv(x)
+        x = self.fc(x.flatten(1))
+        return self.out(x)
+
+
+class Discriminator(nn.Module):
+    """Unconditional residual discriminator; image [N, C, res, res] → logits [N, 1]."""
+
+    def __init__(self, cfg: DiscriminatorConfig | None = None, **overrides):
+        super().__init__()
+        cfg = cfg or DiscriminatorConfig()
+        if overrides:
+            cfg = dataclasses.replace(cfg, **overrides)
+        self.cfg = cfg
+        log2 = int(math.log2(cfg.resolution))
+        self.block_resolutions = [2 ** i for i in range(log2, 2, -1)]
+        for res in self.block_resolutions:
+            in_ch = cfg.channels(res) if res < cfg.resolution else 0
+            block = DiscriminatorBlock(in_ch, cfg.channels(res), cfg.channels(res // 2), cfg.img_channels,
+                                       conv_clamp=cfg.conv_clamp)
+            setattr(self, f"b{res}", block)
+        self.b4 = DiscriminatorEpilogue(cfg.channels(4), 4, cfg.mbstd_group_size, cfg.mbstd_num_channels,
+                                        conv_clamp=cfg.conv_clamp)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False):
+        assert img.ndim == 4 and img.shape[1:] == (self.cfg.img_channels, self.cfg.resolution, self.cfg.resolution), \
+            f"image must be [N, {self.cfg.img_channels}, {self.cfg.resolution}, {self.cfg.resolution}], got {tuple(img.shape)}"
+        x = None
+        feats = []
+        for res in self.block_resolutions:
+            x = getattr(self, f"b{res}")(x, img)
+            feats.append(x)
+        logits = self.b4(x)
+        return (logits, feats) if return_features else logits

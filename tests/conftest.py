@@ -1,0 +1,22 @@
+import os
+
+import pytest
+import torch
+
+# Two cores are shared by the whole suite; more threads only add contention.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "hosts: runs a real GIMP 3 / Krita 5 in a Debian trixie chroot")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
+@pytest.fixture
+def tiny_generator():
+    """A 32-px generator with small channels and fixed random weights."""
+    from dragd.daemon.stylegan2 import Generator
+
+    torch.manual_seed(1234)
+    return Generator(resolution=32, z_dim=32, w_dim=32, channel_base=256, channel_max=32,
+                     mapping_layers=2).eval()
