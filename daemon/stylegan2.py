@@ -328,7 +328,7 @@ class DiscriminatorConfig:
     channel_base: int = 32768
     channel_max: int = 512
     conv_clamp: float | None = None
-    mbstd_group_size: int = 4
+    mbstd_group_size: int | None = 4       # None = whole minibatch (as NVIDIA's code allows)
     mbstd_num_channels: int = 1
     num_fp16_res: int = 0                  # recorded only
 
@@ -393,7 +393,7 @@ class MinibatchStdLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        g = min(self.group_size, n)
+        g = n if self.group_size is None else min(self.group_size, n)    # None = whole minibatch
         if n % g:
             raise ValueError(f"minibatch-stddev needs a batch divisible by {g}, got {n}")
         f = self.num_channels

@@ -20,3 +20,7 @@ def tiny_generator():
     torch.manual_seed(1234)
     return Generator(resolution=32, z_dim=32, w_dim=32, channel_base=256, channel_max=32,
                      mapping_layers=2).eval()
+
+
+# The shared end-to-end fixtures: a real `dragd serve` process with a tiny model.
+from daemon_fixture import running_daemon, tiny_model_path  # noqa: E402,F401

@@ -1,0 +1,152 @@
+"""Install the GIMP 3 and Krita 5 plug-ins into a user's profile, protocol vendored.
+
+Installed layouts keep the repository's import names, so the plug-in code imports
+`dragd.protocol` and `dragd.gimp_plugin` / `dragd.krita_plugin` the same way in the
+repository and inside the host:
+
+    GIMP:  <gimp>/plug-ins/dragd-gimp/dragd-gimp.py          (executable entry)
+           <gimp>/plug-ins/dragd-gimp/dragd/{gimp_plugin,protocol}/
+    Krita: <pykrita>/dragd_krita.desktop
+           <pykrita>/dragd_krita/__init__.py                  (entry Krita loads)
+           <pykrita>/dragd/{krita_plugin,protocol}/
+
+Only Python sources and data files are copied (no __pycache__).
+"""
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import stat
+import sys
+import zipfile
+from importlib import resources
+from pathlib import Path
+
+GIMP_NAME = "dragd-gimp"
+KRITA_NAME = "dragd_krita"
+_SKIP = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+def _package_dir(name: str) -> Path:
+    return Path(str(resources.files(f"dragd.{name}")))
+
+
+def default_gimp_dir() -> Path:
+    """The GIMP 3.0 user plug-ins folder for this platform."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA", Path.home() / "AppData" / "Roaming"))
+        return base / "GIMP" / "3.0" / "plug-ins"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "GIMP" / "3.0" / "plug-ins"
+    base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return base / "GIMP" / "3.0" / "plug-ins"
+
+
+def default_pykrita_dir() -> Path:
+    if sys.platform == "win32":
+        base = Path(os.environ.get("APPDATA", Path.home() / "AppData" / "Roaming"))
+        return base / "krita" / "pykrita"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "krita" / "pykrita"
+    base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
+    return base / "krita" / "pykrita"
+
+
+def _copy_vendored(dest_root: Path, host_package: str) -> None:
+    """dest_root/dragd/{host_package,protocol} from the installed dragd package."""
+    ns = dest_root / "dragd"
+    for name in (host_package, "protocol"):
+        target = ns / name
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(_package_dir(name), target, ignore=_SKIP)
+
+
+def install_gimp(plugins_dir: Path | None = None) -> Path:
+    """Install the GIMP plug-in; returns the folder it went to."""
+    root = (plugins_dir or default_gimp_dir()) / GIMP_NAME
+    root.mkdir(parents=True, exist_ok=True)
+    _copy_vendored(root, "gimp_plugin")
+    entry = root / f"{GIMP_NAME}.py"
+    shutil.copyfile(_package_dir("gimp_plugin") / "entry.py", entry)
+    entry.chmod(entry.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return root
+
+
+def uninstall_gimp(plugins_dir: Path | None = None) -> Path:
+    root = (plugins_dir or default_gimp_dir()) / GIMP_NAME
+    if root.exists():
+        shutil.rmtree(root)
+    return root
+
+
+def _krita_files(pykrita: Path) -> None:
+    src = _package_dir("krita_plugin")
+    shutil.copyfile(src / f"{KRITA_NAME}.desktop", pykrita / f"{KRITA_NAME}.desktop")
+    entry_pkg = pykrita / KRITA_NAME
+    entry_pkg.mkdir(exist_ok=True)
+    shutil.copyfile(src / "entry.py", entry_pkg / "__init__.py")
+    _copy_vendored(pykrita, "krita_plugin")
+
+
+def enable_krita_plugin(kritarc: Path) -> None:
+    """Mark the plug-in enabled in kritarc ([python] <name>=true), keeping other settings."""
+    cfg = configparser.RawConfigParser(strict=False, interpolation=None)
+    cfg.optionxform = str  # Krita's keys are case-sensitive
+    if kritarc.exists():
+        cfg.read(kritarc, encoding="utf-8")
+    if not cfg.has_section("python"):
+        cfg.add_section("python")
+    cfg.set("python", f"enable_{KRITA_NAME}", "true")
+    kritarc.parent.mkdir(parents=True, exist_ok=True)
+    with open(kritarc, "w", encoding="utf-8") as fh:
+        cfg.write(fh, space_around_delimiters=False)
+
+
+def install_krita(pykrita_dir: Path | None = None, kritarc: Path | None = None) -> Path:
+    pykrita = pykrita_dir or default_pykrita_dir()
+    pykrita.mkdir(parents=True, exist_ok=True)
+    _krita_files(pykrita)
+    enable_krita_plugin(kritarc or _default_kritarc())
+    return pykrita
+
+
+def _default_kritarc() -> Path:
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")) / "kritarc"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Preferences" / "kritarc"
+    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "kritarc"
+
+
+def uninstall_krita(pykrita_dir: Path | None = None) -> Path:
+    pykrita = pykrita_dir or default_pykrita_dir()
+    (pykrita / f"{KRITA_NAME}.desktop").unlink(missing_ok=True)
+    for sub in (pykrita / KRITA_NAME, pykrita / "dragd" / "krita_plugin"):
+        if sub.exists():
+            shutil.rmtree(sub)
+    # The vendored protocol is shared only with our own Krita plug-in.
+    proto = pykrita / "dragd" / "protocol"
+    if proto.exists():
+        shutil.rmtree(proto)
+    ns = pykrita / "dragd"
+    if ns.exists() and not any(ns.iterdir()):
+        ns.rmdir()
+    return pykrita
+
+
+def build_krita_zip(out: Path) -> Path:
+    """A zip that Krita's Tools ▸ Scripts ▸ Import Python Plugin from File… accepts:
+    the .desktop file and the package folders at the archive's top level."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        staging = Path(tmp)
+        _krita_files(staging)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(staging.rglob("*")):
+                if path.is_file():
+                    zf.write(path, path.relative_to(staging).as_posix())
+    return out

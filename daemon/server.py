@@ -1,0 +1,1001 @@
+"""The dragd ZeroMQ server: a ROUTER socket, a FIFO job queue and ONE worker thread.
+
+Threads:
+
+* the **socket thread** owns the ROUTER socket. It reads and validates every request,
+  answers ``hello``, ``ping``, ``status``, ``list_models`` and ``cancel`` at once (so a
+  long job never hides the daemon), and queues the others (``load_model``,
+  ``open_session``, ``drag``, ``undo``, ``reset_points``, ``close_session``);
+* the **worker thread** owns the GPU (calls the :class:`~dragd.daemon.backend.Backend`),
+  one job at a time in arrival order. Its replies and progress events travel to the
+  socket thread over an inproc PUSH/PULL pair (zero-copy), because a ZeroMQ socket
+  must only be used by one thread.
+
+The ROUTER runs with ROUTER_MANDATORY, so a send to a client that has gone raises
+EHOSTUNREACH: the message is dropped and that client's jobs are cancelled (queued ones
+removed, the running one stopped at its next step). Nothing a client sends can raise
+out of the socket thread; every bad request gets an ``error`` reply.
+
+Start in-process::
+
+    from dragd.daemon.server import Server, ServerConfig
+    srv = Server(backend, ServerConfig(endpoint="tcp://127.0.0.1:5557")).start()
+    srv.serve_forever()       # returns after srv.stop() (e.g. from a signal handler)
+"""
+from __future__ import annotations
+
+import collections
+import ipaddress
+import json
+import logging
+import secrets
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+import zmq
+
+from ..protocol.schema import (JOB_TYPES, PROGRESS_FIELDS, PROTOCOL_VERSION, ErrorCode,
+                               Image, Limits, Message, ProtocolError, check_event,
+                               check_result, encode, encode_error, parse_request,
+                               split_images)
+from .backend import Backend, CancelToken, Cancelled
+
+log = logging.getLogger("dragd.server")
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
+DAEMON_VERSION = "0.1.0"
+
+__all__ = ["Server", "ServerConfig", "ConfigError", "SessionTable", "is_loopback_endpoint",
+           "DEFAULT_ENDPOINT", "serve", "kv"]
+
+
+class ConfigError(Exception):
+    """The server configuration is unsafe or incomplete (raised by ``start``)."""
+
+
+# ---------------------------------------------------------------------------
+# Structured logging
+# ---------------------------------------------------------------------------
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "%.4g" % v
+    if isinstance(v, bytes):
+        v = v.hex()
+    s = str(v)
+    if not s or any(c in s for c in ' "=\n\t'):
+        return json.dumps(s)
+    return s
+
+
+def kv(event: str, **fields: Any) -> str:
+    """One log line: ``event=NAME key=value ...`` (values with spaces JSON-quoted)."""
+    return " ".join(["event=" + event] + ["%s=%s" % (k, _fmt(v)) for k, v in fields.items()
+                                          if v is not None])
+
+
+def _peer(peer: bytes) -> str:
+    return peer.hex()[:12]
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class ServerConfig:
+    endpoint: str = DEFAULT_ENDPOINT     # port 0 (or *) picks a free port
+    limits: Limits = field(default_factory=Limits)
+    session_budget_bytes: int = 4 << 30  # LRU-evict sessions beyond this
+    max_queued_bytes: int = 1 << 30      # pixel bytes held by queued jobs before 'busy'
+    insecure: bool = False               # allow a non-loopback bind without CurveZMQ
+    curve: Optional[bool] = None         # None: CurveZMQ iff the bind is not loopback
+    keys_dir: Optional[str] = None       # server.key_secret + clients/*.key (daemon.keys)
+    server_secret_key: Optional[bytes] = None   # Z85; overrides keys_dir
+    server_public_key: Optional[bytes] = None   # Z85; derived from the secret if None
+    allowed_clients: Optional[List[bytes]] = None   # Z85 client public keys
+    allow_any_client: bool = False       # CurveZMQ encryption but no allow-list
+    shutdown_timeout: float = 10.0       # how long stop() waits for the running step
+    heartbeat_ivl_ms: int = 2000         # ZMTP heartbeats to drop dead TCP peers
+    poll_ms: int = 100
+    daemon_version: str = DAEMON_VERSION
+
+
+def _endpoint_host(endpoint: str) -> Tuple[str, str]:
+    """(transport, host) of a ZeroMQ endpoint."""
+    transport, _, rest = endpoint.partition("://")
+    if transport != "tcp":
+        return transport, rest
+    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
+    if ";" in host:                      # tcp://source;dest form: the bind address is dest
+        host = host.split(";", 1)[1]
+    return transport, host.strip("[]")
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """True for ipc://, inproc:// and tcp:// on a loopback address (127.0.0.0/8, ::1,
+    localhost). A wildcard (*, 0.0.0.0), an interface name or any other address is not."""
+    transport, host = _endpoint_host(endpoint)
+    if transport in ("ipc", "inproc"):
+        return True
+    if transport != "tcp":
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Session table: memory accounting and LRU eviction, in one place
+# ---------------------------------------------------------------------------
+
+
+class _SessionRec:
+    __slots__ = ("sid", "width", "height", "channels", "model", "nbytes", "last_used",
+                 "history")
+
+    def __init__(self, sid, width, height, channels, model, nbytes):
+        self.sid, self.width, self.height, self.channels = sid, width, height, channels
+        self.model, self.nbytes = model, int(nbytes)
+        self.last_used = time.monotonic()
+        self.history = 0
+
+
+class SessionTable:
+    """Sessions the daemon holds, their memory, and LRU eviction beyond a byte budget.
+    Remembers recently evicted/closed ids so their ``unknown_session`` error can say why.
+    Thread-safe."""
+
+    def __init__(self, budget_bytes: int, max_tombstones: int = 4096):
+        self.budget = int(budget_bytes)
+        self._lock = threading.Lock()
+        self._s: "collections.OrderedDict[str, _SessionRec]" = collections.OrderedDict()
+        self._gone: "collections.OrderedDict[str, str]" = collections.OrderedDict()
+        self._max_tombstones = max_tombstones
+
+    def add(self, sid: str, width: int, height: int, channels: int, model: Optional[str],
+            nbytes: int) -> None:
+        with self._lock:
+            self._s[sid] = _SessionRec(sid, width, height, channels, model, nbytes)
+
+    def get(self, sid: str) -> _SessionRec:
+        with self._lock:
+            rec = self._s.get(sid)
+            why = self._gone.get(sid)
+        if rec is not None:
+            return rec
+        if why == "evicted":
+            msg = ("session %s was evicted to free memory (the daemon keeps at most %d MiB "
+                   "of sessions); open the layer again" % (sid, self.budget >> 20))
+        elif why == "closed":
+            msg = "session %s was closed; open the layer again" % sid
+        else:
+            why = "unknown"
+            msg = ("the daemon has no session %s (it may have been restarted); open the "
+                   "layer again" % sid)
+        raise ProtocolError(ErrorCode.UNKNOWN_SESSION, msg, {"session": sid, "reason": why})
+
+    def touch(self, sid: str, nbytes: Optional[int] = None,
+              history: Optional[int] = None) -> None:
+        with self._lock:
+            rec = self._s.get(sid)
+            if rec is None:
+                return
+            rec.last_used = time.monotonic()
+            if nbytes is not None:
+                rec.nbytes = int(nbytes)
+            if history is not None:
+                rec.history = int(history)
+            self._s.move_to_end(sid)
+
+    def remove(self, sid: str, why: str = "closed") -> None:
+        with self._lock:
+            if self._s.pop(sid, None) is not None:
+                self._gone[sid] = why
+                while len(self._gone) > self._max_tombstones:
+                    self._gone.popitem(last=False)
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return sum(r.nbytes for r in self._s.values())
+
+    def victims(self, keep: Iterable[str]) -> List[str]:
+        """Least recently used sessions to evict to get under budget (never ``keep``)."""
+        keep = set(keep)
+        with self._lock:
+            used = sum(r.nbytes for r in self._s.values())
+            out = []
+            for sid, rec in self._s.items():      # oldest first
+                if used <= self.budget:
+                    break
+                if sid in keep:
+                    continue
+                out.append(sid)
+                used -= rec.nbytes
+            return out
+
+    def __contains__(self, sid: str) -> bool:
+        with self._lock:
+            return sid in self._s
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._s)
+
+    def describe(self) -> List[Dict[str, Any]]:
+        now = time.monotonic()
+        with self._lock:
+            return [{"session": r.sid, "width": r.width, "height": r.height,
+                     "channels": r.channels, "model": r.model, "bytes": r.nbytes,
+                     "idle": max(0.0, now - r.last_used), "history": r.history}
+                    for r in self._s.values()]
+
+
+# ---------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------
+
+
+class _Job:
+    __slots__ = ("id", "peer", "request_id", "type", "msg", "session", "token", "state",
+                 "step", "created", "started")
+
+    def __init__(self, peer: bytes, msg: Message, session: Optional[str]):
+        self.id = "j-" + secrets.token_hex(6)
+        self.peer = peer
+        self.request_id = msg.id
+        self.type = msg.type
+        self.msg = msg
+        self.session = session
+        self.token = CancelToken()
+        self.state = "queued"
+        self.step: Optional[int] = None
+        self.created = time.monotonic()
+        self.started = 0.0
+
+    def info(self, position: Optional[int] = None) -> Dict[str, Any]:
+        d: Dict[str, Any] = {"job": self.id, "type": self.type, "session": self.session,
+                             "state": self.state}
+        if position is not None:
+            d["position"] = position
+        if self.state == "running":
+            d["step"] = self.step
+            d["seconds"] = time.monotonic() - self.started
+        return d
+
+
+def _plain(v: Any, depth: int = 0) -> Any:
+    """Backend output to msgpack-able plain values (numpy scalars/arrays, tuples)."""
+    if v is None or isinstance(v, (bool, int, float, str, Image)):
+        return v
+    if depth > 8:
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return [_plain(x, depth + 1) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x, depth + 1) for k, x in v.items()}
+    if hasattr(v, "tolist"):            # numpy array / scalar, torch tensor
+        return _plain(v.tolist(), depth + 1)
+    if hasattr(v, "item"):
+        return _plain(v.item(), depth + 1)
+    return str(v)
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+class _AllowList:
+    """ZAP credentials provider for ThreadAuthenticator.configure_curve_callback."""
+
+    def __init__(self, keys: Iterable[bytes], allow_any: bool):
+        self.keys = {bytes(k) for k in keys}
+        self.allow_any = allow_any
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        ok = self.allow_any or bytes(key) in self.keys
+        log.log(logging.INFO if ok else logging.WARNING,
+                kv("curve_auth", allowed=ok, client_key=bytes(key).decode("ascii", "replace")))
+        return ok
+
+
+# ---------------------------------------------------------------------------
+# The server
+# ---------------------------------------------------------------------------
+
+
+class Server:
+    """A dragd daemon around a Backend. ``start()`` binds and returns; ``stop()`` shuts
+    down cleanly (from any thread, e.g. a signal handler)."""
+
+    def __init__(self, backend: Backend, config: Optional[ServerConfig] = None, *,
+                 context: Optional["zmq.Context"] = None):
+        self.backend = backend
+        self.config = config or ServerConfig()
+        self.limits = self.config.limits
+        self._ctx = context or zmq.Context()
+        self._own_ctx = context is None
+        self.sessions = SessionTable(self.config.session_budget_bytes)
+        self.instance = secrets.token_hex(6)
+        self.endpoint: Optional[str] = None
+        self.curve = False
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._queue: "collections.deque[_Job]" = collections.deque()
+        self._jobs: Dict[str, _Job] = {}
+        self._running: Optional[_Job] = None
+        self._worker_exit = False
+        self._stop_flag = threading.Event()
+        self._stopped = threading.Event()
+        self._ready = threading.Event()
+        self._start_error: Optional[BaseException] = None
+        self._started = False
+        self._started_at = time.monotonic()
+        self._inproc = "inproc://dragd-out-%s" % self.instance
+        self._socket_thread: Optional[threading.Thread] = None
+        self._worker: Optional[threading.Thread] = None
+        self._auth: Any = None
+        self._router: Optional[zmq.Socket] = None
+        self._curve_keys: Optional[Tuple[bytes, bytes, List[bytes], bool]] = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @property
+    def port(self) -> Optional[int]:
+        if not self.endpoint or not self.endpoint.startswith("tcp://"):
+            return None
+        return int(self.endpoint.rsplit(":", 1)[1])
+
+    def _security(self) -> None:
+        cfg = self.config
+        loopback = is_loopback_endpoint(cfg.endpoint)
+        want = cfg.curve if cfg.curve is not None else not loopback
+        if want:
+            if not zmq.has("curve"):
+                raise ConfigError("this libzmq has no CurveZMQ support")
+            secret = cfg.server_secret_key
+            public = cfg.server_public_key
+            allowed = list(cfg.allowed_clients or [])
+            if cfg.keys_dir:
+                from . import keys as _keys
+                try:
+                    if secret is None:
+                        kp = _keys.load_keypair(cfg.keys_dir, "server")
+                        public, secret = kp.public, kp.secret
+                    if cfg.allowed_clients is None:
+                        allowed = _keys.load_allowed_clients(cfg.keys_dir)
+                except _keys.KeyFileError as e:
+                    raise ConfigError(str(e))
+            if secret is None:
+                if cfg.curve is None and cfg.insecure:
+                    want = False
+                else:
+                    raise ConfigError(
+                        "binding dragd to %s (not loopback) needs CurveZMQ keys: create them "
+                        "with: dragd keys --init, or pass insecure=True (--insecure) to "
+                        "allow anyone who can reach the port" % cfg.endpoint)
+            if want:
+                from ..protocol.curvekeys import normalise_key
+                secret = normalise_key(secret, "server secret key")
+                public = (normalise_key(public, "server public key") if public
+                          else zmq.curve_public(secret))
+                allowed = [normalise_key(k, "client key") for k in allowed]
+                if not allowed and not cfg.allow_any_client:
+                    raise ConfigError(
+                        "CurveZMQ is on but no client key is allowed: add client public "
+                        "keys to %s/clients/ (dragd keys --allow FILE), or set "
+                        "allow_any_client" % (cfg.keys_dir or "KEYS_DIR"))
+                self._curve_keys = (public, secret, allowed, cfg.allow_any_client)
+        if not want and not loopback:
+            if not cfg.insecure:
+                raise ConfigError(
+                    "refusing to bind dragd to %s without CurveZMQ: only loopback "
+                    "addresses may be used without keys; create keys with: dragd keys "
+                    "--init, or pass insecure=True (--insecure)" % cfg.endpoint)
+            log.warning(kv("insecure_bind", endpoint=cfg.endpoint,
+                           message="dragd listens on a non-loopback address without "
+                                   "CurveZMQ: anyone who can reach this port can use the "
+                                   "daemon and read the images"))
+        self.curve = want
+
+    def start(self) -> "Server":
+        """Bind and start the socket and worker threads. Raises ConfigError for an unsafe
+        configuration and zmq.ZMQError when the address cannot be bound."""
+        if self._started:
+            return self
+        self._security()
+        if self._curve_keys is not None:
+            from zmq.auth.thread import ThreadAuthenticator
+            public, secret, allowed, allow_any = self._curve_keys
+            self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("dragd.zap"))
+            self._auth.start()
+            self._auth.configure_curve_callback(
+                domain="*", credentials_provider=_AllowList(allowed, allow_any))
+        self._started = True
+        self._socket_thread = threading.Thread(target=self._socket_main, name="dragd-socket",
+                                               daemon=True)
+        self._socket_thread.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            self._socket_thread.join(5)
+            if self._auth is not None:
+                self._auth.stop()
+            if self._own_ctx:
+                self._ctx.term()
+            raise self._start_error
+        return self
+
+    def serve_forever(self) -> None:
+        """Block until the server stops (call stop() from a signal handler)."""
+        if not self._started:
+            self.start()
+        while not self._stopped.is_set():
+            self._stopped.wait(0.5)
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Refuse new work, answer queued jobs with ``shutting_down``, cancel the running
+        job (it stops at its next step), close the sockets, and return."""
+        if not self._started:
+            return
+        self._stop_flag.set()
+        t = self._socket_thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout if timeout is not None else self.config.shutdown_timeout + 5)
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- socket thread -----------------------------------------------------
+
+    def _bind_endpoint(self) -> str:
+        ep = self.config.endpoint
+        if ep.startswith("tcp://") and (ep.endswith(":0") or ep.endswith(":*")):
+            ep = ep.rsplit(":", 1)[0] + ":*"
+        return ep
+
+    def _socket_main(self) -> None:
+        try:
+            router = self._ctx.socket(zmq.ROUTER)
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+            router.setsockopt(zmq.LINGER, 1000)
+            if self.config.heartbeat_ivl_ms > 0:
+                router.setsockopt(zmq.HEARTBEAT_IVL, self.config.heartbeat_ivl_ms)
+                router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * self.config.heartbeat_ivl_ms)
+            if self._curve_keys is not None:
+                public, secret, _, _ = self._curve_keys
+                router.curve_server = True
+                router.curve_publickey = public
+                router.curve_secretkey = secret
+            pull = self._ctx.socket(zmq.PULL)
+            pull.setsockopt(zmq.LINGER, 0)
+            pull.setsockopt(zmq.RCVHWM, 0)
+            pull.bind(self._inproc)
+            try:
+                router.bind(self._bind_endpoint())
+            except zmq.ZMQError:
+                pull.close(0)
+                router.close(0)
+                raise
+            self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+            self._router = router
+        except BaseException as e:       # reported by start()
+            self._start_error = e
+            self._ready.set()
+            return
+        self._worker = threading.Thread(target=self._worker_main, name="dragd-worker",
+                                        daemon=True)
+        self._worker.start()
+        log.info(kv("listening", endpoint=self.endpoint, curve=self.curve,
+                    protocol=PROTOCOL_VERSION, instance=self.instance))
+        self._ready.set()
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(pull, zmq.POLLIN)
+        try:
+            while not self._stop_flag.is_set():
+                try:
+                    ready = dict(poller.poll(self.config.poll_ms))
+                except zmq.ZMQError as e:
+                    log.error(kv("poll_error", error=e))
+                    time.sleep(0.05)
+                    continue
+                if pull in ready:
+                    self._forward(pull, 256)
+                if router in ready:
+                    self._serve(router, 256)
+        except Exception:
+            log.exception(kv("socket_thread_crashed"))
+        finally:
+            self._shutdown(router, pull, poller)
+
+    def _recv(self, router: "zmq.Socket") -> Tuple[bytes, List[Any]]:
+        """One message, keeping at most max_frames+2 parts (the rest are read and
+        dropped, so a hostile message with millions of parts cannot grow memory)."""
+        ident = router.recv(flags=zmq.NOBLOCK, copy=False)
+        keep = self.limits.max_frames + 2
+        parts: List[Any] = []
+        more = ident.more
+        while more:
+            f = router.recv(copy=False)
+            more = f.more
+            if len(parts) < keep:
+                parts.append(f)
+        return ident.bytes, parts
+
+    def _serve(self, router: "zmq.Socket", budget: int) -> None:
+        for _ in range(budget):
+            try:
+                peer, parts = self._recv(router)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as e:
+                log.warning(kv("recv_error", error=e))
+                return
+            try:
+                self._handle(peer, parts)
+            except Exception:            # never let a request kill the socket thread
+                log.exception(kv("handler_crashed", peer=_peer(peer)))
+                self._send(peer, encode_error(None, ProtocolError(ErrorCode.INTERNAL)))
+
+    def _forward(self, pull: "zmq.Socket", budget: int) -> None:
+        for _ in range(budget):
+            try:
+                parts = pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._send(parts[0].bytes, parts[1:])
+
+    def _send(self, peer: bytes, parts: Sequence[Any]) -> bool:
+        router = self._router
+        if router is None:
+            return False
+        try:
+            router.send_multipart([peer] + list(parts), flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:
+                self._peer_gone(peer)
+            else:   # EAGAIN: the client is not reading (its queue is full)
+                log.warning(kv("send_dropped", peer=_peer(peer), error=e))
+            return False
+
+    def _reply(self, peer: bytes, msg: Message, fields: Dict[str, Any]) -> None:
+        self._send(peer, encode("result", msg.id, fields, request_type=msg.type))
+
+    def _error(self, peer: bytes, rid: Optional[str], err: ProtocolError,
+               job: Optional[str] = None) -> None:
+        self._send(peer, encode_error(rid, err, job))
+
+    def _peer_gone(self, peer: bytes) -> None:
+        with self._lock:
+            mine = [j for j in self._queue if j.peer == peer]
+            for j in mine:
+                self._queue.remove(j)
+                self._jobs.pop(j.id, None)
+            running = self._running
+            if running is not None and running.peer == peer:
+                running.token.cancel("client_gone")
+                mine.append(running)
+        if mine:
+            log.info(kv("client_gone", peer=_peer(peer), cancelled=",".join(j.id for j in mine)))
+
+    def _handle(self, peer: bytes, parts: List[Any]) -> None:
+        try:
+            msg = parse_request([p.buffer for p in parts], self.limits)
+        except ProtocolError as e:
+            rid = e.details.pop("id", None)
+            log.info(kv("bad_request", peer=_peer(peer), id=rid, code=e.code, why=e.message))
+            self._error(peer, rid, e)
+            return
+        if self._stop_flag.is_set():
+            self._error(peer, msg.id, ProtocolError(ErrorCode.SHUTTING_DOWN))
+            return
+        log.debug(kv("request", peer=_peer(peer), id=msg.id, type=msg.type))
+        t = msg.type
+        try:
+            if t == "ping":
+                self._reply(peer, msg, self._ping(msg))
+            elif t == "hello":
+                self._reply(peer, msg, self._hello())
+            elif t == "status":
+                self._reply(peer, msg, self._status())
+            elif t == "list_models":
+                models = _plain(self.backend.list_models())
+                check_result("list_models", {"models": models})
+                self._reply(peer, msg, {"models": models})
+            elif t == "cancel":
+                self._cancel(peer, msg)
+            elif t in JOB_TYPES:
+                self._enqueue(peer, msg)
+            else:                                  # pragma: no cover (schema rejects)
+                raise ProtocolError(ErrorCode.UNKNOWN_TYPE)
+        except ProtocolError as e:
+            if e.code == ErrorCode.INTERNAL:
+                log.error(kv("bad_backend_reply", type=t, why=e.message))
+            self._error(peer, msg.id, e)
+        except Exception as e:
+            log.exception(kv("request_failed", type=t, id=msg.id))
+            self._error(peer, msg.id, ProtocolError(
+                ErrorCode.INTERNAL, "the daemon hit an internal error (%s) answering %s; "
+                "see the daemon log" % (type(e).__name__, t)))
+
+    # -- immediate requests ------------------------------------------------
+
+    def _ping(self, msg: Message) -> Dict[str, Any]:
+        with self._lock:
+            running = self._running.id if self._running is not None else None
+            queued = len(self._queue)
+            known = {j.request_id for j in self._jobs.values()}
+        return {"time": time.time(), "uptime": time.monotonic() - self._started_at,
+                "running": running, "queued": queued, "instance": self.instance,
+                "unknown": [r for r in msg.get("jobs", []) if r not in known]}
+
+    def _limits_dict(self) -> Dict[str, int]:
+        d = self.limits.to_dict()
+        d["session_budget_bytes"] = self.sessions.budget
+        return d
+
+    def _hello(self) -> Dict[str, Any]:
+        info = _plain(self.backend.hello_info())
+        fields = {"protocol": PROTOCOL_VERSION, "daemon_version": self.config.daemon_version,
+                  "device": str(info.get("device", "unknown")),
+                  "models": list(info.get("models", [])),
+                  "loaded_model": info.get("loaded_model"),
+                  "limits": self._limits_dict(), "curve": self.curve,
+                  "instance": self.instance}
+        if info.get("info"):
+            fields["info"] = info["info"]
+        check_result("hello", fields)
+        return fields
+
+    def _status(self) -> Dict[str, Any]:
+        with self._lock:
+            running = self._running
+            offset = 1 if running is not None else 0
+            queue = [j.info(i + offset) for i, j in enumerate(self._queue)]
+            running_info = running.info() if running is not None else None
+        try:
+            backend = _plain(self.backend.status() or {})
+        except Exception as e:
+            backend = {"error": "%s: %s" % (type(e).__name__, e)}
+        info = {}
+        try:
+            info = _plain(self.backend.hello_info())
+        except Exception:
+            pass
+        fields = {"queue": queue, "running": running_info,
+                  "sessions": self.sessions.describe(),
+                  "memory": {"budget": self.sessions.budget, "used": self.sessions.used,
+                             "backend": backend},
+                  "uptime": time.monotonic() - self._started_at,
+                  "device": str(info.get("device", "unknown")),
+                  "loaded_model": info.get("loaded_model")}
+        check_result("status", fields)
+        return fields
+
+    def _cancel(self, peer: bytes, msg: Message) -> None:
+        jid, rid = msg.get("job"), msg.get("request")
+        reply_err = None
+        with self._lock:
+            job = None
+            if jid is not None:
+                job = self._jobs.get(jid)
+            else:
+                cands = [j for j in self._jobs.values() if j.request_id == rid]
+                cands.sort(key=lambda j: j.peer != peer)      # the caller's own first
+                job = cands[0] if cands else None
+            if job is None:
+                state = None
+            elif job in self._queue:
+                self._queue.remove(job)
+                self._jobs.pop(job.id, None)
+                state = "queued"
+            else:
+                job.token.cancel("cancelled")
+                state = "running"
+        if job is None:
+            self._error(peer, msg.id, ProtocolError(
+                ErrorCode.UNKNOWN_JOB, "there is no queued or running job %s (it may have "
+                "finished already)" % (jid or "for request %s" % rid)))
+            return
+        log.info(kv("cancel", job=job.id, state=state, by=_peer(peer)))
+        if state == "queued":
+            self._error(job.peer, job.request_id, ProtocolError(
+                ErrorCode.CANCELLED, "the job was cancelled before it started"), job.id)
+        self._reply(peer, msg, {"job": job.id, "state": state})
+
+    # -- queueing ------------------------------------------------------------
+
+    def _enqueue(self, peer: bytes, msg: Message) -> None:
+        sid = msg.get("session")
+        if sid is not None:
+            rec = self.sessions.get(sid)        # raises unknown_session (why it is gone)
+            if msg.type == "drag":
+                self._check_drag(msg, rec)
+        nbytes = sum(img.nbytes for img in msg.images.values())
+        with self._lock:
+            if len(self._queue) >= self.limits.max_queue:
+                raise ProtocolError(ErrorCode.BUSY, "the daemon already has %d jobs waiting; "
+                                    "try again when one has finished" % len(self._queue),
+                                    {"queued": len(self._queue)})
+            queued_bytes = sum(img.nbytes for j in self._queue for img in j.msg.images.values())
+            if self._queue and queued_bytes + nbytes > self.config.max_queued_bytes:
+                raise ProtocolError(ErrorCode.BUSY, "the daemon already holds %d MiB of "
+                                    "queued layers; try again when a job has finished"
+                                    % (queued_bytes >> 20), {"queued": len(self._queue)})
+            job = _Job(peer, msg, sid)
+            self._queue.append(job)
+            self._jobs[job.id] = job
+            position = len(self._queue) - 1 + (1 if self._running is not None else 0)
+            self._cv.notify()
+        log.info(kv("queued", job=job.id, type=msg.type, id=msg.id, peer=_peer(peer),
+                    session=sid, position=position))
+        self._send(peer, encode("queued", msg.id, {"job": job.id, "position": position}))
+
+    @staticmethod
+    def _check_drag(msg: Message, rec: Any) -> None:
+        w, h = rec.width, rec.height
+        for i, p in enumerate(msg["points"]):
+            for which in ("handle", "target"):
+                x, y = p[which]
+                if not (0 <= x <= w and 0 <= y <= h):
+                    raise ProtocolError(
+                        ErrorCode.BAD_POINTS, "the %s of point %d (%.1f, %.1f) lies outside "
+                        "the %dx%d layer; redraw it inside the layer" % (which, i + 1, x, y,
+                                                                        w, h),
+                        {"point": i, "which": which})
+        mask = msg.images.get("mask")
+        if mask is not None and (mask.width, mask.height) != (w, h):
+            raise ProtocolError(ErrorCode.BAD_PIXELS, "the mask is %dx%d but the layer is "
+                                "%dx%d; the mask must cover the whole layer"
+                                % (mask.width, mask.height, w, h))
+
+    # -- worker thread -------------------------------------------------------
+
+    def _worker_main(self) -> None:
+        push = self._ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.SNDHWM, 0)
+        push.setsockopt(zmq.LINGER, 2000)
+        push.connect(self._inproc)
+        try:
+            while True:
+                with self._cv:
+                    while not self._queue and not self._worker_exit:
+                        self._cv.wait(0.5)
+                    if not self._queue:
+                        break
+                    job = self._queue.popleft()
+                    job.state = "running"
+                    job.started = time.monotonic()
+                    self._running = job
+                try:
+                    self._run(push, job)
+                except Exception:
+                    log.exception(kv("worker_error", job=job.id))
+                finally:
+                    with self._lock:
+                        self._running = None
+                        self._jobs.pop(job.id, None)
+                    job.msg = None  # type: ignore[assignment]   # free the frames now
+        finally:
+            push.close()
+
+    def _run(self, push: "zmq.Socket", job: _Job) -> None:
+        def send(parts: List[Any]) -> None:
+            push.send_multipart([job.peer] + parts, copy=False)
+
+        def progress(event: Any, frames: Optional[Dict[str, Image]] = None) -> None:
+            if job.token.reason == "client_gone":
+                return
+            try:
+                f, imgs = split_images(_plain(dict(event)))
+                if frames:
+                    imgs.update(frames)
+                extra = set(f) - PROGRESS_FIELDS
+                for k in extra:
+                    f.pop(k)
+                f["job"] = job.id
+                f = check_event("progress", f, imgs)
+                job.step = f.get("step")
+                send(encode("progress", job.request_id, f, imgs))
+            except Exception as e:
+                log.warning(kv("bad_progress_event", job=job.id, why=e))
+
+        log.info(kv("job_start", job=job.id, type=job.type, session=job.session,
+                    waited_s=job.started - job.created))
+        err: Optional[ProtocolError] = None
+        parts: Optional[List[Any]] = None
+        try:
+            job.token.check()
+            fields, images = self._dispatch(job, progress)
+            check_result(job.type, fields, images)
+            parts = encode("result", job.request_id, fields, images, request_type=job.type)
+        except Cancelled:
+            err = ProtocolError(ErrorCode.CANCELLED, "the %s job was cancelled" % job.type)
+        except ProtocolError as e:
+            err = e
+            if e.code == ErrorCode.INTERNAL:
+                log.error(kv("bad_backend_result", job=job.id, type=job.type, why=e.message))
+        except Exception as e:
+            if _is_oom(e):
+                err = ProtocolError(ErrorCode.OUT_OF_MEMORY)
+                log.error(kv("out_of_memory", job=job.id, type=job.type, error=e))
+            else:
+                log.exception(kv("job_failed", job=job.id, type=job.type))
+                err = ProtocolError(ErrorCode.INTERNAL, "the daemon hit an internal error "
+                                    "(%s: %s) in %s; see the daemon log"
+                                    % (type(e).__name__, str(e)[:200], job.type))
+        if job.token.reason == "shutdown":
+            err, parts = ProtocolError(ErrorCode.SHUTTING_DOWN), None
+        seconds = time.monotonic() - job.started
+        if err is not None:
+            log.info(kv("job_error", job=job.id, type=job.type, code=err.code,
+                        seconds=seconds))
+            if job.token.reason != "client_gone":
+                send(encode_error(job.request_id, err, job.id))
+        else:
+            log.info(kv("job_done", job=job.id, type=job.type, seconds=seconds,
+                        cancelled=job.token.cancelled or None))
+            if job.token.reason != "client_gone":
+                send(parts)  # type: ignore[arg-type]
+
+    def _dispatch(self, job: _Job, progress: Any) -> Tuple[Dict[str, Any], Dict[str, Image]]:
+        b, m, tok = self.backend, job.msg, job.token
+        t0 = time.monotonic()
+        sid = job.session
+        if sid is not None:
+            self.sessions.get(sid)      # closed or evicted while queued -> unknown_session
+        if job.type == "load_model":
+            r = _plain(b.load_model(m["model"], progress, tok) or {})
+            f = {"model": r.get("model", m["model"]), "resolution": r.get("resolution"),
+                 "seconds": time.monotonic() - t0}
+            if r.get("info"):
+                f["info"] = r["info"]
+            return f, {}
+        if job.type == "open_session":
+            img = m.images["image"]
+            sid = "s-" + secrets.token_hex(8)
+            settings = {"model": m.get("model"), "roi": m.get("roi"),
+                        "invert": m.get("invert", {})}
+            r = _plain(b.open_session(sid, img.data, img.width, img.height, img.channels,
+                                      settings, progress, tok) or {})
+            if tok.reason in ("client_gone", "shutdown"):
+                self._close_quietly(sid)
+                raise Cancelled(tok.reason)
+            f, images = split_images(r)
+            nbytes = int(f.get("bytes") or img.nbytes)
+            self.sessions.add(sid, img.width, img.height, img.channels, f.get("model"), nbytes)
+            out = {"session": sid, "width": img.width, "height": img.height,
+                   "channels": img.channels, "model": f.get("model"),
+                   "resolution": f.get("resolution"), "roi": m.get("roi"),
+                   "seconds": time.monotonic() - t0, "bytes": nbytes}
+            if f.get("info"):
+                out["info"] = f["info"]
+            self._evict(keep={sid})
+            return out, images
+        assert sid is not None
+        if job.type == "drag":
+            points = [((p["handle"][0], p["handle"][1]), (p["target"][0], p["target"][1]))
+                      for p in m["points"]]
+            mask = m.images.get("mask")
+            r = _plain(b.drag(sid, points, mask.data if mask is not None else None,
+                              m["params"], progress, tok))
+            f, images = split_images(r)
+            f["session"] = sid
+            f["seconds"] = time.monotonic() - t0
+            self.sessions.touch(sid, f.get("bytes"), f.get("history"))
+            self._evict(keep={sid})
+            return f, images
+        if job.type == "undo":
+            r = _plain(b.undo(sid, m["steps"], progress, tok))
+            f, images = split_images(r)
+            f["session"] = sid
+            self.sessions.touch(sid, f.get("bytes"), f.get("history"))
+            return f, images
+        if job.type == "reset_points":
+            b.reset_points(sid)
+            self.sessions.touch(sid)
+            return {"session": sid}, {}
+        if job.type == "close_session":
+            b.close_session(sid)
+            self.sessions.remove(sid, "closed")
+            log.info(kv("session_closed", session=sid))
+            return {"session": sid}, {}
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE)   # pragma: no cover
+
+    def _close_quietly(self, sid: str) -> None:
+        try:
+            self.backend.close_session(sid)
+        except Exception:
+            log.exception(kv("close_failed", session=sid))
+
+    def _evict(self, keep: Set[str]) -> None:
+        with self._lock:
+            busy = {j.session for j in self._queue if j.session}
+        for sid in self.sessions.victims(keep | busy):
+            self._close_quietly(sid)
+            self.sessions.remove(sid, "evicted")
+            log.info(kv("session_evicted", session=sid, budget=self.sessions.budget,
+                        used=self.sessions.used))
+
+    # -- shutdown ------------------------------------------------------------
+
+    def _shutdown(self, router: "zmq.Socket", pull: "zmq.Socket", poller: "zmq.Poller"
+                  ) -> None:
+        log.info(kv("shutdown_begin"))
+        with self._cv:
+            queued = list(self._queue)
+            self._queue.clear()
+            for j in queued:
+                self._jobs.pop(j.id, None)
+            running = self._running
+            if running is not None:
+                running.token.cancel("shutdown")
+            self._worker_exit = True
+            self._cv.notify_all()
+        for j in queued:
+            self._error(j.peer, j.request_id, ProtocolError(ErrorCode.SHUTTING_DOWN), j.id)
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        worker = self._worker
+        while worker is not None and worker.is_alive() and time.monotonic() < deadline:
+            try:
+                ready = dict(poller.poll(50))
+            except zmq.ZMQError:
+                break
+            if pull in ready:
+                self._forward(pull, 256)
+            if router in ready:
+                self._serve(router, 64)      # every request now gets shutting_down
+        worker_done = worker is None or not worker.is_alive()
+        if worker_done:
+            self._forward(pull, 10000)
+        else:
+            log.warning(kv("worker_stuck", timeout_s=self.config.shutdown_timeout))
+        pull.close(0)
+        self._router = None
+        router.close(linger=500)
+        if self._auth is not None:
+            try:
+                self._auth.stop()
+            except Exception:
+                log.exception(kv("auth_stop_failed"))
+        if worker_done:
+            try:
+                self.backend.close()
+            except Exception:
+                log.exception(kv("backend_close_failed"))
+            if self._own_ctx:
+                self._ctx.term()
+        log.info(kv("stopped", endpoint=self.endpoint))
+        self._stopped.set()
+
+
+def serve(backend: Backend, config: Optional[ServerConfig] = None, *,
+          handle_signals: bool = True) -> Server:
+    """Run a daemon in the foreground until SIGTERM/SIGINT (what ``dragd serve`` does).
+    Returns the stopped server."""
+    srv = Server(backend, config).start()
+    if handle_signals and threading.current_thread() is threading.main_thread():
+        def on_signal(signum: int, frame: Any) -> None:
+            log.info(kv("signal", signum=signum))
+            # stop() joins threads: run it off the signal handler.
+            threading.Thread(target=srv.stop, name="dragd-stop", daemon=True).start()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+    srv.serve_forever()
+    return srv

@@ -1,0 +1,149 @@
+"""The plug-in's GimpUi dialogs: the settings dialog and the progress dialog.
+
+The settings dialog is GIMP's own procedure dialog (``GimpUi.ProcedureDialog``), built from
+the procedure's arguments, so GIMP stores the values: after a successful interactive run
+they become the "last values" (Filters > Repeat, the next dialog) and are saved with the
+profile.
+
+The progress dialog shows the step count and offers the graceful way out: *Stop* ends
+the drag and keeps the result so far, *Cancel* ends it and leaves the image unchanged.
+(The cancel button of GIMP's own progress bar also works, but GIMP implements it by
+ending the plug-in process at once; the daemon notices and stops the job, and a preview
+layer may be left behind, which one Undo removes.)
+
+Test hook (used by the host tests under Xvfb, inert otherwise): with the environment
+variable ``DRAGD_GIMP_TEST_DIALOG="ok [name=value ...]"`` the settings dialog makes those
+edits and answers OK by itself, and with ``DRAGD_GIMP_TEST_STOP=N`` the progress dialog
+presses Stop at drag step N.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+RESPONSE_KEEP = 1
+
+
+def _gtk():
+    import gi
+    gi.require_version("Gtk", "3.0")
+    from gi.repository import GLib, Gtk
+    return Gtk, GLib
+
+
+def settings_dialog(GimpUi: Any, procedure: Any, config: Any, info_lines: Sequence[str],
+                    properties: Sequence[str], title: str = "Drag (DragGAN)") -> bool:
+    """Show the procedure dialog; True when the user pressed OK."""
+    Gtk, GLib = _gtk()
+    dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title=title)
+    ids = []
+    for i, line in enumerate(info_lines):
+        wid = "dragd-info-%d" % i
+        label = dialog.get_label(wid, line, False, False)
+        try:
+            label.set_line_wrap(True)
+            label.set_max_width_chars(60)
+            label.set_xalign(0.0)
+        except Exception:
+            pass
+        ids.append(wid)
+    dialog.fill(list(ids) + list(properties))
+    test = os.environ.get("DRAGD_GIMP_TEST_DIALOG", "").split()
+    if test and test[0] == "ok":
+        GLib.timeout_add(300, _test_answer, dialog, config, test[1:], Gtk.ResponseType.OK)
+    ok = bool(dialog.run())
+    dialog.destroy()
+    return ok
+
+
+def _test_answer(dialog: Any, config: Any, edits: Sequence[str], response: int) -> bool:
+    """Test hook: set ``name=value`` edits on the config as a user would in the dialog,
+    then answer."""
+    for edit in edits:
+        name, _, value = edit.partition("=")
+        pspec = config.find_property(name)
+        vtype = pspec.value_type.name if pspec is not None else ""
+        if vtype in ("gint", "guint"):
+            config.set_property(name, int(value))
+        elif vtype == "gdouble":
+            config.set_property(name, float(value))
+        elif vtype == "gboolean":
+            config.set_property(name, value in ("1", "yes", "true"))
+        else:
+            config.set_property(name, value)
+    dialog.response(response)
+    return False
+
+
+class ProgressDialog:
+    """A small non-modal window with the step count, a bar, Stop and Cancel."""
+
+    def __init__(self, GimpUi: Any, title: str = "Drag (DragGAN)"):
+        Gtk, GLib = _gtk()
+        self.Gtk = Gtk
+        self.stop: Optional[str] = None
+        self.closed = False
+        d = GimpUi.Dialog(title=title, role="dragd-progress")
+        d.add_button("_Stop (keep result)", RESPONSE_KEEP)
+        d.add_button("_Cancel", Gtk.ResponseType.CANCEL)
+        box = d.get_content_area()
+        box.set_spacing(8)
+        try:
+            box.set_border_width(12)
+        except Exception:
+            pass
+        self.label = Gtk.Label(label="Connecting to the dragd daemon...")
+        self.label.set_xalign(0.0)
+        self.bar = Gtk.ProgressBar()
+        self.bar.set_size_request(360, -1)
+        box.pack_start(self.label, False, False, 0)
+        box.pack_start(self.bar, False, False, 0)
+        d.connect("response", self._on_response)
+        d.connect("delete-event", self._on_delete)
+        d.show_all()
+        self.dialog = d
+        self._test_stop_at: Optional[int] = None
+        v = os.environ.get("DRAGD_GIMP_TEST_STOP", "")
+        if v.isdigit():
+            self._test_stop_at = int(v)
+        self.pump()
+
+    def _on_response(self, dialog: Any, response: int) -> None:
+        if response == RESPONSE_KEEP:
+            self.stop = self.stop or "keep"
+            self.label.set_text("Stopping: keeping the drag so far...")
+        else:
+            self.stop = "discard"
+            self.label.set_text("Cancelling...")
+
+    def _on_delete(self, *args: Any) -> bool:
+        self.stop = "discard"
+        return True          # keep the window until the run ends
+
+    def progress(self, fraction: float, text: str) -> None:
+        if self.closed:
+            return
+        if not self.stop:
+            self.label.set_text(text.replace("DragGAN: ", "", 1))
+        self.bar.set_fraction(max(0.0, min(1.0, fraction)))
+
+    def test_step(self, phase: str, step: int) -> None:
+        if self._test_stop_at is not None and phase == "dragging" and step >= self._test_stop_at:
+            self._test_stop_at = None
+            self.dialog.response(RESPONSE_KEEP)
+
+    def pump(self) -> None:
+        Gtk = self.Gtk
+        n = 0
+        while Gtk.events_pending() and n < 200:
+            Gtk.main_iteration_do(False)
+            n += 1
+
+    def stop_requested(self) -> Optional[str]:
+        return self.stop
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.dialog.destroy()
+            self.pump()

@@ -1,0 +1,189 @@
+"""The GIMP 3 plug-in: registers "Filters > Generative > Drag (DragGAN)..." and runs it.
+
+Wiring only: host glue (:mod:`.glue`) reads the layer, the arrows and the selection and
+writes the result; the session model (:mod:`.session`) holds settings and job state; the
+runner (:mod:`.runner`) talks to the daemon through the protocol client.
+
+Procedure ``plug-in-dragd-drag`` (an image procedure on one layer). Arguments: see
+``session.ARGUMENTS`` (model, max-steps, learning-rate, lambda-mask, latent-space,
+inversion, daemon, time-limit, live-preview). Return values: new-layer (the result),
+steps, stop-reason ("converged", "max_steps", "cancelled" when stopped and kept,
+"stalled"). Run modes: INTERACTIVE shows the settings and progress dialogs;
+NONINTERACTIVE (scripts, tests) and WITH_LAST_VALS (Filters > Repeat) run with the
+config's values.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any, Optional
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, GLib, GObject, Gimp  # noqa: E402
+
+from .flow import run_on_layer  # noqa: E402
+from .glue import GimpHost  # noqa: E402
+from .session import (ARGUMENTS, MENU_LABEL, MENU_PATH, PROCEDURE_NAME,  # noqa: E402
+                      Cancelled, DragSettings, UserError, check_handles_movable)
+
+RW = GObject.ParamFlags.READWRITE
+
+MISSING_DEPS = (
+    "GIMP's Python (%s) cannot import %s, which the DragGAN plug-in needs to reach the "
+    "dragd daemon. Install pyzmq and msgpack for the Python that GIMP runs: on "
+    "Debian/Ubuntu 'sudo apt install python3-zmq python3-msgpack', on Fedora 'sudo dnf "
+    "install python3-zmq python3-msgpack'; or put them (wheels matching that Python) into "
+    "%s. See docs/GIMP.md for Flatpak, Windows and macOS.")
+
+
+def plugin_root() -> str:
+    """The installed plug-in folder (dragd-gimp/), which holds dragd/gimp_plugin/."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _load_runner() -> Any:
+    try:
+        from . import runner
+    except ImportError as e:
+        raise UserError(MISSING_DEPS % (
+            "%d.%d" % sys.version_info[:2], getattr(e, "name", None) or str(e),
+            os.path.join(plugin_root(), "site-packages")))
+    return runner
+
+
+def add_arguments(procedure: Any) -> None:
+    for a in ARGUMENTS:
+        if a.kind == "string":
+            procedure.add_string_argument(a.name, a.label, a.blurb, a.default, RW)
+        elif a.kind == "int":
+            procedure.add_int_argument(a.name, a.label, a.blurb, a.lo, a.hi, a.default, RW)
+        elif a.kind == "double":
+            procedure.add_double_argument(a.name, a.label, a.blurb, a.lo, a.hi, a.default,
+                                          RW)
+        elif a.kind == "boolean":
+            procedure.add_boolean_argument(a.name, a.label, a.blurb, a.default, RW)
+        elif a.kind == "choice":
+            choice = Gimp.Choice.new()
+            for i, (nick, label, _value) in enumerate(a.choices):
+                choice.add(nick, i, label, "")
+            procedure.add_choice_argument(a.name, a.label, a.blurb, choice, a.default, RW)
+        else:  # pragma: no cover
+            raise ValueError(a.kind)
+
+
+def config_values(config: Any) -> dict:
+    return {a.name: config.get_property(a.name) for a in ARGUMENTS}
+
+
+def _dialog_info(runner_mod: Any, settings_endpoint: str, arrows: list, path_name: str,
+                 mask: Any, layer_name: str) -> list:
+    n = len(arrows)
+    lines = ["Layer %r: %d drag point%s from path %r (each stroke: first anchor = handle, "
+             "last anchor = target)." % (layer_name, n, "" if n == 1 else "s", path_name),
+             mask.describe()]
+    lines.append(runner_mod.describe_daemon(settings_endpoint))
+    return lines
+
+
+def _error(procedure: Any, status: Any, message: str) -> Any:
+    return procedure.new_return_values(status, GLib.Error(message))
+
+
+def run(procedure: Any, run_mode: Any, image: Any, drawables: Any, config: Any,
+        data: Any) -> Any:
+    host = GimpHost(Gimp, Gegl)
+    try:
+        runner_mod = _load_runner()
+        layer = host.source_layer(list(drawables))
+        arrows, path_name = host.read_arrows(image, layer)
+        mask = host.read_mask(image, layer)
+        check_handles_movable(arrows, mask)
+
+        interactive = run_mode == Gimp.RunMode.INTERACTIVE
+        GimpUi = None
+        if interactive:
+            gi.require_version("GimpUi", "3.0")
+            from gi.repository import GimpUi
+            from .dialog import settings_dialog
+            GimpUi.init(PROCEDURE_NAME)
+            endpoint = str(config.get_property("daemon") or "").strip()
+            info = _dialog_info(runner_mod, endpoint, arrows, path_name, mask,
+                                layer.get_name())
+            if not settings_dialog(GimpUi, procedure, config, info,
+                                   [a.name for a in ARGUMENTS]):
+                return _error(procedure, Gimp.PDBStatusType.CANCEL, "Cancelled.")
+        settings = DragSettings.from_values(config_values(config))
+        dialog_factory = None
+        if GimpUi is not None:
+            from .dialog import ProgressDialog
+
+            def dialog_factory():
+                return ProgressDialog(GimpUi)
+        outcome, new_layer = run_on_layer(host, runner_mod, settings, image, layer, arrows,
+                                          mask, dialog_factory)
+    except Cancelled as e:
+        return _error(procedure, Gimp.PDBStatusType.CANCEL, str(e))
+    except UserError as e:
+        return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, str(e))
+    except Exception as e:  # a bug: say so, with the details on stderr
+        traceback.print_exc()
+        return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR,
+                      "The DragGAN plug-in failed (%s: %s). Please report this bug with "
+                      "GIMP's error output." % (type(e).__name__, e))
+    rv = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, None)
+    _set_return(rv, 1, GObject.Value(Gimp.Layer, new_layer))
+    _set_return(rv, 2, GObject.Value(GObject.TYPE_INT, int(outcome.steps)))
+    _set_return(rv, 3, GObject.Value(GObject.TYPE_STRING, str(outcome.stop)))
+    return rv
+
+
+def _set_return(rv: Any, index: int, value: Any) -> None:
+    """Put a return value at ``index`` (new_return_values(SUCCESS) already holds a
+    default for every declared return value)."""
+    if rv.length() > index:
+        rv.remove(index)
+        rv.insert(index, value)
+    else:
+        rv.append(value)
+
+
+class DragdGimp(Gimp.PlugIn):
+    def do_query_procedures(self):
+        return [PROCEDURE_NAME]
+
+    def do_set_i18n(self, name):
+        return False
+
+    def do_create_procedure(self, name):
+        proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
+        proc.set_image_types("RGB*, GRAY*")
+        proc.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        proc.set_menu_label(MENU_LABEL)
+        proc.add_menu_path(MENU_PATH)
+        proc.set_documentation(
+            "Drag points of a layer with DragGAN",
+            "Moves handle points of the active layer to target points with DragGAN, served "
+            "by the dragd daemon (start it with: dragd serve). The points come from the "
+            "selected path (else the only path): every stroke is one drag, its first anchor "
+            "the handle and its last anchor the target. The selection is the region that "
+            "may move (none: the whole layer); a feathered selection gives soft weights. "
+            "The result is a new layer above the source, in one undo step.",
+            name)
+        proc.set_attribution("dragd", "dragd contributors", "2025")
+        add_arguments(proc)
+        proc.add_layer_return_value("new-layer", "New layer", "The layer holding the result",
+                                    True, RW)
+        proc.add_int_return_value("steps", "Steps", "Optimisation steps the drag took",
+                                  0, 1 << 30, 0, RW)
+        proc.add_string_return_value("stop-reason", "Stop reason",
+                                     "converged, max_steps, cancelled (stopped, kept) or "
+                                     "stalled", "", RW)
+        return proc
+
+
+def main(argv: Optional[list] = None) -> None:
+    Gimp.main(DragdGimp.__gtype__, list(argv if argv is not None else sys.argv))

@@ -1,0 +1,1120 @@
+"""Fast unit tests of the GIMP plug-in without GIMP: the host glue against small stand-ins
+for the Gimp/Gegl API objects, the session model, and the runner against a scripted client
+and against a real dragd server (NullBackend) on 127.0.0.1.
+
+The real-GIMP tests are in tests/test_gimp_host.py.
+"""
+from __future__ import annotations
+
+import json
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from dragd.gimp_plugin import flow, glue, runner, session
+from dragd.gimp_plugin.session import (ARGUMENTS, Arrow, Cancelled, DragSettings, JobModel,
+                                       LayerGeometry, MaskInfo, Stroke, UserError,
+                                       arrows_from_strokes, bezier_anchors,
+                                       check_handles_movable, make_mask, merge_alpha)
+from dragd.protocol import DaemonUnavailable, Image, RemoteError
+
+# ---------------------------------------------------------------------------
+# Stand-ins for the parts of gi.repository.Gimp / Gegl the glue uses
+# ---------------------------------------------------------------------------
+
+
+class Rect:
+    def __init__(self, x, y, w, h):
+        self.x, self.y, self.width, self.height = x, y, w, h
+
+    @staticmethod
+    def new(x, y, w, h):
+        return Rect(x, y, w, h)
+
+
+FakeGegl = SimpleNamespace(Rectangle=Rect,
+                           AbyssPolicy=SimpleNamespace(NONE="none", CLAMP="clamp"))
+
+BPP = {"R'G'B'A u8": 4, "R'G'B' u8": 3, "Y u8": 1, "Y' u8": 1}
+
+
+class Buffer:
+    """A buffer of `channels` bytes per pixel over the rectangle (x0, y0, w, h)."""
+
+    def __init__(self, w, h, channels, x0=0, y0=0, fill=0, image=None):
+        self.x0, self.y0, self.w, self.h, self.ch = x0, y0, w, h, channels
+        self.data = bytearray([fill]) * (w * h * channels)
+        self.image = image
+
+    def get(self, rect, scale, fmt, abyss):
+        assert scale == 1.0 and BPP[fmt] == self.ch
+        out = bytearray()
+        for y in range(rect.y, rect.y + rect.height):
+            for x in range(rect.x, rect.x + rect.width):
+                lx, ly = x - self.x0, y - self.y0
+                if 0 <= lx < self.w and 0 <= ly < self.h:
+                    i = (ly * self.w + lx) * self.ch
+                    out += self.data[i:i + self.ch]
+                elif abyss == "clamp":
+                    cx, cy = min(max(lx, 0), self.w - 1), min(max(ly, 0), self.h - 1)
+                    i = (cy * self.w + cx) * self.ch
+                    out += self.data[i:i + self.ch]
+                else:
+                    out += bytes(self.ch)
+        return bytes(out)
+
+    def set(self, rect, fmt, data):
+        if self.image is not None:
+            self.image.record("Buffer.set")
+        data = bytes(data)
+        n = BPP[fmt]
+        assert len(data) == rect.width * rect.height * n
+        for y in range(rect.height):
+            for x in range(rect.width):
+                src = data[(y * rect.width + x) * n:(y * rect.width + x + 1) * n]
+                if n == 3:
+                    src += b"\xff"
+                i = ((rect.y + y - self.y0) * self.w + rect.x + x - self.x0) * self.ch
+                self.data[i:i + self.ch] = src[:self.ch]
+
+    def flush(self):
+        pass
+
+
+class Item:
+    def __init__(self, image, name):
+        self.image, self.name, self.parasites = image, name, {}
+
+    def get_name(self):
+        return self.name
+
+    def set_name(self, name):
+        self.name = name
+
+    def attach_parasite(self, p):
+        self.image.record("attach_parasite")
+        self.parasites[p.name] = p
+        return True
+
+    def get_parasite(self, name):
+        return self.parasites.get(name)
+
+
+class Layer(Item):
+    def __init__(self, image, name, w, h, type_, opacity=100.0, mode="normal", alpha=True):
+        super().__init__(image, name)
+        self.w, self.h, self.type, self.opacity, self.mode = w, h, type_, opacity, mode
+        self.alpha = alpha
+        self.ox = self.oy = 0
+        self.buffer = Buffer(w, h, 4, image=image)
+        self.shadow = None
+        self.group, self.layer = False, True
+        self.children = []
+
+    @staticmethod
+    def new(image, name, w, h, type_, opacity, mode):
+        image.record("Layer.new")
+        return Layer(image, name, w, h, type_, opacity, mode, alpha=type_ in ("RGBA", "GRAYA"))
+
+    def get_offsets(self):
+        return True, self.ox, self.oy
+
+    def set_offsets(self, x, y):
+        self.image.record("set_offsets")
+        self.ox, self.oy = x, y
+
+    def get_width(self):
+        return self.w
+
+    def get_height(self):
+        return self.h
+
+    def is_layer(self):
+        return self.layer
+
+    def is_group(self):
+        return self.group
+
+    def get_children(self):
+        return self.children
+
+    def has_alpha(self):
+        return self.alpha
+
+    def get_opacity(self):
+        return self.opacity
+
+    def get_mode(self):
+        return self.mode
+
+    def get_parent(self):
+        return None
+
+    def get_mask(self):
+        return getattr(self, "mask", None)
+
+    def create_mask(self, kind):
+        self.image.record("create_mask")
+        m = Layer(self.image, "mask", self.w, self.h, "Y")
+        m.buffer = Buffer(self.w, self.h, 1, image=self.image)
+        return m
+
+    def add_mask(self, m):
+        self.image.record("add_mask")
+        self.mask = m
+        return True
+
+    def get_buffer(self):
+        return self.buffer
+
+    def get_shadow_buffer(self):
+        if self.shadow is None:
+            self.shadow = Buffer(self.w, self.h, 4, image=self.image)
+        return self.shadow
+
+    def merge_shadow(self, undo):
+        """Blend the shadow in through the image's selection, like GIMP."""
+        self.image.record("merge_shadow")
+        sel = self.image.selection
+        for y in range(self.h):
+            for x in range(self.w):
+                m = sel.value(x + self.ox, y + self.oy) if not sel.empty else 255
+                i = (y * self.w + x) * 4
+                for c in range(4):
+                    a, b = self.buffer.data[i + c], self.shadow.data[i + c]
+                    self.buffer.data[i + c] = (a * (255 - m) + b * m + 127) // 255
+        return True
+
+    def update(self, *a):
+        self.image.record("update")
+
+    def scale(self, w, h, local_origin):
+        self.image.record("scale")
+        self.w, self.h = w, h
+
+
+class Path(Item):
+    def __init__(self, image, name, strokes):
+        super().__init__(image, name)
+        self.strokes = strokes  # list of control-point lists
+
+    def get_strokes(self):
+        return list(range(1, len(self.strokes) + 1))
+
+    def stroke_get_points(self, sid):
+        return "BEZIER", list(self.strokes[sid - 1]), False
+
+
+def bezier(*anchors):
+    """Control points of a stroke whose anchors are `anchors` (handles on the anchors)."""
+    pts = []
+    for x, y in anchors:
+        pts += [x, y, x, y, x, y]
+    return pts
+
+
+class Selection:
+    def __init__(self, w, h):
+        self.w, self.h = w, h
+        self.buf = Buffer(w, h, 1)
+        self.empty = True
+
+    def rect(self, x, y, w, h, value=255):
+        self.empty = False
+        for yy in range(y, y + h):
+            for xx in range(x, x + w):
+                self.buf.data[yy * self.w + xx] = value
+
+    def value(self, x, y):
+        if 0 <= x < self.w and 0 <= y < self.h:
+            return self.buf.data[y * self.w + x]
+        return 0
+
+    def get_buffer(self):
+        return self.buf
+
+
+class FakeImage:
+    def __init__(self, w=64, h=48, base="RGB"):
+        self.w, self.h, self.base = w, h, base
+        self.layers = []
+        self.paths = []
+        self.selected_paths = []
+        self.selection = Selection(w, h)
+        self.depth = 0
+        self.groups = 0
+        self.log = []          # state-changing calls, as (name, undo depth)
+        self.selected_layers = []
+
+    def record(self, call):
+        self.log.append((call, self.depth))
+
+    def get_base_type(self):
+        return self.base
+
+    def get_selection(self):
+        return self.selection
+
+    def get_paths(self):
+        return list(self.paths)
+
+    def get_selected_paths(self):
+        return list(self.selected_paths)
+
+    def get_layers(self):
+        return list(self.layers)
+
+    def get_item_position(self, item):
+        return self.layers.index(item)
+
+    def insert_layer(self, layer, parent, position):
+        self.record("insert_layer")
+        self.layers.insert(position, layer)
+
+    def remove_layer(self, layer):
+        self.record("remove_layer")
+        self.layers.remove(layer)
+
+    def set_selected_layers(self, layers):
+        self.record("set_selected_layers")
+        self.selected_layers = list(layers)
+
+    def undo_group_start(self):
+        self.depth += 1
+        self.groups += 1
+        return True
+
+    def undo_group_end(self):
+        assert self.depth > 0
+        self.depth -= 1
+        return True
+
+
+class FakeGimp:
+    ImageType = SimpleNamespace(RGBA_IMAGE="RGBA", RGB_IMAGE="RGB", GRAYA_IMAGE="GRAYA",
+                                GRAY_IMAGE="GRAY")
+    ImageBaseType = SimpleNamespace(RGB="RGB", GRAY="GRAY")
+    LayerMode = SimpleNamespace(NORMAL="normal")
+    Layer = Layer
+    AddMaskType = SimpleNamespace(WHITE="white")
+    Parasite = SimpleNamespace(new=lambda name, flags, data: SimpleNamespace(
+        name=name, flags=flags, data=data))
+
+    def __init__(self):
+        self.calls = []
+        self.Selection = SimpleNamespace(is_empty=lambda image: image.selection.empty)
+
+    def progress_init(self, text):
+        self.calls.append(("init", text))
+
+    def progress_set_text(self, text):
+        self.calls.append(("text", text))
+
+    def progress_update(self, f):
+        self.calls.append(("update", f))
+
+    def progress_end(self):
+        self.calls.append(("end",))
+
+    def displays_flush(self):
+        pass
+
+
+def make_scene(with_alpha=True, offsets=(10, 6), lw=20, lh=16):
+    """A 64x48 image with a background and an offset layer 'art' of distinct pixels."""
+    img = FakeImage()
+    bg = Layer(img, "bg", 64, 48, "RGB", alpha=False)
+    art = Layer(img, "art", lw, lh, "RGBA" if with_alpha else "RGB", alpha=with_alpha)
+    art.ox, art.oy = offsets
+    for i in range(lw * lh):
+        art.buffer.data[4 * i:4 * i + 4] = bytes(((i * 7) % 256, (i * 3) % 256, 100,
+                                                  (128 + i) % 256 if with_alpha else 255))
+    img.layers = [art, bg]
+    img.log.clear()
+    return img, art
+
+
+def host():
+    return glue.GimpHost(FakeGimp(), FakeGegl)
+
+
+@pytest.fixture(autouse=True)
+def no_ui_throttling(monkeypatch):
+    """Show every progress text and preview (the runner throttles them in real time)."""
+    monkeypatch.setattr(runner, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(runner, "PREVIEW_INTERVAL", 0.0)
+
+
+# ---------------------------------------------------------------------------
+# Points: path -> arrows
+# ---------------------------------------------------------------------------
+
+
+def test_bezier_anchors_take_the_middle_of_each_triple():
+    pts = [0, 0, 1, 2, 5, 5, 7, 7, 3, 4, 9, 9]
+    assert bezier_anchors(pts) == [(1.0, 2.0), (3.0, 4.0)]
+    with pytest.raises(UserError, match="multiple of 6"):
+        bezier_anchors([1, 2, 3])
+
+
+def test_path_strokes_become_arrows_in_layer_coordinates():
+    img, art = make_scene(offsets=(10, 6))
+    img.paths = [Path(img, "arrows", [bezier((15, 12), (18, 14)),
+                                      bezier((20.5, 7.25), (22, 9), (26, 19))])]
+    arrows, name = host().read_arrows(img, art)
+    assert name == "arrows"
+    # image coordinates minus the layer offsets; first anchor = handle, last = target
+    assert arrows == [Arrow((5.0, 6.0), (8.0, 8.0)), Arrow((10.5, 1.25), (16.0, 13.0))]
+    assert arrows[0].pair() == {"handle": [5.0, 6.0], "target": [8.0, 8.0]}
+
+
+def test_the_selected_path_wins_else_the_only_one():
+    img, art = make_scene(offsets=(0, 0))
+    a = Path(img, "a", [bezier((1, 1), (2, 2))])
+    b = Path(img, "b", [bezier((3, 3), (4, 4))])
+    img.paths = [a, b]
+    img.selected_paths = [b]
+    assert host().read_arrows(img, art)[0] == [Arrow((3.0, 3.0), (4.0, 4.0))]
+    img.selected_paths = []
+    with pytest.raises(UserError, match="2 paths and none is selected"):
+        host().read_arrows(img, art)
+    img.selected_paths = [a, b]
+    with pytest.raises(UserError, match="2 paths are selected"):
+        host().read_arrows(img, art)
+    img.paths, img.selected_paths = [a], []
+    assert host().read_arrows(img, art)[0] == [Arrow((1.0, 1.0), (2.0, 2.0))]
+
+
+def test_no_path_is_a_clear_message():
+    img, art = make_scene()
+    with pytest.raises(UserError) as e:
+        host().read_arrows(img, art)
+    msg = str(e.value)
+    assert "no path" in msg and "Paths tool" in msg and "handle" in msg and "target" in msg
+
+
+def test_a_stroke_with_one_anchor_is_a_clear_message():
+    img, art = make_scene(offsets=(0, 0))
+    img.paths = [Path(img, "pts", [bezier((1, 1), (2, 2)), bezier((5, 5))])]
+    with pytest.raises(UserError) as e:
+        host().read_arrows(img, art)
+    msg = str(e.value)
+    assert "Stroke 2" in msg and "'pts'" in msg and "only one anchor" in msg
+
+
+def test_an_empty_path_and_points_off_the_layer_are_clear_messages():
+    g = LayerGeometry("art", 20, 16, 10, 6)
+    with pytest.raises(UserError, match="no strokes"):
+        arrows_from_strokes([], g, "p")
+    # on the layer's far edge is fine (continuous coordinates 0..W)
+    assert arrows_from_strokes([Stroke(((10, 6), (30, 22)))], g)[0].target == (20.0, 16.0)
+    with pytest.raises(UserError) as e:
+        arrows_from_strokes([Stroke(((12, 8), (31, 10)))], g, "p")
+    assert "target of stroke 1" in str(e.value) and "(31, 10)" in str(e.value)
+    assert "'art' (20x16 at 10,6)" in str(e.value)
+
+
+# ---------------------------------------------------------------------------
+# Mask: selection -> bytes in layer coordinates
+# ---------------------------------------------------------------------------
+
+
+def test_no_selection_means_the_whole_layer_moves():
+    img, art = make_scene()
+    m = host().read_mask(img, art)
+    assert m.data is None and m.whole_layer and (m.width, m.height) == (20, 16)
+    assert "whole layer" in m.describe()
+
+
+def test_rectangular_selection_becomes_mask_bytes_in_layer_coordinates():
+    img, art = make_scene(offsets=(10, 6))
+    img.selection.rect(20, 10, 5, 4)          # image coordinates
+    m = host().read_mask(img, art)
+    assert len(m.data) == 20 * 16 and not m.soft
+    on = [(i % 20, i // 20) for i, v in enumerate(m.data) if v]
+    assert min(on) == (10, 4) and max(on) == (14, 7) and len(on) == 20
+    assert set(m.data) == {0, 255}
+    assert m.coverage == pytest.approx(20 / 320)
+    assert "only the selected part may move" in m.describe()
+
+
+def test_selection_partly_outside_the_layer_and_outside_the_image():
+    img, art = make_scene(offsets=(-4, -2), lw=20, lh=16)   # layer hangs off the image
+    img.selection.rect(0, 0, 3, 3)
+    m = host().read_mask(img, art)
+    on = [(i % 20, i // 20) for i, v in enumerate(m.data) if v]
+    assert on[0] == (4, 2) and len(on) == 9        # outside the image: abyss = 0
+
+
+def test_feathered_selection_is_soft_weights():
+    img, art = make_scene(offsets=(0, 0))
+    img.selection.rect(2, 2, 10, 10, 255)
+    img.selection.rect(2, 2, 10, 1, 128)             # a soft edge
+    m = host().read_mask(img, art)
+    assert m.soft and 128 in m.data
+    assert "Feathered" in m.describe() and "soft weights" in m.describe()
+
+
+def test_selection_missing_the_layer_or_covering_all_of_it():
+    img, art = make_scene(offsets=(40, 30), lw=10, lh=10)
+    img.selection.rect(0, 0, 10, 10)
+    with pytest.raises(UserError, match="does not cover any of the layer 'art'"):
+        host().read_mask(img, art)
+    img, art = make_scene(offsets=(0, 0), lw=10, lh=10)
+    img.selection.rect(0, 0, 30, 30)
+    assert host().read_mask(img, art).data is None    # fully selected = no mask
+
+
+def test_handles_must_lie_in_the_movable_region():
+    m = make_mask(bytes([0] * 10 + [255] * 10), 10, 2)
+    check_handles_movable([Arrow((3.5, 1.5), (0.5, 0.5))], m)    # handle in row 1
+    with pytest.raises(UserError, match="handle of stroke 1.*outside the selection"):
+        check_handles_movable([Arrow((3.5, 0.5), (3.5, 1.5))], m)
+    check_handles_movable([Arrow((3.5, 0.5), (3.5, 1.5))], MaskInfo(None, 10, 2))
+
+
+# ---------------------------------------------------------------------------
+# Layers: source checks, pixels, result, preview, undo
+# ---------------------------------------------------------------------------
+
+
+def test_source_layer_checks():
+    img, art = make_scene()
+    h = host()
+    assert h.source_layer([art]) is art
+    with pytest.raises(UserError, match="No layer is selected"):
+        h.source_layer([])
+    with pytest.raises(UserError, match="2 layers are selected"):
+        h.source_layer([art, art])
+    art.group = True
+    with pytest.raises(UserError, match="layer group"):
+        h.source_layer([art])
+    art.group, art.layer = False, False
+    with pytest.raises(UserError, match="not a layer"):
+        h.source_layer([art])
+
+
+def test_read_pixels_is_rgba_of_the_layer():
+    img, art = make_scene()
+    px = host().read_pixels(art)
+    assert px == bytes(art.buffer.data) and len(px) == 20 * 16 * 4
+
+
+def test_result_layer_above_source_same_offsets_source_untouched():
+    img, art = make_scene(offsets=(10, 6))
+    h = host()
+    src = h.read_pixels(art)
+    before = bytes(art.buffer.data)
+    rgb = bytes(255 - b for i, b in enumerate(src) if i % 4 != 3)       # 3-channel result
+    result = Image(rgb, 20, 16, 3)
+    out = h.result_pixels(result, src)
+    new = h.write_result(img, art, out, src, masked=False)
+    assert img.layers == [new, art, img.layers[2]]
+    assert new.get_offsets() == (True, 10, 6) and (new.w, new.h) == (20, 16)
+    assert new.name == "art (dragged)" and new.type == "RGBA"
+    assert bytes(art.buffer.data) == before
+    got = bytes(new.buffer.data)
+    assert got[3::4] == src[3::4]                           # the layer keeps its alpha
+    assert got[0::4] == bytes(255 - b for b in src[0::4])
+
+
+def test_result_with_selection_keeps_unselected_pixels_exactly():
+    img, art = make_scene(offsets=(10, 6))
+    img.selection.rect(15, 8, 6, 5)
+    h = host()
+    src = h.read_pixels(art)
+    out = bytes(255 - b if i % 4 != 3 else b for i, b in enumerate(src))
+    new = h.write_result(img, art, out, src, masked=True)
+    got = bytes(new.buffer.data)
+    for i in range(20 * 16):
+        x, y = i % 20 + 10, i // 20 + 6
+        inside = 15 <= x < 21 and 8 <= y < 13
+        px = got[4 * i:4 * i + 4]
+        assert px == (out if inside else src)[4 * i:4 * i + 4], (x, y)
+
+
+def test_gray_image_and_layer_without_alpha_get_matching_layer_types():
+    img, art = make_scene(with_alpha=False)
+    img.base = "GRAY"
+    h = host()
+    src = h.read_pixels(art)
+    new = h.write_result(img, art, src, src, masked=False)
+    assert new.type == "GRAY"
+
+
+def test_merge_alpha_channels():
+    src = bytes([1, 2, 3, 40, 5, 6, 7, 80])
+    assert merge_alpha(bytes([9, 9, 9, 0, 8, 8, 8, 0]), 4, src) == bytes(
+        [9, 9, 9, 40, 8, 8, 8, 80])
+    assert merge_alpha(bytes([9, 9, 9, 8, 8, 8]), 3, src) == bytes([9, 9, 9, 40, 8, 8, 8, 80])
+    assert merge_alpha(bytes([9, 8]), 1, src) == bytes([9, 9, 9, 40, 8, 8, 8, 80])
+    with pytest.raises(ValueError):
+        merge_alpha(bytes(5), 3, src)
+
+
+def test_preview_layer_scaled_over_the_source_then_removed():
+    img, art = make_scene(offsets=(10, 6))
+    h = host()
+    undo = glue.UndoGroup(img)
+    p = glue.PreviewLayer(h, img, art, undo)
+    p.show(Image(bytes(8 * 6 * 3), 8, 6, 3))
+    first = p.layer
+    assert img.layers[0] is first and (first.w, first.h) == (20, 16)
+    assert first.get_offsets() == (True, 10, 6)
+    assert h.is_preview_layer(first)
+    p.show(Image(bytes(8 * 6 * 4), 8, 6, 4))
+    assert first not in img.layers and img.layers[0] is p.layer
+    assert h.stale_previews(img) == [p.layer]
+    p.remove()
+    assert img.layers == [art, img.layers[1]] and p.layer is None
+    undo.end()
+    assert img.groups == 1 and img.depth == 0
+    assert all(depth == 1 for _, depth in img.log)
+
+
+# ---------------------------------------------------------------------------
+# Settings and the job model
+# ---------------------------------------------------------------------------
+
+
+def test_arguments_cover_the_settings():
+    names = [a.name for a in ARGUMENTS]
+    assert names == ["model", "max-steps", "learning-rate", "lambda-mask", "latent-space",
+                     "inversion", "daemon", "time-limit", "live-preview"]
+    s = DragSettings()
+    for a in ARGUMENTS:
+        assert hasattr(s, a.attr)
+        if a.kind == "choice":
+            assert a.default in [c[0] for c in a.choices]
+
+
+def test_settings_from_config_values():
+    s = DragSettings.from_values({"model": " ffhq ", "max-steps": 40, "learning-rate": 0.0,
+                                  "lambda-mask": 5.0, "latent-space": "w",
+                                  "inversion": "fast", "daemon": "tcp://10.0.0.2:5557",
+                                  "time-limit": 60, "live-preview": False})
+    assert s.model == "ffhq" and s.space == "w" and s.endpoint == "tcp://10.0.0.2:5557"
+    p = s.drag_params()
+    assert p["lr"] is None and p["max_steps"] == 40 and p["space"] == "w"
+    assert p["lambda_mask"] == 5.0 and p["preview_every"] == 0
+    assert s.invert_fields() == {"method": "pti", "w_steps": 60, "tune_steps": 80}
+    assert DragSettings.from_values({"learning-rate": 0.002}).drag_params()["lr"] == 0.002
+    assert DragSettings.from_values({"latent-space": "w-plus"}).space == "w+"
+    with pytest.raises(UserError, match="not a ZeroMQ address"):
+        DragSettings.from_values({"daemon": "localhost:5557"})
+    with pytest.raises(UserError, match="latent-space"):
+        DragSettings.from_values({"latent-space": "z"})
+    with pytest.raises(UserError, match="max-steps"):
+        DragSettings.from_values({"max-steps": 0})
+
+
+def test_job_model_progress_follows_protocol_events():
+    m = JobModel(DragSettings(max_steps=100), [Arrow((1, 1), (5, 5))])
+    assert m.progress() == (0.0, "DragGAN: connecting to tcp://127.0.0.1:5557")
+    m.connected({"models": ["x"]})
+    m.on_event("queued", {"job": "j", "position": 2}, {})
+    assert "position 2" in m.progress()[1]
+    m.on_event("progress", {"stage": "invert", "step": 59, "total": 60}, {})
+    f, text = m.progress()
+    assert text == "DragGAN: inverting 60/60" and f == pytest.approx(0.4 * 0.5)
+    m.on_event("progress", {"stage": "tune", "step": 9, "total": 80}, {})
+    f, text = m.progress()
+    assert text == "DragGAN: tuning 10/80" and f == pytest.approx(0.4 * (0.5 + 0.5 / 8))
+    m.opened({"session": "s"})
+    m.on_event("progress", {"stage": "drag", "step": 4, "total": 100, "distance": 8.0,
+                            "handles": [[2, 2]]}, {"preview": "P1"})
+    m.on_event("progress", {"stage": "drag", "step": 9, "total": 100, "distance": 2.0},
+               {"preview": "P2"})
+    f, text = m.progress()
+    assert text == "DragGAN: step 9/100, 2.0 px to go"
+    assert f == pytest.approx(0.4 + 0.6 * 0.75)       # distance-based: 1 - 2/8
+    assert m.take_preview() == "P2" and m.take_preview() is None
+    assert m.handles == [[2, 2]] and m.previews_seen == 2
+    assert m.request_stop("keep") and not m.request_stop("keep")
+    assert m.request_stop("discard") is False and m.stop_requested == "discard"
+    assert "(stopping)" in m.progress()[1]
+
+
+# ---------------------------------------------------------------------------
+# The runner against a scripted client
+# ---------------------------------------------------------------------------
+
+
+class Msg:
+    def __init__(self, fields, image=None):
+        self.fields, self.image = fields, image
+
+    def get(self, k, d=None):
+        return self.fields.get(k, d)
+
+    def __getitem__(self, k):
+        return self.fields[k]
+
+
+class FakeJob:
+    def __init__(self, type_, fields):
+        self.type, self.fields = type_, fields
+        self.done, self.result, self.error = False, None, None
+        self.session = None
+
+
+class FakeClient:
+    """Plays a script: for each request type, a list of (kind, fields, images) events."""
+
+    def __init__(self, endpoint, script, **kw):
+        self.endpoint, self.script, self.kw = endpoint, script, kw
+        self.sent, self.cancelled, self.closed = [], [], False
+        self.limits = None
+        self.queue = []
+        self.on_cancel = None
+
+    def start(self, type_, fields=None, images=None):
+        job = FakeJob(type_, fields or {})
+        self.sent.append((type_, fields, images))
+        for ev in self.script.get(type_, []):
+            self.queue.append((job, ev))
+        return job
+
+    def start_open_session(self, image, invert=None, model=None):
+        job = self.start("open_session", {"invert": invert, "model": model}, {"image": image})
+        job.session = SimpleNamespace(id="sess-1")
+        return job
+
+    def start_drag(self, session, points, mask=None, **params):
+        self.drag_args = (session, points, mask, params)
+        return self.start("drag", {"points": points, "params": params}, {"mask": mask})
+
+    def cancel(self, job, wait=True):
+        self.cancelled.append(job.type)
+        if self.on_cancel:
+            self.on_cancel(self, job)
+
+    def poll(self, timeout_ms=0):
+        out = []
+        if self.queue:
+            job, (kind, fields, images) = self.queue.pop(0)
+            ev = SimpleNamespace(job=job, kind=kind, fields=fields, images=images or {},
+                                 error=None)
+            if kind == "result":
+                job.result = Msg(fields, images.get("image") if images else None)
+                job.done = True
+            elif kind == "error":
+                job.error = fields
+                ev.error = fields
+                job.done = True
+            out.append(ev)
+        else:
+            time.sleep(timeout_ms / 1000.0 / 4)
+        return out
+
+    def close(self):
+        self.closed = True
+
+
+def make_request(w=8, h=6):
+    return Image(bytes((i * 3) % 256 for i in range(w * h * 4)), w, h, 4)
+
+
+def good_script(w=8, h=6, steps=3):
+    result = Image(bytes([7]) * (w * h * 4), w, h, 4)
+    drag = [("queued", {"job": "j2", "position": 0}, None)]
+    for s in range(steps):
+        drag.append(("progress", {"stage": "drag", "step": s, "total": 50,
+                                  "distance": 5.0 - s},
+                     {"preview": Image(bytes(12), 2, 2, 3)}))
+    drag.append(("result", {"steps": steps, "stop": "converged", "distance": 0.4,
+                            "handles": [[5, 5]]}, {"image": result}))
+    return {
+        "hello": [("result", {"models": ["toy"], "loaded_model": "toy",
+                              "limits": {"max_points": 4}}, None)],
+        "open_session": [("progress", {"stage": "invert", "step": 0, "total": 2}, None),
+                         ("result", {"session": "sess-1"}, None)],
+        "drag": drag,
+        "close_session": [("result", {"session": "sess-1"}, None)],
+    }
+
+
+class RecUi(runner.NullUi):
+    def __init__(self, stop=None, stop_after=0):
+        self.texts, self.previews, self.stop, self.stop_after = [], [], stop, stop_after
+        self.pumps = 0
+
+    def progress(self, f, text):
+        self.texts.append((f, text))
+
+    def preview(self, img):
+        self.previews.append(img)
+
+    def pump(self):
+        self.pumps += 1
+
+    def stop_requested(self):
+        return self.stop if self.pumps >= self.stop_after else None
+
+
+def run_fake(script, settings=None, ui=None, mask=None, arrows=None, **kw):
+    clients = []
+
+    def factory(endpoint, **ckw):
+        c = FakeClient(endpoint, script, **ckw)
+        clients.append(c)
+        return c
+    settings = settings or DragSettings(inversion="fast", max_steps=50)
+    arrows = arrows or [Arrow((1, 1), (5, 5))]
+    mask = mask or MaskInfo(None, 8, 6)
+    r = runner.Runner(settings, arrows, make_request(), mask, ui or RecUi(),
+                      client_factory=factory, **kw)
+    try:
+        return r, r.run(), clients[0]
+    except UserError as e:
+        e.client = clients[0] if clients else None
+        e.runner = r
+        raise
+
+
+def test_runner_success_sends_points_mask_params_and_closes():
+    ui = RecUi()
+    mask = make_mask(bytes([255] * 24 + [0] * 24), 8, 6)
+    r, out, c = run_fake(good_script(), ui=ui, mask=mask)
+    assert out.steps == 3 and out.stop == "converged" and out.image.width == 8
+    assert [t for t, _, _ in c.sent] == ["hello", "open_session", "drag", "close_session"]
+    assert c.sent[1][1]["invert"] == {"method": "pti", "w_steps": 60, "tune_steps": 80}
+    session, points, mask_img, params = c.drag_args
+    assert points == [{"handle": [1, 1], "target": [5, 5]}]
+    assert mask_img.channels == 1 and bytes(mask_img.data) == mask.data
+    assert params["max_steps"] == 50 and params["preview_every"] > 0
+    assert c.closed and c.kw["timeout"] == session_timeout()
+    texts = [t for _, t in ui.texts]
+    assert texts[0].startswith("DragGAN: connecting")
+    assert any("inverting" in t for t in texts) and any("step 2/50" in t for t in texts)
+    assert texts[-1] == "DragGAN: converged after 3 steps"
+    assert len(ui.previews) >= 1 and ui.pumps > 0
+    assert r.model.phase == "done"
+
+
+def session_timeout():
+    return session.CONNECT_TIMEOUT
+
+
+def test_runner_daemon_unavailable_is_a_user_error_naming_the_start_command():
+    script = {"hello": [("error", DaemonUnavailable("tcp://127.0.0.1:1"), None)]}
+    with pytest.raises(UserError) as e:
+        run_fake(script)
+    assert "dragd serve" in str(e.value) and "tcp://127.0.0.1:1" in str(e.value)
+    assert e.value.runner.model.phase == "failed"
+    assert e.value.client.closed
+
+
+def test_runner_model_not_on_daemon_and_too_many_points():
+    script = good_script()
+    with pytest.raises(UserError, match="has no model 'cats'.*toy"):
+        run_fake(script, settings=DragSettings(model="cats"))
+    arrows = [Arrow((1, 1), (2, 2))] * 5
+    with pytest.raises(UserError, match="5 strokes.*at most 4"):
+        run_fake(good_script(), arrows=arrows)
+
+
+def test_runner_remote_error_is_shown():
+    script = good_script()
+    script["drag"] = [("error", RemoteError("bad_points", "the handle of point 1 lies "
+                                            "outside"), None)]
+    with pytest.raises(UserError, match="refused the request: the handle of point 1"):
+        run_fake(script)
+
+
+def test_runner_stop_keep_cancels_and_keeps_the_partial_drag():
+    script = good_script(steps=40)
+    drag = script["drag"]
+    final = drag.pop()
+    script["drag"] = drag[:3]              # the daemon would go on; stop arrives first
+
+    def on_cancel(client, job):
+        client.queue.append((job, ("result", dict(final[1], stop="cancelled", steps=2),
+                                   final[2])))
+    ui = RecUi(stop="keep", stop_after=6)
+    clients = []
+
+    def factory(endpoint, **kw):
+        c = FakeClient(endpoint, script, **kw)
+        c.on_cancel = on_cancel
+        clients.append(c)
+        return c
+    r = runner.Runner(DragSettings(), [Arrow((1, 1), (5, 5))], make_request(),
+                      MaskInfo(None, 8, 6), ui, client_factory=factory)
+    out = r.run()
+    assert clients[0].cancelled == ["drag"] and out.stop == "cancelled" and out.steps == 2
+
+
+def test_runner_cancel_discard_raises_cancelled():
+    script = good_script()
+    script["drag"] = script["drag"][:2]
+
+    def factory(endpoint, **kw):
+        c = FakeClient(endpoint, script, **kw)
+        c.on_cancel = lambda cl, job: cl.queue.append(
+            (job, ("error", RemoteError("cancelled"), None)))
+        return c
+    r = runner.Runner(DragSettings(), [Arrow((1, 1), (5, 5))], make_request(),
+                      MaskInfo(None, 8, 6), RecUi(stop="discard", stop_after=4),
+                      client_factory=factory)
+    with pytest.raises(Cancelled):
+        r.run()
+
+
+def test_runner_time_limit_during_inversion_fails_with_advice():
+    script = good_script()
+    script["open_session"] = [("progress", {"stage": "invert", "step": 0, "total": 9}, None)]
+    now = [0.0]
+
+    def clock():
+        now[0] += 0.5
+        return now[0]
+    with pytest.raises(UserError, match="time limit of 5 s ran out while the daemon was "
+                       "inverting"):
+        run_fake(script, settings=DragSettings(time_limit=5), clock=clock)
+
+
+def test_runner_stop_without_answer_is_bounded():
+    script = good_script()
+    script["drag"] = script["drag"][:2]
+    now = [0.0]
+
+    def clock():
+        now[0] += 0.25
+        return now[0]
+    with pytest.raises(UserError, match="did not stop the drag within 3 s"):
+        run_fake(script, ui=RecUi(stop="keep", stop_after=3), clock=clock, stop_grace=3.0)
+
+
+def test_runner_bad_endpoint():
+    def factory(endpoint, **kw):
+        raise ValueError("Invalid argument")
+    r = runner.Runner(DragSettings(endpoint="tcp://nohost"), [Arrow((1, 1), (2, 2))],
+                      make_request(), MaskInfo(None, 8, 6), client_factory=factory)
+    with pytest.raises(UserError, match="Cannot use the daemon address 'tcp://nohost'"):
+        r.run()
+
+
+# ---------------------------------------------------------------------------
+# The whole run on a layer (flow) with stand-ins: one undo group, previews removed
+# ---------------------------------------------------------------------------
+
+
+class ScriptedRunnerModule:
+    """Stands in for the runner module in flow.run_on_layer."""
+
+    Image = Image
+
+    def __init__(self, script):
+        self.script = script
+
+    def Runner(self, settings, arrows, image, mask, ui):
+        def factory(endpoint, **kw):
+            return FakeClient(endpoint, self.script, **kw)
+        r = runner.Runner(settings, arrows, image, mask, ui, client_factory=factory)
+        return r
+
+
+def test_flow_writes_one_undo_group_and_removes_the_preview():
+    img, art = make_scene(offsets=(10, 6), lw=8, lh=6)
+    img.selection.rect(10, 6, 4, 6)
+    h = host()
+    arrows = [Arrow((1, 1), (3, 2))]
+    mask = h.read_mask(img, art)
+    before = bytes(art.buffer.data)
+    out, new = flow.run_on_layer(h, ScriptedRunnerModule(good_script()), DragSettings(),
+                                 img, art, arrows, mask)
+    assert img.groups == 1 and img.depth == 0
+    assert img.log and all(depth == 1 for _, depth in img.log), img.log
+    names = [lyr.name for lyr in img.layers]
+    assert names == ["art (dragged)", "art", "bg"]
+    assert bytes(art.buffer.data) == before
+    assert any(c == "scale" for c, _ in img.log)          # a preview was shown...
+    assert not h.stale_previews(img)                       # ...and removed
+    got = bytes(new.buffer.data)
+    for i in range(8 * 6):
+        inside = i % 8 < 4
+        assert got[4 * i:4 * i + 3] == (bytes([7, 7, 7]) if inside else before[4 * i:4 * i + 3])
+        assert got[4 * i + 3] == before[4 * i + 3]
+    calls = [c[0] for c in h.Gimp.calls]
+    assert calls[0] == "init" and calls[-1] == "end" and "update" in calls
+    assert img.selected_layers == [new]
+
+
+def test_flow_error_changes_nothing_and_opens_no_group():
+    img, art = make_scene(lw=8, lh=6)
+    script = {"hello": [("error", DaemonUnavailable("tcp://127.0.0.1:9"), None)]}
+    with pytest.raises(UserError, match="dragd serve"):
+        flow.run_on_layer(host(), ScriptedRunnerModule(script), DragSettings(), img, art,
+                          [Arrow((1, 1), (3, 2))], MaskInfo(None, 8, 6))
+    assert img.groups == 0 and img.log == [] and len(img.layers) == 2
+
+
+def test_flow_removes_stale_previews_inside_the_group():
+    img, art = make_scene(lw=8, lh=6)
+    h = host()
+    stale = Layer(img, "old preview", 8, 6, "RGBA")
+    stale.parasites[session.PREVIEW_PARASITE] = object()
+    img.layers.insert(0, stale)
+    flow.run_on_layer(h, ScriptedRunnerModule(good_script()),
+                      DragSettings(live_preview=False), img, art, [Arrow((1, 1), (3, 2))],
+                      MaskInfo(None, 8, 6))
+    assert stale not in img.layers and img.groups == 1
+    assert all(depth == 1 for _, depth in img.log)
+
+
+# ---------------------------------------------------------------------------
+# The runner against a real dragd server (NullBackend) on 127.0.0.1
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def null_server():
+    from dragd.daemon.backend import NullBackend
+    from dragd.daemon.server import Server, ServerConfig
+
+    srv = Server(NullBackend(), ServerConfig(endpoint="tcp://127.0.0.1:0",
+                                             shutdown_timeout=3.0)).start()
+    yield srv
+    srv.stop()
+
+
+def test_runner_with_a_real_server(null_server):
+    w, h = 12, 10
+    src = Image(bytes((i * 5) % 256 for i in range(w * h * 4)), w, h, 4)
+    ui = RecUi()
+    out = runner.run_drag(DragSettings(endpoint=null_server.endpoint, model=""),
+                          [Arrow((2.5, 3.0), (6.0, 4.0))], src,
+                          make_mask(bytes([255] * 60 + [0] * 60), w, h), ui)
+    assert (out.image.width, out.image.height) == (w, h)
+    assert bytes(out.image.data) == bytes(src.data)       # NullBackend: unchanged
+    assert out.stop == "converged" and ui.texts[-1][1].startswith("DragGAN: converged")
+
+
+def test_runner_daemon_down_fails_fast_with_the_start_command():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()                                   # nothing listens there now
+    t0 = time.monotonic()
+    with pytest.raises(UserError) as e:
+        runner.run_drag(DragSettings(endpoint="tcp://127.0.0.1:%d" % port),
+                        [Arrow((1, 1), (2, 2))], make_request(), MaskInfo(None, 8, 6),
+                        connect_timeout=1.0)
+    elapsed = time.monotonic() - t0
+    assert "dragd serve" in str(e.value) and str(port) in str(e.value)
+    assert elapsed < 4.0, elapsed
+
+
+def test_describe_daemon(null_server):
+    line = runner.describe_daemon(null_server.endpoint)
+    assert line.startswith("Daemon at %s" % null_server.endpoint) and "null" in line
+    t0 = time.monotonic()
+    line = runner.describe_daemon("tcp://127.0.0.1:1", timeout=0.5)
+    assert "not reachable" in line and "dragd serve" in line
+    assert time.monotonic() - t0 < 3.0
+
+
+def test_gimp_plugin_package_imports_nothing_from_gimp_or_zmq():
+    """plugin.py must register even when pyzmq is missing (it reports it when run); the
+    session model and glue import neither gi nor zmq."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import dragd.gimp_plugin, dragd.gimp_plugin.session, dragd.gimp_plugin.glue, "
+            "dragd.gimp_plugin.flow\n"
+            "bad = [m for m in ('zmq', 'gi', 'msgpack') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_entry_script_paths(tmp_path):
+    """The installed entry script imports dragd.gimp_plugin from its own folder (first on
+    sys.path) and searches a site-packages folder beside it last."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import dragd.gimp_plugin as pkg
+
+    root = tmp_path / "dragd-gimp"
+    (root / "dragd" / "gimp_plugin").mkdir(parents=True)
+    (root / "site-packages").mkdir()
+    shutil.copy(Path(pkg.__file__).parent / "entry.py", root / "dragd-gimp.py")
+    (root / "dragd" / "gimp_plugin" / "__init__.py").write_text("")
+    (root / "dragd" / "gimp_plugin" / "plugin.py").write_text(
+        "import json, sys\n"
+        "def main(argv):\n"
+        "    print(json.dumps({'path': sys.path, 'file': __file__, 'argv': argv}))\n")
+    out = subprocess.run([sys.executable, "-S", str(root / "dragd-gimp.py"), "-gimp", "x"],
+                         capture_output=True, text=True, check=True, cwd=tmp_path)
+    info = json.loads(out.stdout)
+    assert info["file"] == str(root / "dragd" / "gimp_plugin" / "plugin.py")
+    assert info["path"][0] == str(root)
+    assert info["path"][-1] == str(root / "site-packages")
+    assert info["argv"][1:] == ["-gimp", "x"]
+
+
+def test_large_layer_helpers_are_fast():
+    """Layers of any size: the pure-Python work per run is C-speed slicing and counting."""
+    w, h = 3000, 2000
+    src = bytes(range(256)) * (w * h * 4 // 256)
+    soft = (bytes([0]) * (w * h // 2) + bytes([128]) * (w // 2)
+            + bytes([255]) * (w * h // 2 - w // 2))
+    t0 = time.perf_counter()
+    m = make_mask(soft, w, h)
+    out = merge_alpha(bytes(w * h * 3), 3, src)
+    elapsed = time.perf_counter() - t0
+    assert m.soft and len(out) == len(src) and out[3::4] == src[3::4]
+    assert elapsed < 3.0, elapsed
+
+
+def test_result_layer_gets_a_copy_of_the_source_layer_mask():
+    img, art = make_scene(lw=4, lh=2)
+    art.mask = Layer(img, "mask", 4, 2, "Y")
+    art.mask.buffer = Buffer(4, 2, 1)
+    art.mask.buffer.data[:] = bytes([0, 50, 100, 255, 255, 0, 7, 9])
+    h = host()
+    src = h.read_pixels(art)
+    new = h.write_result(img, art, src, src, masked=False)
+    assert bytes(new.mask.buffer.data) == bytes([0, 50, 100, 255, 255, 0, 7, 9])
+    assert bytes(art.mask.buffer.data) == bytes([0, 50, 100, 255, 255, 0, 7, 9])
+
+
+def test_loopback_and_curve_keys(tmp_path, monkeypatch):
+    import zmq
+
+    from dragd.protocol.curvekeys import format_key_file
+
+    assert runner.is_loopback("tcp://127.0.0.1:5557") and runner.is_loopback("ipc:///tmp/d")
+    assert runner.is_loopback("tcp://localhost:5557") and runner.is_loopback("tcp://[::1]:1")
+    assert not runner.is_loopback("tcp://10.0.0.5:5557")
+    assert not runner.is_loopback("tcp://gpu-box:5557")
+    monkeypatch.setenv("DRAGD_KEYS_DIR", str(tmp_path))
+    assert runner.curve_for("tcp://127.0.0.1:5557") == (None, "")
+    cfg, hint = runner.curve_for("tcp://10.0.0.5:5557")
+    assert cfg is None and str(tmp_path) in hint and "server.key" in hint
+    spub, _ = zmq.curve_keypair()
+    cpub, csec = zmq.curve_keypair()
+    (tmp_path / "server.key").write_text(format_key_file(spub))
+    (tmp_path / "client.key_secret").write_text(format_key_file(cpub, csec))
+    cfg, _ = runner.curve_for("tcp://10.0.0.5:5557")
+    assert cfg.server_public_key == spub and cfg.secret_key == csec
+    # the runner hands the keys to the client, and adds the hint when it cannot connect
+    seen = {}
+
+    def factory(endpoint, **kw):
+        seen.update(kw)
+        return FakeClient(endpoint, {"hello": [
+            ("error", DaemonUnavailable(endpoint), None)]}, **kw)
+    r = runner.Runner(DragSettings(endpoint="tcp://10.0.0.5:5557"), [Arrow((1, 1), (2, 2))],
+                      make_request(), MaskInfo(None, 8, 6), client_factory=factory)
+    with pytest.raises(UserError) as e:
+        r.run()
+    assert seen["curve"] is cfg or seen["curve"].public_key == cpub
+    assert "dragd serve" in str(e.value) and "CurveZMQ keys" in str(e.value)

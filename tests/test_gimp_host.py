@@ -1,0 +1,559 @@
+"""The GIMP plug-in in a REAL GIMP 3.0 (Debian trixie chroot, tests/hosts): installed with the
+real installer into a private profile, called by a python-fu-eval batch script against a
+dragd daemon running on this machine (127.0.0.1; the chroot shares the network namespace),
+non-interactively and interactively (its GimpUi dialogs, under Xvfb). The batch script
+writes what it saw to a JSON file the test reads.
+
+Daemons: the real `dragd serve` process with a tiny model (`running_daemon`, from
+tests/daemon_fixture.py) for the end-to-end drag; an in-process server with a scripted
+stand-in backend (`daemon`) where a test needs to see what the daemon received or needs a
+drag of a known length (Stop at step 2, a plug-in killed mid-drag).
+
+Marked `hosts`: skipped where the chroot cannot be built, except under CI or
+DRAGD_REQUIRE_HOSTS=1 (then a failure).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import random
+import socket
+import time
+
+import pytest
+
+from dragd.daemon.plugin_install import install_gimp
+from hosts.chroot import (GIMP_PLUGIN_DIR, HostResult, ensure_chroot, new_home,
+                          run_gimp_script, run_in_chroot)
+
+pytestmark = pytest.mark.hosts
+
+# ---------------------------------------------------------------------------
+# The batch script (runs inside GIMP's python-fu-eval)
+#
+# Builds a 64x48 image: a background and a 40x30 layer "art" at offset (10, 6) with alpha
+# (opaque left half, alpha 160 right half), a path with one two-anchor stroke and a
+# rectangular selection; then calls plug-in-dragd-drag once per entry of $DRAGD_CALLS (JSON
+# list of {"label", "run_mode", "args": {argument: value}, "variant"}; a variant builds a
+# fresh image with a flawed scene for the error-message checks). Writes to $DRAGD_RESULT: per call the status, message,
+# elapsed seconds, return values and layer stack, and base64 pixels of the source (before and
+# after) and of the new layer, plus the selection mask in layer coordinates.
+# ---------------------------------------------------------------------------
+
+SCRIPT = r'''
+import base64
+import json
+import os
+import time
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp
+
+W, H = 64, 48
+LW, LH = 40, 30
+OX, OY = 10, 6
+SEL = (20, 10, 16, 14)                 # x, y, w, h in image coordinates
+STROKE = ((24.0, 14.0), (30.0, 18.0))  # handle -> target, image coordinates
+RGBA = "R'G'B'A u8"
+
+
+def b64(data):
+    return base64.b64encode(bytes(data)).decode("ascii")
+
+
+def pixels(layer):
+    rect = Gegl.Rectangle.new(0, 0, layer.get_width(), layer.get_height())
+    return bytes(layer.get_buffer().get(rect, 1.0, RGBA, Gegl.AbyssPolicy.CLAMP))
+
+
+def build(variant=""):
+    image = Gimp.Image.new(W, H, Gimp.ImageBaseType.RGB)
+    bg = Gimp.Layer.new(image, "bg", W, H, Gimp.ImageType.RGB_IMAGE, 100.0,
+                        Gimp.LayerMode.NORMAL)
+    image.insert_layer(bg, None, 0)
+    art = Gimp.Layer.new(image, "art", LW, LH, Gimp.ImageType.RGBA_IMAGE, 100.0,
+                         Gimp.LayerMode.NORMAL)
+    image.insert_layer(art, None, 0)
+    art.set_offsets(OX, OY)
+    src = bytearray(LW * LH * 4)
+    for y in range(LH):
+        for x in range(LW):
+            i = (y * LW + x) * 4
+            src[i:i + 4] = bytes((x * 6 % 256, y * 8 % 256, (x * y) % 256,
+                                  255 if x < 20 else 160))
+    buf = art.get_buffer()
+    buf.set(Gegl.Rectangle.new(0, 0, LW, LH), RGBA, bytes(src))
+    buf.flush()
+    if variant != "no-path":
+        path = Gimp.Path.new(image, "arrows")
+        image.insert_path(path, None, 0)
+        sid = path.bezier_stroke_new_moveto(*STROKE[0])
+        path.bezier_stroke_lineto(sid, *STROKE[1])
+        if variant == "one-anchor":
+            path.bezier_stroke_new_moveto(40.0, 20.0)
+    if variant == "layer-mask":
+        lm = art.create_mask(Gimp.AddMaskType.WHITE)
+        art.add_mask(lm)
+        mb = lm.get_buffer()
+        mb.set(Gegl.Rectangle.new(0, 0, 12, LH), "Y u8", bytes(12 * LH))
+        mb.flush()
+    if variant == "handle-outside":
+        image.select_rectangle(Gimp.ChannelOps.REPLACE, 40, 20, 8, 8)
+    else:
+        image.select_rectangle(Gimp.ChannelOps.REPLACE, *SEL)
+    image.set_selected_layers([art])
+    return image, art
+
+
+R = {"calls": []}
+image, art = build()
+mask = bytes(image.get_selection().get_buffer().get(
+    Gegl.Rectangle.new(OX, OY, LW, LH), 1.0, "Y u8", Gegl.AbyssPolicy.NONE))
+R["layer"] = {"width": LW, "height": LH, "offsets": [OX, OY]}
+R["source_before"] = b64(pixels(art))
+R["mask"] = b64(mask)
+
+pdb = Gimp.get_pdb()
+proc = pdb.lookup_procedure("plug-in-dragd-drag")
+R["registered"] = proc is not None
+if proc is not None:
+    R["arguments"] = [a.name for a in proc.get_arguments()]
+    R["menu_paths"] = list(proc.get_menu_paths())
+    R["menu_label"] = proc.get_menu_label()
+    for call in json.loads(os.environ.get("DRAGD_CALLS", "[]")):
+        if call.get("variant"):
+            image, art = build(call["variant"])
+        cfg = proc.create_config()
+        cfg.set_property("run-mode", getattr(Gimp.RunMode,
+                                             call.get("run_mode", "NONINTERACTIVE")))
+        cfg.set_property("image", image)
+        cfg.set_core_object_array("drawables", [art])
+        for k, v in call.get("args", {}).items():
+            cfg.set_property(k, v)
+        before = [lyr.get_id() for lyr in image.get_layers()]
+        t0 = time.monotonic()
+        res = proc.run(cfg)
+        elapsed = time.monotonic() - t0
+        c = {"label": call.get("label"), "elapsed": elapsed,
+             "status": res.index(0).value_nick, "nvalues": res.length(),
+             "last_error": pdb.get_last_error(),
+             "stack": [lyr.get_name() for lyr in image.get_layers()]}
+        if c["status"] == "success":
+            new = res.index(1)
+            c["steps"] = res.index(2)
+            c["stop"] = res.index(3)
+            c["new_layer"] = {"name": new.get_name(), "id": new.get_id(),
+                              "offsets": list(new.get_offsets())[1:],
+                              "size": [new.get_width(), new.get_height()],
+                              "has_alpha": new.has_alpha(),
+                              "position": image.get_item_position(new),
+                              "pixels": b64(pixels(new))}
+            c["source_after"] = b64(pixels(art))
+            for key, lyr in (("new_mask", new), ("source_mask", art)):
+                if lyr.get_mask() is not None:
+                    m = lyr.get_mask()
+                    c[key] = b64(m.get_buffer().get(Gegl.Rectangle.new(
+                        0, 0, m.get_width(), m.get_height()), 1.0, "Y u8",
+                        Gegl.AbyssPolicy.CLAMP))
+            c["new_layer_ids"] = [i for i in (lyr.get_id() for lyr in image.get_layers())
+                                  if i not in before]
+            image.remove_layer(new)          # the next call starts from the same stack
+        elif res.length() > 1:
+            c["message"] = res.index(1)
+        R["calls"].append(c)
+
+with open(os.environ["DRAGD_RESULT"], "w") as f:
+    json.dump(R, f)
+image.delete()
+'''
+
+# ---------------------------------------------------------------------------
+# The daemon
+# ---------------------------------------------------------------------------
+
+
+def _stub_backend_class():
+    from dragd.daemon.backend import NullBackend
+    from dragd.protocol.schema import Image
+
+    class PaintBackend(NullBackend):
+        """Stand-in daemon backend for the plug-in tests: a drag runs min(max_steps, 6)
+        steps of 0.25 s (240 when max_steps >= 1000), streams progress with an 8x6 preview
+        per step, honours cancel (returning the drag so far) and returns the layer with RGB
+        inverted, so pixels visibly change. Records what it was sent and how it ended."""
+
+        def __init__(self):
+            super().__init__(device="stub", models=("stub",))
+            self.opened, self.drags = [], []
+            self.previews = 0
+
+        def open_session(self, session_id, image, width, height, channels, settings,
+                         progress, cancel):
+            self.opened.append({"width": width, "height": height, "channels": channels,
+                                "invert": settings.get("invert")})
+            for s in range(2):
+                progress({"stage": "invert", "step": s, "total": 2})
+            return super().open_session(session_id, image, width, height, channels,
+                                        settings, progress, cancel)
+
+        def drag(self, session_id, points, mask, params, progress, cancel):
+            img = self._get(session_id)
+            self.drags.append({"points": [[list(h), list(t)] for h, t in points],
+                               "mask": None if mask is None else bytes(mask),
+                               "params": dict(params)})
+            data = bytearray(bytes(img.data))
+            for c in range(3):
+                data[c::img.channels] = bytes(255 - b for b in data[c::img.channels])
+            # max_steps >= 1000: a long drag (up to 60 s) for the cancellation test.
+            n = 240 if params["max_steps"] >= 1000 else min(int(params["max_steps"]), 6)
+            steps = 0
+            for s in range(n):
+                if cancel.cancelled:
+                    break
+                prev = Image(bytes([40 * s % 256, 90, 160, 255]) * 48, 8, 6, 4)
+                progress({"stage": "drag", "step": s, "total": params["max_steps"],
+                          "distance": max(0.0, 6.0 - s)}, {"preview": prev})
+                self.previews += 1
+                steps = s + 1
+                time.sleep(0.25)
+            self.drags[-1].update(ended=time.monotonic(), cancel_reason=cancel.reason)
+            return {"image": Image(bytes(data), img.width, img.height, img.channels),
+                    "handles": [list(t) for _, t in points], "steps": steps,
+                    "stop": "cancelled" if cancel.cancelled else "converged",
+                    "distance": 0.5, "history": 1}
+
+    return PaintBackend
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    """A dragd server on 127.0.0.1 with the stand-in backend. Yields (endpoint, backend)."""
+    from dragd.daemon.server import Server, ServerConfig
+
+    backend = _stub_backend_class()()
+    srv = Server(backend, ServerConfig(endpoint="tcp://127.0.0.1:0",
+                                       shutdown_timeout=3.0)).start()
+    yield srv.endpoint, backend
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def chroot_root():
+    return ensure_chroot()
+
+
+@pytest.fixture
+def home(chroot_root):
+    """A private GIMP profile in the chroot, the plug-in installed by the real installer."""
+    with new_home("gimp") as h:
+        root = install_gimp(h.path(GIMP_PLUGIN_DIR))
+        assert (root / "dragd-gimp.py").is_file()
+        assert (root / "dragd" / "protocol" / "client.py").is_file()
+        assert (root / "dragd" / "gimp_plugin" / "plugin.py").is_file()
+        yield h
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def unb64(s):
+    return base64.b64decode(s)
+
+
+def run_calls(home, calls, *, timeout=180, trace=False, xvfb=False, env=None):
+    env = dict(env or {})
+    env["DRAGD_CALLS"] = json.dumps(calls)
+    if not xvfb:
+        r = run_gimp_script(SCRIPT, timeout=timeout, home=home, env=env, trace=trace)
+        r.check()
+        return r
+    # Interactive runs need a display for the plug-in's GTK dialogs: the same batch run
+    # under xvfb-run (gimp-console opens no window itself; the plug-in process does).
+    rel = ".dragd-result-%d.json" % random.getrandbits(40)
+    env["DRAGD_RESULT"] = home.chroot_path(rel)
+    t0 = time.monotonic()
+    proc = run_in_chroot(["xvfb-run", "-a", "-n", str(random.randrange(200, 900)), "-s",
+                          "-nolisten tcp -screen 0 1280x1024x24", "gimp-console-3.0", "-nis",
+                          "--batch-interpreter", "python-fu-eval", "-b", "-", "--quit"],
+                         timeout=timeout, env=env, input=SCRIPT, home=home)
+    r = HostResult(proc.args, proc.returncode, proc.stdout, proc.stderr)
+    r.elapsed = time.monotonic() - t0
+    res = home.path(rel)
+    if res.exists():
+        r.result = json.loads(res.read_text())
+        res.unlink()
+    r.check()
+    return r
+
+
+def check_result_layer(res, call, min_changed=1.0):
+    """The new layer is directly above the source with its offsets and size; the source is
+    untouched; outside the selection the new layer equals the source exactly, inside it
+    changed (at least the fraction min_changed of the pixels); the layer kept the source's
+    alpha."""
+    lw, lh = res["layer"]["width"], res["layer"]["height"]
+    src = unb64(res["source_before"])
+    mask = unb64(res["mask"])
+    new = call["new_layer"]
+    assert call["stack"] == ["art (dragged)", "art", "bg"], call["stack"]
+    assert new["name"] == "art (dragged)" and new["position"] == 0
+    assert new["offsets"] == res["layer"]["offsets"] == [10, 6]
+    assert new["size"] == [lw, lh] and new["has_alpha"] is True
+    assert unb64(call["source_after"]) == src
+    out = unb64(new["pixels"])
+    assert len(out) == len(src) == lw * lh * 4
+    n_in = n_in_changed = 0
+    for i in range(lw * lh):
+        px, sp = out[4 * i:4 * i + 4], src[4 * i:4 * i + 4]
+        assert px[3] == sp[3], i                       # alpha kept
+        if mask[i] == 0:
+            assert px == sp, (i % lw, i // lw)         # outside: exactly the source
+        else:
+            n_in += 1
+            n_in_changed += px[:3] != sp[:3]
+    assert n_in == 16 * 14 and n_in_changed >= min_changed * n_in, (n_in_changed, n_in)
+    return n_in_changed / n_in
+
+
+def plugin_processes(r):
+    """The undo-tracer lines of each plug-in process (one per call), in order."""
+    assert not [t for t in r.trace if "error" in t], r.trace[:5]
+    by_pid = {}
+    for t in r.trace:
+        if t.get("prog") == "dragd-gimp.py":
+            by_pid.setdefault(t["pid"], []).append(t)
+    return list(by_pid.values())
+
+
+# ---------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------
+
+
+def check_one_undo_group(proc_trace):
+    names = [t["call"] for t in proc_trace]
+    assert names.count("Image.undo_group_start") == 1, names
+    assert names.count("Image.undo_group_end") == 1, names
+    assert names[0] == "Image.undo_group_start" and names[-1] == "Image.undo_group_end"
+    assert all(t["depth"] == 1 for t in proc_trace[1:-1]), proc_trace
+    return names
+
+
+def test_real_daemon_drag_and_daemon_down(running_daemon, home):
+    """The whole path with the real `dragd serve` (tiny model, real PTI and drag on the
+    CPU): a new layer, the source untouched, one undo group; then the daemon down."""
+    down = "tcp://127.0.0.1:%d" % free_port()
+    calls = [
+        {"label": "drag", "args": {"daemon": running_daemon.endpoint, "inversion": "fast",
+                                   "max-steps": 20, "live-preview": True,
+                                   "time-limit": 300}},
+        {"label": "down", "args": {"daemon": down}},
+    ]
+    r = run_calls(home, calls, trace=True, timeout=400)
+    res = r.result
+    assert res["registered"] is True, r.log()
+    assert res["arguments"] == ["run-mode", "image", "drawables", "model", "max-steps",
+                                "learning-rate", "lambda-mask", "latent-space", "inversion",
+                                "daemon", "time-limit", "live-preview"]
+    assert res["menu_paths"] == ["<Image>/Filters/Generative"]
+    assert res["menu_label"] == "_Drag (DragGAN)..."
+    drag, fail = res["calls"]
+
+    assert drag["status"] == "success", (drag, r.log(), running_daemon.log()[-3000:])
+    assert drag["stop"] in ("converged", "max_steps", "stalled") and drag["steps"] <= 20
+    changed = check_result_layer(res, drag, min_changed=0.5)   # a GAN's output, not a filter
+    assert len(drag["new_layer_ids"]) == 1
+
+    procs = plugin_processes(r)
+    assert len(procs) == 1, procs                      # the failing call changed nothing
+    check_one_undo_group(procs[0])
+    assert "left image undo in inconsistent state" not in r.stderr
+
+    # Daemon down: an error status with the start command, within the connect timeout.
+    assert fail["status"] == "execution-error", fail
+    assert "dragd serve" in fail["message"] and down in fail["message"]
+    assert fail["last_error"] == fail["message"]
+    assert fail["elapsed"] < 9.0, fail["elapsed"]
+    assert fail["stack"] == ["art", "bg"]
+    print("\nGIMP batch run %.1f s: real drag call %.1f s (%d steps, %s, %.0f%% of the "
+          "selected pixels changed), daemon-down call %.1f s" % (
+              r.elapsed, drag["elapsed"], drag["steps"], drag["stop"], 100 * changed,
+              fail["elapsed"]))
+
+
+def test_request_contents_and_preview_layer(daemon, home):
+    """What the daemon receives (points in layer coordinates, the mask, the settings), and
+    the preview layer shown and removed inside the one undo group (stand-in daemon that
+    streams a preview every step)."""
+    endpoint, backend = daemon
+    calls = [{"label": "drag", "args": {"daemon": endpoint, "inversion": "fast",
+                                        "max-steps": 40, "lambda-mask": 12.5,
+                                        "latent-space": "w", "live-preview": True}}]
+    r = run_calls(home, calls, trace=True)
+    res = r.result
+    (drag,) = res["calls"]
+    assert drag["status"] == "success", (drag, r.log())
+    assert drag["stop"] == "converged" and drag["steps"] == 6
+    check_result_layer(res, drag)
+    sent = backend.drags[-1]
+    # path anchors (24, 14) -> (30, 18) in the image; the layer sits at (10, 6)
+    assert sent["points"] == [[[14.0, 8.0], [20.0, 12.0]]]
+    p = sent["params"]
+    assert p["max_steps"] == 40 and p["lambda_mask"] == 12.5 and p["space"] == "w"
+    assert p["lr"] is None and p["preview_every"] > 0
+    assert sent["mask"] == unb64(res["mask"])
+    assert backend.opened[-1]["invert"]["w_steps"] == 60
+    assert backend.opened[-1]["channels"] == 4
+    (proc,) = plugin_processes(r)
+    names = check_one_undo_group(proc)
+    assert "Layer.scale" in names and "Image.remove_layer" in names, names
+
+
+def test_interactive_dialogs_stop_and_remembered_settings(daemon, home):
+    endpoint, backend = daemon
+    # 1. INTERACTIVE under Xvfb: the settings dialog opens (the test hook sets the step
+    #    limit to 5 and the inversion to "quality" as a user would, then presses OK); the
+    #    progress dialog opens and the hook presses Stop at step 2: the drag so far is kept.
+    r = run_calls(home, [{"label": "interactive", "run_mode": "INTERACTIVE",
+                          "args": {"daemon": endpoint}}], xvfb=True,
+                  env={"DRAGD_GIMP_TEST_DIALOG": "ok max-steps=5 inversion=quality",
+                       "DRAGD_GIMP_TEST_STOP": "2"})
+    (call,) = r.result["calls"]
+    assert call["status"] == "success", (call, r.log())
+    assert call["stop"] == "cancelled" and 2 <= call["steps"] < 5, call
+    check_result_layer(r.result, call)
+    assert backend.drags[-1]["params"]["max_steps"] == 5
+    assert backend.opened[-1]["invert"]["w_steps"] == 250
+    last = home.path(".config/GIMP/3.0/plug-in-settings/"
+                     "GimpProcedureConfigRun-plug-in-dragd-drag.last")
+    text = last.read_text()
+    assert "(max-steps 5)" in text and '(inversion "quality")' in text, text
+    t_interactive = r.elapsed
+
+    # 2. A new GIMP process, WITH_LAST_VALS (Filters > Repeat): the remembered values are
+    #    used (5 steps, not the default 300; the stand-in runs min(max_steps, 6) steps).
+    r = run_calls(home, [{"label": "repeat", "run_mode": "WITH_LAST_VALS",
+                          "args": {"daemon": endpoint}}])
+    (call,) = r.result["calls"]
+    assert call["status"] == "success", (call, r.log())
+    assert call["steps"] == 5 and call["stop"] == "converged"
+    assert backend.drags[-1]["params"]["max_steps"] == 5
+    print("\nGIMP interactive run (Xvfb) %.1f s, repeat run %.1f s" % (t_interactive,
+                                                                        r.elapsed))
+
+
+def test_clear_messages_and_layer_mask(daemon, home):
+    endpoint, backend = daemon
+    n = len(backend.opened)
+    expect = {"no-path": ["no path", "Paths tool"],
+              "one-anchor": ["Stroke 2", "only one anchor"],
+              "handle-outside": ["handle of stroke 1", "outside the selection"]}
+    calls = [{"label": v, "variant": v, "args": {"daemon": endpoint}} for v in expect]
+    calls.append({"label": "layer-mask", "variant": "layer-mask",
+                  "args": {"daemon": endpoint, "live-preview": False}})
+    r = run_calls(home, calls)
+    for call, (variant, words) in zip(r.result["calls"], expect.items()):
+        assert call["status"] == "execution-error", call
+        for w in words:
+            assert w in call["message"], (variant, call["message"])
+        assert call["stack"] == ["art", "bg"]
+    assert len(backend.opened) == n + 1     # only the layer-mask run reached the daemon
+    # A source with a layer mask: the new layer gets the same mask.
+    masked = r.result["calls"][-1]
+    assert masked["status"] == "success", masked
+    assert masked["new_mask"] == masked["source_mask"]
+    assert unb64(masked["new_mask"])[:12] == bytes(12)
+
+
+def _plugin_pids(home):
+    """Host pids of this profile's dragd plug-in processes (the chroot shares the host's
+    pid namespace; the profile path tells our GIMP from anyone else's)."""
+    import os
+
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if "dragd-gimp.py" in cmd and home.inside in cmd:
+            pids.append(int(d))
+    return pids
+
+
+def test_plugin_killed_mid_drag_like_progress_cancel(daemon, home):
+    """GIMP's progress-bar Cancel ends a plug-in by killing its process. Emulate it
+    mid-drag: GIMP survives, the daemon notices the client is gone and stops the job, and
+    the next run removes the preview layer the killed run left behind, inside its own undo
+    group."""
+    import os
+    import signal
+    import threading
+
+    endpoint, backend = daemon
+    n_drags = len(backend.drags)
+    killed = {}
+
+    def killer():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if len(backend.drags) > n_drags and backend.previews >= 4:
+                time.sleep(1.0)                  # a preview layer is on the image now
+                pids = _plugin_pids(home)
+                if pids:
+                    for pid in pids:
+                        os.kill(pid, signal.SIGKILL)
+                    killed["t"] = time.monotonic()
+                    killed["pids"] = pids
+                    return
+            time.sleep(0.1)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    r = run_calls(home, [
+        {"label": "killed", "args": {"daemon": endpoint, "max-steps": 1000}},
+        {"label": "next", "args": {"daemon": endpoint, "max-steps": 3}},
+    ], trace=True)
+    th.join(5)
+    assert killed.get("pids"), "the plug-in process was never found"
+    dead, nxt = r.result["calls"]
+    assert dead["status"] != "success", dead
+    assert "DragGAN preview (temporary)" in dead["stack"], dead["stack"]
+    long_drag = backend.drags[n_drags]
+    assert long_drag["cancel_reason"] == "client_gone", long_drag
+    assert long_drag["ended"] - killed["t"] < 5.0
+    assert nxt["status"] == "success", nxt
+    assert nxt["stack"] == ["art (dragged)", "art", "bg"], nxt["stack"]
+    check_result_layer(r.result, nxt)
+    procs = plugin_processes(r)
+    names = check_one_undo_group(procs[-1])
+    assert names.count("Image.remove_layer") >= 1
+    print("\nkill -> daemon stopped the job in %.2f s" % (long_drag["ended"] - killed["t"]))
+
+
+def test_missing_pyzmq_is_reported_not_a_silent_failure(daemon, home):
+    """With pyzmq unimportable in GIMP's Python the procedure still registers, and running
+    it says what to install (and where)."""
+    fake = home.path(".nozmq/zmq/__init__.py")
+    fake.parent.mkdir(parents=True)
+    fake.write_text("raise ImportError('No module named zmq (test)', name='zmq')\n")
+    endpoint, _ = daemon
+    r = run_calls(home, [{"label": "nozmq", "args": {"daemon": endpoint}}],
+                  env={"PYTHONPATH": home.chroot_path(".nozmq")})
+    assert r.result["registered"] is True
+    (call,) = r.result["calls"]
+    assert call["status"] == "execution-error", call
+    msg = call["message"]
+    assert "cannot import zmq" in msg and "python3-zmq python3-msgpack" in msg, msg
+    assert "dragd-gimp/site-packages" in msg and "docs/GIMP.md" in msg, msg

@@ -1,0 +1,167 @@
+"""Model registry: cache listing, downloads against a local HTTP server, name resolution."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import socket
+import threading
+import time
+
+import pytest
+
+from dragd.daemon import model_registry as reg
+
+PAYLOAD = b"\x80\x04fake model bytes " * 5000
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):                                   # noqa: N802
+        if self.path == "/model.pkl":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD)
+        elif self.path == "/short.pkl":                 # promises more than it sends
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD) * 2))
+            self.end_headers()
+            self.wfile.write(PAYLOAD)
+        else:
+            self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _entry(name, urls, sha256):
+    return reg.ModelEntry(name, f"{name}.pkl", 64, tuple(urls), sha256, "nvidia-pickle", "test model", "test")
+
+
+def test_fetch_with_matching_checksum(tmp_path, server):
+    sha = hashlib.sha256(PAYLOAD).hexdigest()
+    registry = {"m": _entry("m", [f"{server}/model.pkl"], sha)}
+    seen = []
+    path = reg.fetch("m", progress=lambda done, total: seen.append((done, total)), directory=tmp_path,
+                     registry=registry)
+    assert path == tmp_path / "m.pkl" and path.read_bytes() == PAYLOAD
+    assert seen[-1] == (len(PAYLOAD), len(PAYLOAD))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pkl"]         # no temp file left
+    status = reg.list_models(tmp_path, registry)
+    assert status[0].present and status[0].size == len(PAYLOAD)
+
+
+def test_fetch_checksum_mismatch_leaves_nothing(tmp_path, server):
+    registry = {"m": _entry("m", [f"{server}/model.pkl"], "0" * 64)}
+    with pytest.raises(reg.ModelError, match="checksum mismatch.*discarded"):
+        reg.fetch("m", directory=tmp_path, registry=registry)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_without_published_checksum_reports_the_digest(tmp_path, server):
+    registry = {"m": _entry("m", [f"{server}/model.pkl"], None)}
+    logs = []
+    reg.fetch("m", directory=tmp_path, registry=registry, log=logs.append)
+    assert hashlib.sha256(PAYLOAD).hexdigest() in logs[0]
+
+
+def test_fetch_incomplete_download_leaves_nothing(tmp_path, server):
+    registry = {"m": _entry("m", [f"{server}/short.pkl"], None)}
+    with pytest.raises(reg.ModelError):
+        reg.fetch("m", directory=tmp_path, registry=registry, timeout=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_falls_back_to_the_next_mirror(tmp_path, server):
+    registry = {"m": _entry("m", [f"{server}/missing.pkl", f"{server}/model.pkl"], None)}
+    assert reg.fetch("m", directory=tmp_path, registry=registry).read_bytes() == PAYLOAD
+
+
+def test_fetch_unreachable_fails_fast_and_clearly(tmp_path):
+    registry = {"m": _entry("m", [f"http://127.0.0.1:{_closed_port()}/model.pkl"], None)}
+    t0 = time.monotonic()
+    with pytest.raises(reg.ModelError, match="could not download m: .*connection refused.*Check the network"):
+        reg.fetch("m", directory=tmp_path, registry=registry, timeout=2)
+    assert time.monotonic() - t0 < 5
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_unknown_name(tmp_path):
+    with pytest.raises(reg.ModelError, match="unknown model 'nope'; known models: .*stylegan2-ffhq-512x512"):
+        reg.fetch("nope", directory=tmp_path)
+
+
+def test_registry_lists_the_draggan_zoo():
+    names = set(reg.REGISTRY)
+    assert {"stylegan2-ffhq-512x512", "stylegan2-afhqcat-512x512", "stylegan2-car-config-f",
+            "stylegan2-cat-config-f", "stylegan2_lions_512_pytorch", "stylegan2_dogs_1024_pytorch",
+            "stylegan2_horses_256_pytorch", "stylegan2_elephants_512_pytorch"} <= names
+    for e in reg.REGISTRY.values():
+        assert e.urls and all(u.startswith(("http://", "https://")) for u in e.urls)
+        assert e.sha256 is None or len(e.sha256) == 64
+
+
+def test_cache_dir_honours_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRAGD_CACHE", str(tmp_path / "c"))
+    assert reg.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("DRAGD_CACHE")
+    assert reg.cache_dir().parts[-3:] == (".cache", "dragd", "models")
+
+
+def test_resolve_model(tmp_path):
+    registry = {"m": _entry("m", ["http://127.0.0.1:1/x"], None)}
+    f = tmp_path / "some.pkl"
+    f.write_bytes(b"x")
+    assert reg.resolve_model(str(f), directory=tmp_path, registry=registry) == f
+    with pytest.raises(reg.ModelError, match="not downloaded yet; run `dragd models fetch m`"):
+        reg.resolve_model("m", directory=tmp_path, registry=registry)
+    (tmp_path / "m.pkl").write_bytes(b"y")
+    assert reg.resolve_model("m", directory=tmp_path, registry=registry) == tmp_path / "m.pkl"
+    with pytest.raises(reg.ModelError, match="does not exist"):
+        reg.resolve_model(str(tmp_path / "gone.pkl"), directory=tmp_path, registry=registry)
+    with pytest.raises(reg.ModelError, match="neither a checkpoint file nor a known model name"):
+        reg.resolve_model("ffhq", directory=tmp_path, registry=registry)
+    with pytest.raises(reg.ModelError, match="embedded default model is missing"):
+        reg.resolve_model("default", default_path=tmp_path / "default.safetensors")
+    (tmp_path / "default.safetensors").write_bytes(b"z")
+    assert reg.resolve_model("default", default_path=tmp_path / "default.safetensors").name == "default.safetensors"
+
+
+def test_models_list_cli(tmp_path, monkeypatch, capsys):
+    from dragd.daemon import cli_models
+
+    monkeypatch.setenv("DRAGD_CACHE", str(tmp_path))
+    (tmp_path / "stylegan2-ffhq-512x512.pkl").write_bytes(b"x" * 2048)
+    assert cli_models.main(["list"]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if "stylegan2-ffhq-512x512" in l)
+    assert "present" in line
+    assert "stylegan2-car-config-f" in out and "default" in out
+
+
+def test_models_fetch_cli_unreachable(tmp_path, monkeypatch, capsys):
+    from dragd.daemon import cli_models
+
+    monkeypatch.setenv("DRAGD_CACHE", str(tmp_path))
+    port = _closed_port()
+    monkeypatch.setitem(reg.REGISTRY, "stylegan2-ffhq-512x512",
+                        _entry("stylegan2-ffhq-512x512", [f"http://127.0.0.1:{port}/x.pkl"], None))
+    assert cli_models.main(["fetch", "stylegan2-ffhq-512x512", "--timeout", "2"]) == 2
+    assert "could not download" in capsys.readouterr().err
