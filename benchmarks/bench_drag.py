@@ -108,20 +108,20 @@ def timed(fn, warmup: int, repeats: int) -> tuple[float, float]:
 
 
 def bench_speed(args) -> None:
-    from toy_generator import split_latent_generator
+    from toy_generator import unsplit_generator
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device cpu, "
           f"median of {args.repeats} steps after {args.warmup} warm-up; 2 handles"
           f"{', movable mask' if args.mask else ''}")
-    print("ours = DragSession.step on our Generator; split = the same with a generator that accepts "
-          "split latents (proposed stylegan2 change); naive = render + resize + Python loops\n")
-    print(f"{'res':>4} {'ch base/max':>11} {'blk':>3} {'C':>4} | {'ours ms':>13} {'split ms':>13} "
-          f"{'naive ms':>13} | {'naive/ours':>10} {'naive/split':>11}")
+    print("ours = DragSession.step on our Generator (split latents: frozen rows get no style gradient); "
+          "unsplit = the same given one W+ tensor; naive = render + resize + Python loops\n")
+    print(f"{'res':>4} {'ch base/max':>11} {'blk':>3} {'C':>4} | {'ours ms':>13} {'unsplit ms':>13} "
+          f"{'naive ms':>13} | {'naive/ours':>10} {'naive/unspl':>11}")
     print(f"{'':>25} | {'cpu / wall':>13} {'cpu / wall':>13} {'cpu / wall':>13} | {'(cpu)':>10} {'(cpu)':>11}")
     for res in args.resolutions:
         torch.manual_seed(0)
-        G = Generator(resolution=res, channel_base=args.channel_base, channel_max=args.channel_max).eval()
-        S = split_latent_generator(G)
+        S = Generator(resolution=res, channel_base=args.channel_base, channel_max=args.channel_max).eval()
+        G = unsplit_generator(S)
         ws = G.mapping(torch.randn(1, G.cfg.z_dim)).detach()
         k = res / 512
         handles = [[round(200 * k), round(220 * k)], [round(300 * k), round(310 * k)]]
@@ -130,18 +130,18 @@ def bench_speed(args) -> None:
         if args.mask:
             mask = torch.zeros(res, res, dtype=torch.bool)
             mask[round(150 * k):round(400 * k), round(150 * k):round(400 * k)] = True
-        ours = DragSession(G, ws, handles, targets, mask=mask, max_steps=10 ** 6)
-        split = DragSession(S, ws, handles, targets, mask=mask, max_steps=10 ** 6)
+        unsplit = DragSession(G, ws, handles, targets, mask=mask, max_steps=10 ** 6)
+        ours = DragSession(S, ws, handles, targets, mask=mask, max_steps=10 ** 6)
         naive = NaiveDrag(G, ws, handles, targets, block=ours.feature_block, mask=mask)
         t_ours = timed(ours.step, args.warmup, args.repeats)
-        t_split = timed(split.step, args.warmup, args.repeats)
+        t_unsplit = timed(unsplit.step, args.warmup, args.repeats)
         t_naive = timed(naive.step, args.warmup, args.repeats)
-        same = torch.allclose(ours.latent, split.latent, atol=1e-5)
+        same = torch.allclose(ours.latent, unsplit.latent, atol=1e-5)
         C = G.cfg.channels(G.block_resolution(ours.feature_block))
         fmt = lambda t: f"{t[0]:>6.0f} /{t[1]:>6.0f}"          # noqa: E731
         print(f"{res:>4} {f'{args.channel_base}/{args.channel_max}':>11} {ours.feature_block:>3} {C:>4} | "
-              f"{fmt(t_ours)} {fmt(t_split)} {fmt(t_naive)} | {t_naive[0] / t_ours[0]:>10.2f} "
-              f"{t_naive[0] / t_split[0]:>11.2f}{'' if same else '  (split latent differs!)'}", flush=True)
+              f"{fmt(t_ours)} {fmt(t_unsplit)} {fmt(t_naive)} | {t_naive[0] / t_ours[0]:>10.2f} "
+              f"{t_naive[0] / t_unsplit[0]:>11.2f}{'' if same else '  (unsplit latent differs!)'}", flush=True)
 
 
 def bench_toy() -> None:

@@ -274,7 +274,10 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
         extent = storage_offset + sum((s - 1) * st for s, st in zip(size, stride)) + 1
         if extent > storage.flat.numel() or numel > storage.flat.numel():
             raise _Refused("tensor geometry exceeds its storage")
-    return storage.flat.as_strided(size, stride, storage_offset).clone()
+    flat = storage.flat
+    if storage_offset == 0 and numel == flat.numel() and torch.empty(0).new_empty(size).stride() == stride:
+        return flat.view(size)                # the whole storage, contiguous: no copy needed
+    return flat.as_strided(size, stride, storage_offset).clone()
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
@@ -664,15 +667,44 @@ def _drop_resample_filters(sd: dict, what: str) -> dict:
     return out
 
 
+def expected_numel(cfg: GeneratorConfig | DiscriminatorConfig) -> int:
+    """Number of elements in the state dict of Generator(cfg) / Discriminator(cfg), computed
+    without building anything (a hostile config must not make us allocate gigabytes)."""
+    if isinstance(cfg, GeneratorConfig):
+        hidden = cfg.layer_features or cfg.w_dim
+        feats = [cfg.z_dim] + [hidden] * (cfg.mapping_layers - 1) + [cfg.w_dim]
+        n = sum(a * b + b for a, b in zip(feats, feats[1:])) + cfg.w_dim            # fc layers, w_avg
+        modconv = lambda i, o, k, res: o * i * k * k + cfg.w_dim * i + i + o + (res * res + 1 if k == 3 else 0)  # noqa: E731
+        for log2 in range(2, int(math.log2(cfg.resolution)) + 1):
+            res = 2 ** log2
+            c = cfg.channels(res)
+            if res == 4:
+                n += c * 16
+            else:
+                n += modconv(cfg.channels(res // 2), c, 3, res)
+            n += modconv(c, c, 3, res) + modconv(c, cfg.img_channels, 1, res)
+        return n
+    n = 0
+    top = cfg.resolution
+    n += cfg.img_channels * cfg.channels(top) + cfg.channels(top)                  # fromrgb
+    for log2 in range(int(math.log2(top)), 2, -1):
+        res = 2 ** log2
+        t, o = cfg.channels(res), cfg.channels(res // 2)
+        n += t * t * 9 + t + o * t * 9 + o + o * t
+    c4 = cfg.channels(4)
+    return n + (c4 + cfg.mbstd_num_channels) * c4 * 9 + c4 + c4 * 16 * c4 + c4 + c4 + 1
+
+
 def _build(cls, cfg, sd: dict, what: str):
-    """cls(cfg) loaded strictly from sd. The layout is checked on a storage-less ("meta") copy
-    first, so a configuration that asks for more weights than the file holds fails before
-    anything large is allocated."""
-    with torch.device("meta"):
-        probe = cls(cfg)
-    _check_layout(probe, sd, what)
+    """cls(cfg) loaded strictly from sd; a config asking for more weights than sd holds is
+    refused before anything is allocated."""
+    have = sum(v.numel() for v in sd.values())
+    need = expected_numel(cfg)
+    if need > have:
+        raise CheckpointError(f"{what}: the configuration needs {need} weights but the file holds {have}")
     module = cls(cfg)
-    module.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()}, strict=True)
+    _check_layout(module, sd, what)
+    module.load_state_dict({k: v.to(torch.float32).contiguous() for k, v in sd.items()}, strict=True, assign=True)
     return module
 
 
@@ -1203,7 +1235,7 @@ def load_native(path: str | os.PathLike, name: str | None = None) -> LoadedModel
                 raise CheckpointError(f"{what} has dragd format version {meta.get('format_version')!r}; this "
                                       f"dragd reads version {NATIVE_FORMAT_VERSION}: update dragd")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as exc:
+    except (SafetensorError, ValueError, OSError) as exc:
         msg = str(exc)
         hint = " (truncated or incomplete download?)" if re.search(r"incomplete|truncat|too small|out of bounds|"
                                                                      r"MetadataIncompleteBuffer|InvalidOffset", msg, re.I) else ""
@@ -1301,7 +1333,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             try:
                 with zipfile.ZipFile(p) as z:
                     names = z.namelist()
-            except zipfile.BadZipFile:
+            except (zipfile.BadZipFile, ValueError, NotImplementedError, OSError, EOFError):
                 raise CheckpointError(f"checkpoint {p.name} is a truncated or damaged zip file (incomplete "
                                       "download?); download it again") from None
             if not any(n.endswith("data.pkl") for n in names):

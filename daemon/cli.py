@@ -50,4 +50,8 @@ class UserFacingError(Exception):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's copy of this module, so its exception classes are the ones the
+    # subcommands raise (python -m would otherwise define a second UserFacingError here).
+    from dragd.daemon.cli import main as package_main
+
+    sys.exit(package_main())

@@ -230,33 +230,49 @@ class SynthesisNetwork(nn.Module):
             setattr(self, f"b{res}", block)
         self.num_ws = cfg.num_ws
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "const",
+    def forward(self, ws, noise_mode: str = "const",
                 stop_after_block: int | None = None, render: bool = True) -> SynthesisOutput:
-        """ws: [N, num_ws, w_dim]. stop_after_block k (1-based: 1 = b4) skips everything later.
+        """ws: [N, num_ws, w_dim], or a split latent (head [N, n, w_dim], tail [N, num_ws − n, w_dim])
+        taken as their concatenation. Split, each block reads its rows from whichever part holds
+        them, so autograd skips the style gradients of layers fed only by a frozen tail (the
+        drag loop optimises a head of 6 rows). stop_after_block k (1-based: 1 = b4) skips
+        everything later.
 
         The image is rendered only when the last block runs and render=True; when stopping
         early no toRGB layer runs at all.
         """
         n_blocks = len(self.block_resolutions)
-        assert ws.ndim == 3 and ws.shape[1:] == (self.num_ws, self.cfg.w_dim), \
-            f"ws must be [N, {self.num_ws}, {self.cfg.w_dim}], got {tuple(ws.shape)}"
+        head, tail = ws if isinstance(ws, tuple) else (ws, ws[:, :0])
+        assert head.ndim == 3 and tail.ndim == 3 and head.shape[1] + tail.shape[1] == self.num_ws \
+            and head.shape[2] == tail.shape[2] == self.cfg.w_dim, \
+            f"ws must be [N, {self.num_ws}, {self.cfg.w_dim}], got {tuple(head.shape)} + {tuple(tail.shape)}"
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         last = n_blocks if stop_after_block is None else stop_after_block
         if not 1 <= last <= n_blocks:
             raise ValueError(f"stop_after_block must be in 1…{n_blocks}, got {stop_after_block}")
         render = render and last == n_blocks
-        ws = ws.to(torch.float32)
+        head, tail = head.to(torch.float32), tail.to(torch.float32)
         x = img = None
         features = []
         w_idx = 0
         for res in self.block_resolutions[:last]:
             block = getattr(self, f"b{res}")
-            block_ws = ws.narrow(1, w_idx, block.num_conv + 1)
+            block_ws = _rows(head, tail, w_idx, block.num_conv + 1)
             x, img = block(x, img, block_ws, noise_mode=noise_mode, render=render)
             features.append(x)
             w_idx += block.num_conv
         return SynthesisOutput(image=img, features=features)
+
+
+def _rows(head: torch.Tensor, tail: torch.Tensor, start: int, count: int) -> torch.Tensor:
+    """Rows start…start+count of cat([head, tail], 1) without building the concatenation."""
+    n = head.shape[1]
+    if start + count <= n:
+        return head.narrow(1, start, count)
+    if start >= n:
+        return tail.narrow(1, start - n, count)
+    return torch.cat([head.narrow(1, start, n - start), tail.narrow(1, 0, start + count - n)], dim=1)
 
 
 class Generator(nn.Module):
@@ -265,6 +281,8 @@ class Generator(nn.Module):
     Latents accepted by `synthesize`: w [N, w_dim] (broadcast to every layer) or W+
     [N, num_ws, w_dim]. `forward(z)` maps then synthesises, like NVIDIA's G(z, c).
     """
+
+    supports_split_latent = True      # synthesize() accepts (head, tail); see SynthesisNetwork
 
     def __init__(self, cfg: GeneratorConfig | None = None, **overrides):
         super().__init__()
@@ -297,9 +315,11 @@ class Generator(nn.Module):
             f"W+ must be [N, {self.num_ws}, {self.w_dim}], got {tuple(w.shape)}"
         return w
 
-    def synthesize(self, w: torch.Tensor, noise_mode: str = "const",
+    def synthesize(self, w, noise_mode: str = "const",
                    stop_after_block: int | None = None, render: bool = True) -> SynthesisOutput:
-        return self.synthesis(self.to_wplus(w), noise_mode=noise_mode,
+        """w: [N, w_dim], W+ [N, num_ws, w_dim] or a split W+ (head, tail)."""
+        ws = w if isinstance(w, tuple) else self.to_wplus(w)
+        return self.synthesis(ws, noise_mode=noise_mode,
                               stop_after_block=stop_after_block, render=render)
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,

@@ -236,7 +236,8 @@ class TorchBackend(Backend):
                 s.drag.set_mask(gen_mask)
                 s.drag.set_points(handles, targets)
         except DragInputError as exc:
-            raise BackendError(ErrorCode.BAD_POINTS, _layer_message(str(exc))) from None
+            raise BackendError(ErrorCode.BAD_POINTS, f"{exc} (coordinates in the {geo.resolution}-px "
+                               "working image)") from None
         s.mask = mask_layer
         preview_every = int(params.get("preview_every") or 0)
         preview_size = int(params.get("preview_max_size") or 256)
@@ -299,6 +300,8 @@ class TorchBackend(Backend):
 
     @staticmethod
     def _check_inside_crop(points, handles, targets, geo: CropGeometry) -> None:
+        """Every point inside the crop, and no two handles on one working pixel — checked in the
+        user's layer coordinates so the message names the points as the user drew them."""
         res = geo.resolution
         for i, (p, h, t) in enumerate(zip(points, handles, targets)):
             for what, layer_xy, g in (("handle", p[0], h), ("target", p[1], t)):
@@ -308,6 +311,15 @@ class TorchBackend(Backend):
                                        f"{what} {i + 1} at ({layer_xy[0]:.1f}, {layer_xy[1]:.1f}) lies outside "
                                        f"the region being edited ({x0},{y0})–({x1},{y1}); select a region "
                                        f"that contains all points, or none to edit the whole layer")
+        cells = np.round(np.asarray(handles)).astype(int)
+        for i in range(len(cells)):
+            for j in range(i):
+                if (cells[i] == cells[j]).all():
+                    (xi, yi), (xj, yj) = points[i][0], points[j][0]
+                    raise BackendError(ErrorCode.BAD_POINTS,
+                                       f"handles {j + 1} ({xj:.0f}, {yj:.0f}) and {i + 1} ({xi:.0f}, {yi:.0f}) "
+                                       f"fall on the same pixel of the {res}-px working image; they are a "
+                                       f"duplicate: remove one, or move them at least {1 / geo.scale:.0f} px apart")
 
     def _render_layer(self, s: _Session, gen_image: torch.Tensor) -> Image:
         crop = tensor_to_uint8(gen_image)
@@ -385,10 +397,6 @@ def _mask_to_generator(mask_layer: np.ndarray, geo: CropGeometry) -> torch.Tenso
     canvas[vy0 - y0:vy1 - y0, vx0 - x0:vx1 - x0] = mask_layer[vy0:vy1, vx0:vx1]
     img = PILImage.fromarray(canvas, mode="F").resize((geo.resolution, geo.resolution), PILImage.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(img, dtype=np.float32).clip(0.0, 1.0).copy())
-
-
-def _layer_message(msg: str) -> str:
-    return msg.replace("image", "region being edited")
 
 
 def _plain_info(info: dict, geo: CropGeometry) -> dict:

@@ -543,9 +543,10 @@ class _Canvas:
     Layers have flat colours and textures modulate only luminance, so painting a layer is
     one 3-channel and one 1-channel blend; the picture is albedo * luminance at the end.
     `person` is the coverage of everything the light falls on, `head` the skin of the head
-    (facial features are clipped to it) and `noise` the (blotch, grain) texture.
+    (facial features are clipped to it), `noise` the (blotch, grain) texture and `hair`
+    the hair luminance.
     """
-    _MAPS = ("albedo", "lum", "person", "head", "noise")
+    _MAPS = ("albedo", "lum", "person", "head", "noise", "hair")
 
     def __init__(self, **maps: Tensor):
         for name in self._MAPS:
@@ -555,7 +556,7 @@ class _Canvas:
         return _Canvas(**{n: win.gather(getattr(self, n)) for n in self._MAPS})
 
     def paste(self, crop: _Canvas, win: _Window):
-        for name in ("albedo", "lum", "person", "head"):
+        for name in ("albedo", "lum", "person", "head"):     # what painting changes
             win.scatter(getattr(self, name), getattr(crop, name))
 
     def paint(self, alpha: Tensor, colour: Tensor, lum: Tensor | float = 1.0, person=True):
@@ -585,7 +586,7 @@ def _background(p: PortraitParams, f: _Frame, res: int, out: Tensor) -> _Canvas:
     lum = (1 + 0.12 * grain) * ((1 - 0.2 * f.x * f.x) - 0.2 * f.y * f.y)
     zeros = torch.zeros_like(lum)
     return _Canvas(albedo=out, lum=lum[:, None], person=zeros[:, None].clone(),
-                   head=zeros[:, None], noise=noise)
+                   head=zeros[:, None], noise=noise, hair=zeros[:, None])
 
 
 def _hair_luminance(p: PortraitParams, f: _Frame, blotch: Tensor, grain: Tensor) -> Tensor:
@@ -605,14 +606,14 @@ def _hair_cap(p: PortraitParams, f: _Frame) -> Tensor:
                         _col(p.head_top + p.hair_volume))
 
 
-def _paint_back_hair(p: PortraitParams, f: _Frame, cv: _Canvas, cap: Tensor, hair_lum: Tensor):
+def _paint_back_hair(p: PortraitParams, f: _Frame, cv: _Canvas):
     """The hair behind the head: the cap, cut at hair_length, and long hair falling."""
     half = _col(p.head_width + 0.7 * p.hair_volume)
     length = _col(p.hair_length)
     q = f.u / half
     fall = torch.maximum(torch.maximum(f.u.abs() - half, -f.v), f.v - length + 0.25 * (1 - q * q))
-    back = torch.minimum(torch.maximum(cap, f.v - length), fall)
-    cv.paint(_coverage(back, f.ppu), p.hair, hair_lum * 0.8)
+    back = torch.minimum(torch.maximum(_hair_cap(p, f), f.v - length), fall)
+    cv.paint(_coverage(back, f.ppu), p.hair, cv.hair[:, 0] * 0.8)
 
 
 def _paint_neck_and_clothes(p: PortraitParams, f: _Frame, cv: _Canvas):
@@ -714,8 +715,7 @@ def _paint_brows(p: PortraitParams, f: _Frame, cv: _Canvas):
     across = (n + arch * (1 - tc * tc)) / (1 + slope * slope).sqrt_()
     thickness = _col(p.brow_thickness) * (1.15 - 0.225 * (tc + 1))
     d = ((t.abs() - length).clamp_(min=0) ** 2 + across * across).sqrt_() - thickness
-    lum = 0.9 + 0.25 * cv.noise[:, 1]
-    cv.paint(0.92 * _coverage(d, f.ppu) * cv.head[:, 0], p.hair * 0.85, lum, person=False)
+    cv.paint(0.92 * _coverage(d, f.ppu) * cv.head[:, 0], p.hair * 0.85, cv.hair[:, 0], person=False)
 
 
 def _paint_nose(p: PortraitParams, f: _Frame, cv: _Canvas):
@@ -758,16 +758,20 @@ def _paint_mouth(p: PortraitParams, f: _Frame, cv: _Canvas):
     cv.paint(0.8 * _coverage(line, ppu) * clip, p.lips * 0.3, person=False)
 
 
-def _paint_front_hair(p: PortraitParams, f: _Frame, cv: _Canvas, cap: Tensor, hair_lum: Tensor):
+_HAIRLINE_LOWEST = 0.3     # head-frame v the hairline never passes: bounds the window
+
+
+def _paint_front_hair(p: PortraitParams, f: _Frame, cv: _Canvas):
     """The hair over the skull, down to a hairline that follows the face surface."""
     width = _col(p.head_width)
     q = (f.fu - _col(p.hair_part) * 0.3 * width) / width
     c0, c1, c2 = (_col(p.hairline[:, i]) for i in range(3))
     q2 = q * q
-    line = c0 + c1 * q2 + c2 * q2 * q2
+    line = (c0 + c1 * q2 + c2 * q2 * q2).clamp_(max=_HAIRLINE_LOWEST)
     slope = (2 * c1 + 4 * c2 * q2) * q / width
     above = (f.v - line) / (1 + slope * slope).sqrt_()
-    cv.paint(_coverage(torch.maximum(cap, above), f.ppu), p.hair, hair_lum, person=False)
+    alpha = _coverage(torch.maximum(_hair_cap(p, f), above), f.ppu)
+    cv.paint(alpha, p.hair, cv.hair[:, 0], person=False)
 
 
 def _shading(p: PortraitParams, f: _Frame) -> Tensor:
@@ -802,6 +806,9 @@ def _windows(p: PortraitParams, res: int) -> dict[str, _Window]:
     top = torch.minimum(p.brow_y_l, p.brow_y_r) - p.brow_arch - 2 * p.brow_thickness \
         - 0.15 * p.brow_half_length - 0.03
     wins["eyes"] = face_box(-outer, outer, top, p.eye_y + 0.4 * p.eye_half_width + 0.05)
+    hair = p.head_width + p.hair_volume
+    wins["front_hair"] = head_box(-hair, hair, -(p.head_top + p.hair_volume),
+                                  torch.full_like(hair, _HAIRLINE_LOWEST + 0.03))
     half = torch.maximum(p.mouth_half_width, p.nostril_x + 0.09) + 0.03
     shift = _nose_shift(p)
     wins["mouth"] = face_box(-half + shift.clamp(max=0), half + shift.clamp(min=0),
@@ -816,9 +823,8 @@ def _render_chunk(p: PortraitParams, res: int, wins: dict[str, _Window], out: Te
     f = _Frame(p, _Window.full(p.batch_size, res, p.scale.device), res)
     cv = _background(p, f, res, out)
     blotch, grain = cv.noise[:, 0], cv.noise[:, 1]
-    hair_lum = _hair_luminance(p, f, blotch, grain)
-    cap = _hair_cap(p, f)
-    _paint_back_hair(p, f, cv, cap, hair_lum)
+    cv.hair = _hair_luminance(p, f, blotch, grain)[:, None]
+    _paint_back_hair(p, f, cv)
 
     def in_window(win: _Window, *painters):
         crop = cv.crop(win)
@@ -833,7 +839,7 @@ def _render_chunk(p: PortraitParams, res: int, wins: dict[str, _Window], out: Te
     _paint_head(p, f, cv, _skin_luminance(blotch, grain))
     in_window(wins["eyes"], _paint_eyes, _paint_brows)
     in_window(wins["mouth"], _paint_nose, _paint_mouth)
-    _paint_front_hair(p, f, cv, cap, hair_lum)
+    in_window(wins["front_hair"], _paint_front_hair)
 
     lum = cv.lum[:, 0] * (1 + cv.person[:, 0] * (_shading(p, f) - 1))
     out.mul_(lum[:, None]).clamp_(0, 1).mul_(2).sub_(1)

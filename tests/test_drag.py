@@ -14,7 +14,7 @@ from dragd.daemon.drag import (DragConfig, DragInputError, DragSession, _mask_we
                                _sample_pixels, motion_loss, sample_features, track_points)
 
 sys.path.insert(0, os.path.dirname(__file__))
-from toy_generator import ToyBlobGenerator, split_latent_generator  # noqa: E402
+from toy_generator import ToyBlobGenerator, unsplit_generator  # noqa: E402
 
 
 def resized(feat, res):
@@ -488,8 +488,9 @@ def test_smoke_on_a_tiny_real_generator(tiny_real):
 
 
 def test_split_latent_generator_gives_the_same_drag(tiny_real):
-    G = tiny_real
-    S = split_latent_generator(G)
+    S = tiny_real
+    assert S.supports_split_latent
+    G = unsplit_generator(S)
     w = G.mapping(torch.randn(1, 32, generator=torch.Generator().manual_seed(3)))
     a = DragSession(G, w, [[20, 20]], [[30, 24]], lr=0.02)
     b = DragSession(S, w, [[20, 20]], [[30, 24]], lr=0.02)

@@ -374,7 +374,9 @@ def test_real_daemon_drag_and_daemon_down(running_daemon, home):
 
     procs = plugin_processes(r)
     assert len(procs) == 1, procs                      # the failing call changed nothing
-    check_one_undo_group(procs[0])
+    names = check_one_undo_group(procs[0])
+    # previews shown in a temporary layer (at layer size here: no scaling), then removed
+    assert names.count("Image.insert_layer") >= 2 and "Image.remove_layer" in names, names
     assert "left image undo in inconsistent state" not in r.stderr
 
     # Daemon down: an error status with the start command, within the connect timeout.

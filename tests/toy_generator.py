@@ -128,45 +128,11 @@ class ToyBlobGenerator:
         return (img + tint[:, :, None, None]).clamp(-1, 1)
 
 
-def _rows(head: torch.Tensor, tail: torch.Tensor, start: int, count: int) -> torch.Tensor:
-    """Rows start…start+count of cat([head, tail], 1) without building the concatenation."""
-    n = head.shape[1]
-    if start + count <= n:
-        return head.narrow(1, start, count)
-    if start >= n:
-        return tail.narrow(1, start - n, count)
-    return torch.cat([head.narrow(1, start, n - start), tail.narrow(1, 0, start + count - n)], dim=1)
+def unsplit_generator(G):
+    """A copy of G that declines split latents: the engine then passes one W+ tensor, as it
+    would to a generator without that capability."""
+    import copy
 
-
-def split_latent_generator(G):
-    """Our StyleGAN2 `Generator` (same weights) that also accepts split latents (head, tail).
-
-    A stand-in for the small change proposed for `dragd.daemon.stylegan2`: each block takes
-    its rows from head or tail, so layers fed only by frozen rows get no style gradient.
-    """
-    from dragd.daemon.stylegan2 import Generator
-
-    class SplitLatentGenerator(Generator):
-        supports_split_latent = True
-
-        def synthesize(self, w, noise_mode="const", stop_after_block=None, render=True):
-            if not isinstance(w, tuple):
-                return super().synthesize(w, noise_mode, stop_after_block, render)
-            head, tail = (t.to(torch.float32) for t in w)
-            syn = self.synthesis
-            n_blocks = len(syn.block_resolutions)
-            last = n_blocks if stop_after_block is None else stop_after_block
-            render = render and last == n_blocks
-            x = img = None
-            features, idx = [], 0
-            for res in syn.block_resolutions[:last]:
-                block = getattr(syn, f"b{res}")
-                x, img = block(x, img, _rows(head, tail, idx, block.num_conv + 1),
-                               noise_mode=noise_mode, render=render)
-                features.append(x)
-                idx += block.num_conv
-            return SynthesisOutput(image=img, features=features)
-
-    S = SplitLatentGenerator(G.cfg).eval()
-    S.load_state_dict(G.state_dict())
-    return S.to(next(G.parameters()).device)
+    U = copy.deepcopy(G)
+    U.supports_split_latent = False
+    return U

@@ -75,10 +75,12 @@ def _cannot_build_reason() -> str | None:
     return None
 
 
-def ensure_chroot() -> Path:
-    """Build (first time: ~1.5 min, ~1.5 GB) or reuse the chroot and make sure its mounts are
-    in place; returns its root. Skips (pytest) when the machine cannot build it, unless CI or
-    DRAGD_REQUIRE_HOSTS=1, where it fails. A build that should work but does not is a failure."""
+def ensure_chroot(warm: bool = True) -> Path:
+    """Build (first time: 1.5-5 min, 1.4 GB) or reuse the chroot and make sure its mounts are
+    in place; returns its root. With warm, also make the warmed profile templates (first time:
+    about a minute) so that every later GIMP/Krita start is fast. Skips (pytest) when the
+    machine cannot build it, unless CI or DRAGD_REQUIRE_HOSTS=1, where it fails. A build that
+    should work but does not raises HostsUnavailable (an error, never a skip)."""
     global _ready_root
     root = chroot_root()
     if _ready_root == root and (root / "proc/self").exists():
@@ -97,6 +99,9 @@ def ensure_chroot() -> Path:
         raise HostsUnavailable("build_chroot.sh failed (%d):\n%s"
                                % (proc.returncode, proc.stderr[-4000:]))
     _ready_root = root
+    if warm:
+        for kind in ("gimp", "krita", "krita-gui"):
+            _template(kind)
     return root
 
 
@@ -128,6 +133,8 @@ def run_in_chroot(argv, *, timeout: float, env: dict | None = None, input=None,
     if home is not None:
         full_env["HOME"] = home.inside
         full_env["XDG_RUNTIME_DIR"] = home.inside + "/.run"
+        full_env["TMPDIR"] = home.inside + "/.tmp"   # temp files go away with the home
+        home.path(".tmp").mkdir(exist_ok=True)
     else:
         full_env["HOME"] = "/root"
     full_env.update(env or {})
@@ -203,7 +210,7 @@ def _template(kind: str) -> Path:
     """A warmed profile for kind ("gimp" or "krita"), made once per chroot: the first start of
     GIMP with an empty profile queries every plug-in (+4 s); Krita's builds its resource
     database (+20 s). Copies of a warmed profile start fast."""
-    root = ensure_chroot()
+    root = ensure_chroot(warm=False)
     state = root / _STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
     tpl = state / ("home-" + kind)

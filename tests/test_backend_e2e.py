@@ -1,0 +1,145 @@
+"""The real torch backend behind the real ZeroMQ server, over loopback, on a tiny generator."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from dragd.daemon.checkpoints import load_checkpoint
+from dragd.daemon.drag import DragConfig, DragSession
+from dragd.daemon.image_prep import make_geometry
+from dragd.daemon.server import Server, ServerConfig
+from dragd.daemon.torch_backend import TorchBackend
+from dragd.protocol.client import Client, RemoteError
+from dragd.protocol.schema import Image
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path, tmp_path_factory):
+    backend = TorchBackend(model=str(tiny_model_path), device="cpu",
+                           cache_dir=tmp_path_factory.mktemp("inversions"))
+    srv = Server(backend, ServerConfig(endpoint="tcp://127.0.0.1:0")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server):
+    with Client(server.endpoint, timeout=10.0) as c:
+        yield c
+
+
+def layer_image(w=48, h=40, channels=4, seed=0):
+    rng = np.random.default_rng(seed)
+    arr = (rng.random((h, w, channels)) * 255).astype(np.uint8)
+    if channels == 4:
+        arr[..., 3] = 200
+    return arr, Image(np.ascontiguousarray(arr).data, w, h, channels)
+
+
+def as_array(img: Image) -> np.ndarray:
+    return np.frombuffer(bytes(img.data), np.uint8).reshape(img.height, img.width, img.channels)
+
+
+def test_round_trip_matches_the_engine_and_keeps_pixels_outside_the_mask(client, tiny_model_path):
+    arr, img = layer_image()
+    session = client.open_session(img, invert={"method": "none"})
+    mask = np.zeros(arr.shape[:2], np.uint8)
+    mask[4:36, 6:42] = 255
+    points = [((20.0, 20.0), (26.0, 22.0))]
+    events = []
+    result = client.drag(session, points, mask=Image(mask.data, 48, 40, 1), progress=events.append,
+                         max_steps=8, preview_every=2, preview_max_size=32)
+    progress = [e for e in events if e.kind == "progress"]
+    assert [e["step"] for e in progress] == sorted(e["step"] for e in progress)
+    assert any("preview" in e.images for e in progress)
+    assert result["steps"] <= 8 and result["stop"] in ("converged", "max_steps")
+
+    # The same drag run directly on the engine ends at the same handle positions.
+    G = load_checkpoint(tiny_model_path).G
+    geo = make_geometry(40, 48, G.resolution)
+    gen_mask = torch.zeros(G.resolution, G.resolution)
+    from dragd.daemon.torch_backend import _mask_to_generator
+    gen_mask = _mask_to_generator(mask.astype(np.float32) / 255, geo)
+    ds = DragSession(G, G.mean_w().unsqueeze(0), geo.layer_to_gen([p[0] for p in points]),
+                     geo.layer_to_gen([p[1] for p in points]), mask=gen_mask, config=DragConfig(max_steps=8))
+    *_, last = ds.run()
+    expected = geo.gen_to_layer(last.handles.numpy())
+    np.testing.assert_allclose(np.array(result["handles"]), expected, atol=1e-3)
+
+    out = as_array(result.images["image"])
+    assert out.shape == arr.shape
+    outside = mask == 0
+    assert np.array_equal(out[outside], arr[outside])
+    assert np.array_equal(out[..., 3], arr[..., 3])
+    assert (out[~outside][..., :3] != arr[~outside][..., :3]).any()
+
+
+def test_continue_undo_and_reset(client):
+    _, img = layer_image(seed=1)
+    session = client.open_session(img, invert={"method": "none"})
+    r1 = client.drag(session, [((10, 10), (14, 10))], max_steps=3)
+    r2 = client.drag(session, [((30, 20), (30, 26))], max_steps=3)
+    assert r2["history"] == r1["history"] + 1
+    back = client.undo(session)
+    assert back["history"] == r1["history"]
+    assert np.array_equal(as_array(back.image if hasattr(back, "image") else back.images["image"]),
+                          as_array(r1.images["image"]))
+    client.reset_points(session)
+    client.undo(session)
+    with pytest.raises(RemoteError) as e:
+        client.undo(session)
+    assert e.value.code == "bad_state"
+
+
+def test_pti_session_is_cached_second_time(client):
+    _, img = layer_image(seed=2, channels=3)
+    first = client.open_session(img, invert={"method": "pti", "quality": "fast", "w_steps": 10, "tune_steps": 10})
+    steps = []
+    second = client.open_session(img, invert={"method": "pti", "quality": "fast", "w_steps": 10, "tune_steps": 10},
+                                 progress=lambda e: steps.append(e) if e.kind == "progress" else None)
+    assert steps == []
+    assert second.info["info"]["from_cache"] is True and first.info["info"]["from_cache"] is False
+
+
+@pytest.mark.parametrize("points, mask_kind, code, words", [
+    ([((47.9, 5), (70, 5))], None, "bad_points", "outside"),
+    ([((5, 5), (9, 5))], "empty", "bad_value", "empty"),
+    ([((5, 5), (9, 5)), ((5, 5), (9, 9))], None, "bad_points", "duplicate"),
+])
+def test_bad_drags_get_clear_errors_and_the_session_survives(client, points, mask_kind, code, words):
+    _, img = layer_image(seed=3)
+    session = client.open_session(img, invert={"method": "none"})
+    mask = None
+    if mask_kind == "empty":
+        mask = Image(bytes(48 * 40), 48, 40, 1)
+    with pytest.raises(RemoteError) as e:
+        client.drag(session, points, mask=mask, max_steps=2)
+    assert e.value.code == code and words in e.value.message.lower()
+    ok = client.drag(session, [((10, 10), (12, 10))], max_steps=2)
+    assert ok["steps"] >= 1
+
+
+def test_cancel_stops_a_running_drag_and_the_session_stays_usable(client):
+    _, img = layer_image(seed=4)
+    session = client.open_session(img, invert={"method": "none"})
+    job = client.start_drag(session, [((10, 10), (40, 30))], max_steps=5000, stop_distance=0.0)
+    seen = threading.Event()
+    while not job.done:
+        for ev in client.poll(100):
+            if ev.kind == "progress" and ev["step"] >= 2 and not seen.is_set():
+                seen.set()
+                client.cancel(job, wait=False)
+    result = job.get()
+    assert result["stop"] == "cancelled" and result["steps"] < 5000
+    again = client.drag(session, [((10, 10), (12, 10))], max_steps=2)
+    assert again["steps"] >= 1
+
+
+def test_unknown_model_is_a_clear_error(client):
+    _, img = layer_image(seed=5)
+    with pytest.raises(RemoteError) as e:
+        client.open_session(img, model="no-such-model", invert={"method": "none"})
+    assert e.value.code == "unknown_model" and "no-such-model" in e.value.message
