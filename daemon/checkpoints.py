@@ -275,9 +275,17 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
         if extent > storage.flat.numel() or numel > storage.flat.numel():
             raise _Refused("tensor geometry exceeds its storage")
     flat = storage.flat
-    if storage_offset == 0 and numel == flat.numel() and torch.empty(0).new_empty(size).stride() == stride:
+    if storage_offset == 0 and numel == flat.numel() and stride == _contiguous_strides(size):
         return flat.view(size)                # the whole storage, contiguous: no copy needed
     return flat.as_strided(size, stride, storage_offset).clone()
+
+
+def _contiguous_strides(size: tuple) -> tuple:
+    out, acc = [], 1
+    for s in reversed(size):
+        out.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(out))
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
@@ -743,12 +751,13 @@ def _from_nvidia_pickle_dict(data: dict, name: str) -> LoadedModel:
     if not isinstance(rec, PersistentRecord):
         raise CheckpointError(f"{name}: {key} is not a persistent network object")
     code = _ModuleCode(rec.module_src)
-    if code.variant == "stylegan3" or rec.class_name != "Generator":
-        cls = f"training.networks_stylegan3.{rec.class_name}" if code.variant == "stylegan3" else rec.class_name
+    if code.variant == "stylegan3":
         raise CheckpointError(
-            f"checkpoint {name} is a StyleGAN3 pickle ({cls}): StyleGAN3 (alias-free) generators are not "
-            f"supported yet; supported: {SUPPORTED}" if code.variant == "stylegan3" else
-            f"checkpoint {name}: {key} is a {rec.class_name}, not a StyleGAN2 Generator; supported: {SUPPORTED}")
+            f"checkpoint {name} is a StyleGAN3 pickle (training.networks_stylegan3.{rec.class_name}): StyleGAN3 "
+            f"(alias-free) generators are not supported yet; supported: {SUPPORTED}")
+    if rec.class_name != "Generator":
+        raise CheckpointError(f"checkpoint {name}: {key} is a {rec.class_name}, not a StyleGAN2 Generator; "
+                              f"supported: {SUPPORTED}")
     missing = [c for c in _G_CLASSES if c not in code.classes]
     if missing:
         raise CheckpointError(f"checkpoint {name}: unrecognised network code (no {', '.join(missing)}); "
@@ -766,7 +775,7 @@ def _from_nvidia_pickle_dict(data: dict, name: str) -> LoadedModel:
             dcfg = _discriminator_config_from_record(d_rec, d_code, f"checkpoint {name}")
             D = _build(Discriminator, dcfg, _drop_resample_filters(_record_state_dict(d_rec), f"{name} D"),
                        f"checkpoint {name} (D)")
-        except CheckpointError as exc:
+        except (CheckpointError, TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             D = None
             warnings.append(f"discriminator not loaded: {exc}")
     info = {"format": "nvidia-pickle", "network": key, "code": code.variant, "warnings": warnings}

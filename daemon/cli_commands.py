@@ -31,7 +31,8 @@ def add_parsers(sub) -> None:
                        description="Talks to a running daemon; when none answers, runs one in this process.")
     e.add_argument("input", type=Path, metavar="IN", help="input image (PNG, JPEG, …)")
     e.add_argument("--drag", type=parse_drag, action="append", required=True, metavar="X1,Y1:X2,Y2",
-                   help="handle:target in pixels; repeat for more points")
+                   help="handle:target in pixels (continuous: 10.5,20.5 is the centre of pixel "
+                   "column 10, row 20); repeat for more points")
     e.add_argument("--mask", type=Path, help="movable region, a grayscale image of the same size "
                    "(white = may move, grey = partly)")
     e.add_argument("--roi", metavar="X,Y,W,H", help="region to invert and edit (default: the mask's "
@@ -154,7 +155,7 @@ def cmd_edit(args) -> int:
         mask = Image(mask_arr.data, w, h, 1)
     for i, (x1, y1, x2, y2) in enumerate(args.drag):
         for what, x, y in (("handle", x1, y1), ("target", x2, y2)):
-            if not (0 <= x < w and 0 <= y < h):
+            if not (0 <= x <= w and 0 <= y <= h):
                 raise UserFacingError(f"--drag {i + 1}: {what} ({x:g}, {y:g}) is outside the {w}×{h} image")
     roi = _parse_roi(args.roi, w, h) if args.roi else _mask_roi(mask_arr, args.drag)
 

@@ -215,8 +215,8 @@ class TorchBackend(Backend):
     def drag(self, session_id, points, mask, params, progress, cancel):
         s = self._session(session_id)
         geo = s.geometry
-        handles = geo.layer_to_gen([p[0] for p in points])
-        targets = geo.layer_to_gen([p[1] for p in points])
+        handles = to_generator(geo, [p[0] for p in points])
+        targets = to_generator(geo, [p[1] for p in points])
         self._check_inside_crop(points, handles, targets, geo)
         mask_layer = None
         if mask is not None:
@@ -246,7 +246,7 @@ class TorchBackend(Backend):
         for r in s.drag.run(max_steps=cfg.max_steps, cancel=lambda: cancel.cancelled,
                             preview_every=preview_every):
             last = r
-            hl = geo.gen_to_layer(r.handles.numpy()).tolist()
+            hl = to_layer(geo, r.handles.numpy()).tolist()
             dist = float(np.mean(r.distances.numpy())) / geo.scale
             event = {"stage": "drag", "step": r.step, "total": cfg.max_steps, "handles": hl,
                      "losses": {k: float(v) for k, v in r.losses.items()}, "distance": dist}
@@ -256,7 +256,7 @@ class TorchBackend(Backend):
             progress(event, frames)
         image = self._render_layer(s, last.image if last.image is not None else s.drag.render())
         stop = last.reason if last.reason in ("converged", "max_steps", "cancelled") else "stalled"
-        return {"image": image, "handles": geo.gen_to_layer(last.handles.numpy()).tolist(),
+        return {"image": image, "handles": to_layer(geo, last.handles.numpy()).tolist(),
                 "steps": last.step, "stop": stop, "distance": float(np.mean(last.distances.numpy())) / geo.scale,
                 "history": len(s.drag.history) - 1, "bytes": s.nbytes(),
                 "info": {"seconds": time.perf_counter() - t0}}
@@ -274,7 +274,7 @@ class TorchBackend(Backend):
         target = len(s.drag.history) - 1
         image = self._render_layer(s, s.drag.render())
         return {"image": image, "history": target,
-                "handles": s.geometry.gen_to_layer(snap.handles.numpy()).tolist(), "bytes": s.nbytes()}
+                "handles": to_layer(s.geometry, snap.handles.numpy()).tolist(), "bytes": s.nbytes()}
 
     def reset_points(self, session_id):
         s = self._session(session_id)
@@ -348,6 +348,17 @@ class TorchBackend(Backend):
         canvas.paste(crop, (bx0, by0))
         arr = np.asarray(canvas, dtype=np.uint8)
         return Image(np.ascontiguousarray(arr).data, arr.shape[1], arr.shape[0], 3)
+
+
+def to_generator(geo: CropGeometry, points) -> np.ndarray:
+    """Protocol points (continuous layer coordinates: pixel (i, j) covers [i, i+1)×[j, j+1)) →
+    the engine's generator pixels (pixel centres on integers)."""
+    return geo.layer_to_gen(np.asarray(points, dtype=np.float64) - 0.5)
+
+
+def to_layer(geo: CropGeometry, points) -> np.ndarray:
+    """The inverse of `to_generator`."""
+    return geo.gen_to_layer(points) + 0.5
 
 
 def _inversion_settings(inv: dict) -> InversionSettings | None:

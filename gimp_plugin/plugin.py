@@ -121,8 +121,9 @@ def run(procedure: Any, run_mode: Any, image: Any, drawables: Any, config: Any,
         if GimpUi is not None:
             from .dialog import ProgressDialog
 
-            def dialog_factory():
+            def make_progress_dialog() -> Any:
                 return ProgressDialog(GimpUi)
+            dialog_factory = make_progress_dialog
         outcome, new_layer = run_on_layer(host, runner_mod, settings, image, layer, arrows,
                                           mask, dialog_factory)
     except Cancelled as e:

@@ -35,12 +35,9 @@ STOP_GRACE = 20.0
 #: How long to wait for close_session at the end (best effort).
 CLOSE_TIMEOUT = 2.0
 
-# Inversion presets (what "quality" means on the wire). Step counts follow the daemon's
-# presets of the same names (daemon/inversion.py); lr None = the daemon's default.
+# Inversion presets: the daemon owns what each means (daemon/inversion.py PRESETS).
 INVERSION_PRESETS: Dict[str, Dict[str, Any]] = {
-    "fast": {"method": "pti", "w_steps": 60, "tune_steps": 80},
-    "balanced": {"method": "pti", "w_steps": 120, "tune_steps": 160},
-    "quality": {"method": "pti", "w_steps": 250, "tune_steps": 350},
+    name: {"method": "pti", "quality": name} for name in ("fast", "balanced", "quality")
 }
 
 SPACE_CHOICES = (("w-plus", "W+ (one latent per layer, more freedom)", "w+"),

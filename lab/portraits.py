@@ -331,8 +331,9 @@ def _head_q(uu: Tensor, vv: Tensor, vv_low: Tensor, uv_low: Tensor, p: PortraitP
     """
     a, top, jaw = p.head_width, p.head_top, p.jaw_length
     mix = p.chin_taper / (a * a) - p.jaw_square / (a * jaw)
-    return (uu * ex(1 / (a * a)) + vv * ex(1 / (top * top))
-            + vv_low * ex(1 / (jaw * jaw) - 1 / (top * top)) + uv_low * ex(mix))
+    q = uu * ex(1 / (a * a))
+    return q.addcmul_(vv, ex(1 / (top * top))).addcmul_(vv_low, ex(1 / (jaw * jaw) - 1 / (top * top))) \
+        .addcmul_(uv_low, ex(mix))
 
 
 def _yaw_radius(p: PortraitParams) -> Tensor:
@@ -453,19 +454,32 @@ def landmarks(p: PortraitParams, resolution: int = 128) -> Tensor:
 # Rendering
 # --------------------------------------------------------------------------------------
 
+# Full-frame maps are large, and every fresh allocation of one costs page faults, so the
+# code that runs on every pixel chains in-place ops (`x_`) on temporaries it owns.
+
 def _coverage(d: Tensor, ppu: Tensor) -> Tensor:
     """Anti-aliased coverage of a shape from its signed distance d in head units (> 0
     outside); ppu = pixels per unit. A smoothstep across one pixel centred on the edge."""
-    t = (0.5 - d * ppu).clamp_(0, 1)
-    return t * t * (3 - 2 * t)
+    t = (d * -ppu).add_(0.5).clamp_(0, 1)
+    return t.mul(-2).add_(3).mul_(t).mul_(t)                # t^2 (3 - 2t)
 
 
 def _ellipse_sdf(x: Tensor, y: Tensor, rx, ry) -> Tensor:
     """Approximate signed distance to an axis-aligned ellipse (exact on the outline)."""
     xr, yr = x / rx, y / ry
-    k0 = (xr * xr + yr * yr).sqrt()
-    k1 = ((xr / rx) ** 2 + (yr / ry) ** 2).sqrt()
-    return k0 * (k0 - 1) / (k1 + 1e-6)
+    k0 = (xr * xr).addcmul_(yr, yr).sqrt_()
+    k1 = xr.div_(rx).square_().add_(yr.div_(ry).square_()).sqrt_().add_(1e-6)
+    return k0.sub(1).mul_(k0).div_(k1)
+
+
+def _max_(a: Tensor, b: Tensor) -> Tensor:
+    """In-place elementwise maximum into a (b broadcasts)."""
+    return torch.maximum(a, b, out=a)
+
+
+def _min_(a: Tensor, b: Tensor) -> Tensor:
+    """In-place elementwise minimum into a (b broadcasts)."""
+    return torch.minimum(a, b, out=a)
 
 
 class _Window:
@@ -545,19 +559,32 @@ class _Canvas:
     `person` is the coverage of everything the light falls on, `head` the skin of the head
     (facial features are clipped to it), `noise` the (blotch, grain) texture and `hair`
     the hair luminance.
-    """
-    _MAPS = ("albedo", "lum", "person", "head", "noise", "hair")
 
-    def __init__(self, **maps: Tensor):
-        for name in self._MAPS:
-            setattr(self, name, maps[name])
+    A crop (a canvas over a window) gathers a map from its parent only when a painter
+    first reads it, and pastes back only the maps painting changes.
+    """
+    _PAINTED = ("albedo", "lum", "person")
+
+    def __init__(self, parent: _Canvas | None = None, win: _Window | None = None, **maps: Tensor):
+        self._parent, self._win = parent, win
+        self.__dict__.update(maps)
+
+    def __getattr__(self, name: str) -> Tensor:
+        # Only called for maps not yet gathered into this crop.
+        if name.startswith("_") or self._parent is None:
+            raise AttributeError(name)
+        crop = self._win.gather(getattr(self._parent, name))
+        setattr(self, name, crop)
+        return crop
 
     def crop(self, win: _Window) -> _Canvas:
-        return _Canvas(**{n: win.gather(getattr(self, n)) for n in self._MAPS})
+        return _Canvas(self, win)
 
-    def paste(self, crop: _Canvas, win: _Window):
-        for name in ("albedo", "lum", "person", "head"):     # what painting changes
-            win.scatter(getattr(self, name), getattr(crop, name))
+    def paste(self):
+        """Write a crop's painted maps back into its parent."""
+        for name in self._PAINTED:
+            if name in self.__dict__:
+                self._win.scatter(getattr(self._parent, name), self.__dict__[name])
 
     def paint(self, alpha: Tensor, colour: Tensor, lum: Tensor | float = 1.0, person=True):
         """Blend a layer: alpha [B, h, w], colour [B, 3], lum [B, h, w] or a constant.
@@ -578,26 +605,28 @@ def _background(p: PortraitParams, f: _Frame, res: int, out: Tensor) -> _Canvas:
     is written into `out` [B, 3, H, W], which becomes the canvas."""
     noise = F.interpolate(p.noise, size=(res, res), mode="bilinear", align_corners=False)
     blotch, grain = noise[:, 0], noise[:, 1]
-    # Separable terms ([B, 1, w] + [B, h, 1]) cost one full-size op instead of four.
-    along = (0.5 + 0.4 * f.x * _col(p.background_dir[:, 0])) + 0.4 * f.y * _col(p.background_dir[:, 1])
-    t = (along + 0.35 * blotch).clamp_(0, 1)
+    # Separable terms ([B, 1, w] and [B, h, 1]) are small: build them before broadcasting.
+    along_x = 0.5 + 0.4 * f.x * _col(p.background_dir[:, 0])
+    along_y = 0.4 * f.y * _col(p.background_dir[:, 1])
+    t = (blotch * 0.35).add_(along_x).add_(along_y).clamp_(0, 1)
     a, b = p.background[:, 0, :, None, None], p.background[:, 1, :, None, None]
     torch.lerp(a, b, t[:, None], out=out)
-    lum = (1 + 0.12 * grain) * ((1 - 0.2 * f.x * f.x) - 0.2 * f.y * f.y)
-    zeros = torch.zeros_like(lum)
-    return _Canvas(albedo=out, lum=lum[:, None], person=zeros[:, None].clone(),
-                   head=zeros[:, None], noise=noise, hair=zeros[:, None])
+    vignette = (1 - 0.2 * f.x * f.x) - 0.2 * f.y * f.y
+    lum = (grain * 0.12).add_(1).mul_(vignette)
+    return _Canvas(albedo=out, lum=lum[:, None], person=torch.zeros_like(lum)[:, None], noise=noise)
 
 
 def _hair_luminance(p: PortraitParams, f: _Frame, blotch: Tensor, grain: Tensor) -> Tensor:
     """Strands radiating from the crown, bent by the blotch noise, with a band of sheen."""
-    dx, dy = f.u - _col(p.hair_part * 0.3 * p.head_width), f.v + 0.9
-    radius = (dx * dx + dy * dy).sqrt()
-    phase = torch.atan2(dx, dy) * _col(p.hair_strands[:, 0]) \
-        + radius * _col(p.hair_strands[:, 1]) + 5 * blotch
+    # The crown sits above the skull, so strands fan down over the head.
+    dx, dy = f.u - _col(p.hair_part * 0.3 * p.head_width), f.v + _col(p.head_top + 0.3)
+    radius = (dx * dx).addcmul_(dy, dy).sqrt_()
+    phase = torch.atan2(dx, dy).mul_(_col(p.hair_strands[:, 0]))
+    phase.addcmul_(radius, _col(p.hair_strands[:, 1])).add_(blotch, alpha=5)
     fade = (radius * 3).clamp_(max=1)            # strands converge at the crown: fade them
-    sheen = (1 - (radius - 0.6).abs() * 4).clamp_(min=0)
-    return 0.78 + 0.16 * fade * torch.sin(phase) + 0.1 * grain + 0.25 * sheen
+    lum = phase.sin_().mul_(fade).mul_(0.16).add_(grain, alpha=0.1).add_(0.78)
+    sheen = radius.sub_(0.75).abs_().mul_(-4).add_(1).clamp_(min=0)
+    return lum.add_(sheen, alpha=0.25)
 
 
 def _hair_cap(p: PortraitParams, f: _Frame) -> Tensor:
@@ -610,9 +639,10 @@ def _paint_back_hair(p: PortraitParams, f: _Frame, cv: _Canvas):
     """The hair behind the head: the cap, cut at hair_length, and long hair falling."""
     half = _col(p.head_width + 0.7 * p.hair_volume)
     length = _col(p.hair_length)
-    q = f.u / half
-    fall = torch.maximum(torch.maximum(f.u.abs() - half, -f.v), f.v - length + 0.25 * (1 - q * q))
-    back = torch.minimum(torch.maximum(_hair_cap(p, f), f.v - length), fall)
+    # Long hair: a band as wide as the cap, from the ears down to a rounded bottom edge.
+    bottom = (f.u / half).square_().mul_(-0.25).add_(0.25).add_(f.v).sub_(length)
+    fall = _max_(_max_(f.u.abs().sub_(half), f.v.neg()), bottom)
+    back = _min_(_max_(_hair_cap(p, f), f.v - length), fall)
     cv.paint(_coverage(back, f.ppu), p.hair, cv.hair[:, 0] * 0.8)
 
 
@@ -633,15 +663,15 @@ def _paint_neck_and_clothes(p: PortraitParams, f: _Frame, cv: _Canvas):
 
 
 def _skin_luminance(blotch: Tensor, grain: Tensor) -> Tensor:
-    return 1 + 0.05 * blotch + 0.05 * grain
+    return (blotch + grain).mul_(0.05).add_(1)
 
 
 def _paint_head(p: PortraitParams, f: _Frame, cv: _Canvas, skin_lum: Tensor):
     uu, vv = f.u * f.u, f.v * f.v
     vv_low = f.v.clamp(min=0).square_()
-    rho2 = uu + vv + 1e-8
-    q = _head_q(uu, vv, vv_low, uu * vv_low / rho2, p, _col)
-    head = rho2.sqrt_() * (1 - q.rsqrt_())       # rho - outline radius along the same ray
+    rho2 = (uu + vv).add_(1e-8)
+    q = _head_q(uu, vv, vv_low, (uu * vv_low).div_(rho2), p, _col)
+    head = rho2.sqrt_().mul_(q.rsqrt_().neg_().add_(1))  # rho - outline radius, same ray
     alpha = _coverage(head, f.ppu)
     cv.paint(alpha, p.skin, skin_lum)
     cv.head = alpha[:, None]
@@ -718,10 +748,18 @@ def _paint_brows(p: PortraitParams, f: _Frame, cv: _Canvas):
     cv.paint(0.92 * _coverage(d, f.ppu) * cv.head[:, 0], p.hair * 0.85, cv.hair[:, 0], person=False)
 
 
+_NOSE_BRIDGE = 0.22       # how far above the tip the nose's side shadow starts
+
+
 def _paint_nose(p: PortraitParams, f: _Frame, cv: _Canvas):
-    """Shadow under the tip, the tip's lower outline, nostril wings, nostrils, highlight."""
+    """The bridge's side in shade, shadow under the tip, the tip's lower outline, nostril
+    wings, nostrils, highlight."""
     ppu, clip = f.ppu, cv.head[:, 0]
     x, y = f.fu - _col(_nose_shift(p)), f.v - _col(p.nose_y)
+    away = -_col(p.light[:, 0].sign()) * 0.045                 # the side away from the light
+    along = ((y + _NOSE_BRIDGE) * 6).clamp_(0, 1) * (1 - y * 25).clamp_(0, 1)
+    wall = (1 - (x - away).abs() * 30).clamp_(min=0) * along
+    cv.paint(0.3 * wall * clip, p.skin * 0.6, person=False)
     under = _ellipse_sdf(x, y - 0.07, 0.09, 0.04)
     cv.paint(0.25 * (1 - under * 12).clamp_(0, 1) * clip, p.skin * 0.7, person=False)
     tip_r = _col(p.nose_tip_radius)
@@ -767,8 +805,11 @@ def _paint_front_hair(p: PortraitParams, f: _Frame, cv: _Canvas):
     q = (f.fu - _col(p.hair_part) * 0.3 * width) / width
     c0, c1, c2 = (_col(p.hairline[:, i]) for i in range(3))
     q2 = q * q
-    line = (c0 + c1 * q2 + c2 * q2 * q2).clamp_(max=_HAIRLINE_LOWEST)
-    slope = (2 * c1 + 4 * c2 * q2) * q / width
+    # The polynomial drop towards the temples saturates smoothly at the lowest line.
+    drop = (c1 + c2 * q2) * q2
+    room = _HAIRLINE_LOWEST - c0
+    line = c0 + drop * room / (room + drop)
+    slope = (2 * c1 + 4 * c2 * q2) * q * (room / (room + drop)) ** 2 / width
     above = (f.v - line) / (1 + slope * slope).sqrt_()
     alpha = _coverage(torch.maximum(_hair_cap(p, f), above), f.ppu)
     cv.paint(alpha, p.hair, cv.hair[:, 0], person=False)
@@ -777,10 +818,11 @@ def _paint_front_hair(p: PortraitParams, f: _Frame, cv: _Canvas):
 def _shading(p: PortraitParams, f: _Frame) -> Tensor:
     """Lambert shading of an ellipsoid around the head, plus ambient light."""
     nx = f.u * _col(1 / (p.head_width + 0.25))
-    ny = (f.v + 0.1) * _col(1 / (p.head_top + 0.3))
-    nz = (1 - nx * nx - ny * ny).clamp_(min=0).sqrt_()
+    ny = (f.v + 0.1).mul_(_col(1 / (p.head_top + 0.3)))
+    nz = nx.square().add_(ny.square()).neg_().add_(1).clamp_(min=0).sqrt_()
     lx, ly, lz = (_col(p.light[:, i]) for i in range(3))
-    return 0.55 + 0.55 * (nx * lx + ny * ly + nz * lz).clamp_(min=0)
+    dot = nx.mul_(lx).addcmul_(ny, ly).addcmul_(nz, lz)
+    return dot.clamp_(min=0).mul_(0.55).add_(0.55)
 
 
 def _windows(p: PortraitParams, res: int) -> dict[str, _Window]:
@@ -812,7 +854,7 @@ def _windows(p: PortraitParams, res: int) -> dict[str, _Window]:
     half = torch.maximum(p.mouth_half_width, p.nostril_x + 0.09) + 0.03
     shift = _nose_shift(p)
     wins["mouth"] = face_box(-half + shift.clamp(max=0), half + shift.clamp(min=0),
-                             p.nose_y - p.nose_tip_radius - 0.04,
+                             p.nose_y - _NOSE_BRIDGE - 0.02,
                              p.mouth_y + 0.7 * p.mouth_open + p.lip_lower + 0.04)
     return wins
 
@@ -831,7 +873,7 @@ def _render_chunk(p: PortraitParams, res: int, wins: dict[str, _Window], out: Te
         frame = _Frame(p, win, res)
         for paint in painters:
             paint(p, frame, crop)
-        cv.paste(crop, win)
+        crop.paste()
 
     in_window(wins["body"], _paint_neck_and_clothes)
     in_window(wins["ear_left"], partial(_paint_ear, side=-1.0))
@@ -841,7 +883,8 @@ def _render_chunk(p: PortraitParams, res: int, wins: dict[str, _Window], out: Te
     in_window(wins["mouth"], _paint_nose, _paint_mouth)
     in_window(wins["front_hair"], _paint_front_hair)
 
-    lum = cv.lum[:, 0] * (1 + cv.person[:, 0] * (_shading(p, f) - 1))
+    # The light shades only the person: lum * (1 + person * (shading - 1)).
+    lum = _shading(p, f).sub_(1).mul_(cv.person[:, 0]).add_(1).mul_(cv.lum[:, 0])
     out.mul_(lum[:, None]).clamp_(0, 1).mul_(2).sub_(1)
 
 

@@ -492,9 +492,13 @@ def stylegan3_pickle_bytes(protocol: int = 4) -> bytes:
 # Original TensorFlow StyleGAN2 pickles
 
 
-def tf_network(name: str, static_kwargs: dict, variables: list, components: dict | None = None) -> NewObj:
+TF_BUILD_SRC = "def G_main(*a, **k):\n    raise SystemExit('build code')\n"
+
+
+def tf_network(name: str, static_kwargs: dict, variables: list, components: dict | None = None,
+               build_module_src: str | None = None) -> NewObj:
     state = {"version": 4, "name": name, "static_kwargs": static_kwargs, "components": components or {},
-             "build_module_src": "def G_main(*a, **k):\n    raise SystemExit('build code')\n",
+             "build_module_src": build_module_src or TF_BUILD_SRC,
              "build_func_name": f"{name}_main", "variables": variables}
     return NewObj(GlobalRef("dnnlib.tflib.network", "Network"), state)
 
@@ -563,14 +567,14 @@ def tf_static_kwargs_G(G: Generator) -> dict:
             "fmap_max": cfg.channel_max}
 
 
-def tf_pickle_bytes(G: Generator, D: Discriminator, protocol: int = 4) -> bytes:
+def tf_pickle_bytes(G: Generator, D: Discriminator, protocol: int = 4, build_module_src: str | None = None) -> bytes:
     """(G, D, Gs) like the original StyleGAN2 release; G and Gs share the weights here."""
     own, mapping, synth = tf_generator_variables(G)
     arr = lambda items: [(n, np_array(v)) for n, v in items]  # noqa: E731
     skw = tf_static_kwargs_G(G)
-    comps = {"mapping": tf_network("G_mapping", dict(skw), arr(mapping)),
-             "synthesis": tf_network("G_synthesis", dict(skw), arr(synth))}
-    Gs = tf_network("G", skw, arr(own), comps)
+    comps = {"mapping": tf_network("G_mapping", dict(skw), arr(mapping), build_module_src=build_module_src),
+             "synthesis": tf_network("G_synthesis", dict(skw), arr(synth), build_module_src=build_module_src)}
+    Gs = tf_network("G", skw, arr(own), comps, build_module_src=build_module_src)
     dkw = {"num_channels": D.cfg.img_channels, "resolution": D.cfg.resolution, "label_size": 0,
            "fmap_base": D.cfg.channel_base // 2, "fmap_max": D.cfg.channel_max,
            "mbstd_group_size": D.cfg.mbstd_group_size}

@@ -11,7 +11,7 @@ from dragd.daemon.checkpoints import load_checkpoint
 from dragd.daemon.drag import DragConfig, DragSession
 from dragd.daemon.image_prep import make_geometry
 from dragd.daemon.server import Server, ServerConfig
-from dragd.daemon.torch_backend import TorchBackend
+from dragd.daemon.torch_backend import TorchBackend, _mask_to_generator, to_generator, to_layer
 from dragd.protocol.client import Client, RemoteError
 from dragd.protocol.schema import Image
 
@@ -60,13 +60,11 @@ def test_round_trip_matches_the_engine_and_keeps_pixels_outside_the_mask(client,
     # The same drag run directly on the engine ends at the same handle positions.
     G = load_checkpoint(tiny_model_path).G
     geo = make_geometry(40, 48, G.resolution)
-    gen_mask = torch.zeros(G.resolution, G.resolution)
-    from dragd.daemon.torch_backend import _mask_to_generator
     gen_mask = _mask_to_generator(mask.astype(np.float32) / 255, geo)
-    ds = DragSession(G, G.mean_w().unsqueeze(0), geo.layer_to_gen([p[0] for p in points]),
-                     geo.layer_to_gen([p[1] for p in points]), mask=gen_mask, config=DragConfig(max_steps=8))
+    ds = DragSession(G, G.mean_w().unsqueeze(0), to_generator(geo, [p[0] for p in points]),
+                     to_generator(geo, [p[1] for p in points]), mask=gen_mask, config=DragConfig(max_steps=8))
     *_, last = ds.run()
-    expected = geo.gen_to_layer(last.handles.numpy())
+    expected = to_layer(geo, last.handles.numpy())
     np.testing.assert_allclose(np.array(result["handles"]), expected, atol=1e-3)
 
     out = as_array(result.images["image"])

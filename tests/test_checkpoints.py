@@ -242,6 +242,21 @@ def test_embedded_module_source_is_never_executed(tmp_path, G):
     assert not marker.exists() and m2.G.cfg.w_avg_beta == 0.995
 
 
+def test_persistent_record_with_only_code_is_refused_unexecuted(tmp_path):
+    marker = tmp_path / "pwned"
+    state = nf.module_state({}, {}, {}, {}, (), {})
+    rec = nf.persistent("Generator", f"import os\nos.system('touch {marker}')\n", state)
+    _assert_refused(_write(tmp_path, "code.pkl", nf.dumps({"G_ema": rec})), marker,
+                    "unrecognised network code")
+
+
+def test_tensorflow_build_code_is_never_executed(tmp_path, G, D):
+    marker = tmp_path / "pwned"
+    src = f"import os\nos.system('touch {marker}')\ndef G_main(*a, **k):\n    pass\n"
+    m = load_checkpoint(_write(tmp_path, "tf.pkl", nf.tf_pickle_bytes(G, D, build_module_src=src)))
+    assert not marker.exists() and m.info["format"] == "nvidia-tf-pickle"
+
+
 def test_other_reconstructors_are_refused(tmp_path):
     marker = tmp_path / "pwned"
     for module, name in [("subprocess", "Popen"), ("builtins", "eval"), ("torch", "load"),

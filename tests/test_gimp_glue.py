@@ -598,7 +598,7 @@ def test_settings_from_config_values():
     p = s.drag_params()
     assert p["lr"] is None and p["max_steps"] == 40 and p["space"] == "w"
     assert p["lambda_mask"] == 5.0 and p["preview_every"] == 0
-    assert s.invert_fields() == {"method": "pti", "w_steps": 60, "tune_steps": 80}
+    assert s.invert_fields() == {"method": "pti", "quality": "fast"}
     assert DragSettings.from_values({"learning-rate": 0.002}).drag_params()["lr"] == 0.002
     assert DragSettings.from_values({"latent-space": "w-plus"}).space == "w+"
     with pytest.raises(UserError, match="not a ZeroMQ address"):
@@ -779,7 +779,7 @@ def test_runner_success_sends_points_mask_params_and_closes():
     r, out, c = run_fake(good_script(), ui=ui, mask=mask)
     assert out.steps == 3 and out.stop == "converged" and out.image.width == 8
     assert [t for t, _, _ in c.sent] == ["hello", "open_session", "drag", "close_session"]
-    assert c.sent[1][1]["invert"] == {"method": "pti", "w_steps": 60, "tune_steps": 80}
+    assert c.sent[1][1]["invert"] == {"method": "pti", "quality": "fast"}
     session, points, mask_img, params = c.drag_args
     assert points == [{"handle": [1, 1], "target": [5, 5]}]
     assert mask_img.channels == 1 and bytes(mask_img.data) == mask.data

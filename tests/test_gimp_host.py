@@ -35,9 +35,10 @@ pytestmark = pytest.mark.hosts
 # (opaque left half, alpha 160 right half), a path with one two-anchor stroke and a
 # rectangular selection; then calls plug-in-dragd-drag once per entry of $DRAGD_CALLS (JSON
 # list of {"label", "run_mode", "args": {argument: value}, "variant"}; a variant builds a
-# fresh image with a flawed scene for the error-message checks). Writes to $DRAGD_RESULT: per call the status, message,
-# elapsed seconds, return values and layer stack, and base64 pixels of the source (before and
-# after) and of the new layer, plus the selection mask in layer coordinates.
+# fresh image with another scene: error messages, a layer mask). Writes to $DRAGD_RESULT: per
+# call the status, message, elapsed seconds, return values and layer stack, and base64 pixels
+# of the source (before and after) and of the new layer, plus the selection mask in layer
+# coordinates.
 # ---------------------------------------------------------------------------
 
 SCRIPT = r'''
@@ -412,7 +413,7 @@ def test_request_contents_and_preview_layer(daemon, home):
     assert p["max_steps"] == 40 and p["lambda_mask"] == 12.5 and p["space"] == "w"
     assert p["lr"] is None and p["preview_every"] > 0
     assert sent["mask"] == unb64(res["mask"])
-    assert backend.opened[-1]["invert"]["w_steps"] == 60
+    assert backend.opened[-1]["invert"]["quality"] == "fast"
     assert backend.opened[-1]["channels"] == 4
     (proc,) = plugin_processes(r)
     names = check_one_undo_group(proc)
@@ -433,7 +434,7 @@ def test_interactive_dialogs_stop_and_remembered_settings(daemon, home):
     assert call["stop"] == "cancelled" and 2 <= call["steps"] < 5, call
     check_result_layer(r.result, call)
     assert backend.drags[-1]["params"]["max_steps"] == 5
-    assert backend.opened[-1]["invert"]["w_steps"] == 250
+    assert backend.opened[-1]["invert"]["quality"] == "quality"
     last = home.path(".config/GIMP/3.0/plug-in-settings/"
                      "GimpProcedureConfigRun-plug-in-dragd-drag.last")
     text = last.read_text()

@@ -207,9 +207,10 @@ class Home:
 
 
 def _template(kind: str) -> Path:
-    """A warmed profile for kind ("gimp" or "krita"), made once per chroot: the first start of
-    GIMP with an empty profile queries every plug-in (+4 s); Krita's builds its resource
-    database (+20 s). Copies of a warmed profile start fast."""
+    """A warmed profile for kind ("gimp", "krita", "krita-gui"), made once per chroot under a
+    lock: the first start of GIMP with an empty profile queries every plug-in (+4 s); Krita's
+    (kritarunner's and the GUI's separately) builds a resource database (+20-30 s each).
+    Copies of a warmed profile start fast."""
     root = ensure_chroot(warm=False)
     state = root / _STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
