@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
-import dataclasses
 import io
 import json
 import math
@@ -38,7 +37,7 @@ import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -12,12 +12,15 @@ Cache directory: ``$DRAGD_CACHE`` if set, else ``~/.cache/dragd/models``.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +157,33 @@ def _describe_url_error(url: str, exc: BaseException) -> str:
         return f"{url}: host name could not be resolved (no network or DNS?)"
     if isinstance(reason, ConnectionRefusedError):
         return f"{url}: connection refused"
+    if isinstance(exc, http.client.IncompleteRead):
+        return f"{url}: the connection closed after {len(exc.partial)} bytes (incomplete download)"
     return f"{url}: {reason}"
+
+
+def _resolve_within(url: str, timeout: float) -> str | None:
+    """Name resolution is not covered by socket timeouts: bound it here. → error text or None."""
+    host = urllib.parse.urlsplit(url).hostname
+    if not host:
+        return f"{url}: not a valid URL"
+    result: dict = {}
+
+    def work():
+        try:
+            socket.getaddrinfo(host, None)
+            result["ok"] = True
+        except OSError as exc:
+            result["error"] = exc
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    t.join(timeout)
+    if "ok" in result:
+        return None
+    if "error" in result:
+        return f"{url}: host name could not be resolved (no network or DNS?)"
+    return f"{url}: name resolution did not answer within {timeout:g} s (no network?)"
 
 
 def fetch(name: str, progress: ProgressFn | None = None, directory: Path | None = None,
@@ -173,6 +202,10 @@ def fetch(name: str, progress: ProgressFn | None = None, directory: Path | None 
         return final
     errors = []
     for url in entry.urls:
+        dns_problem = _resolve_within(url, timeout)
+        if dns_problem:
+            errors.append(dns_problem)
+            continue
         try:
             req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
             resp = urllib.request.urlopen(req, timeout=timeout)
@@ -182,8 +215,10 @@ def fetch(name: str, progress: ProgressFn | None = None, directory: Path | None 
         with resp:
             try:
                 return _download(resp, url, entry, final, progress, log)
-            except (urllib.error.URLError, OSError) as exc:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 errors.append(_describe_url_error(url, exc))
+            except ModelError as exc:          # incomplete or wrong checksum: try the next mirror
+                errors.append(str(exc))
     raise ModelError(f"could not download {name}: " + "; ".join(errors) +
                      f". Check the network, or download the file by hand and put it at {final}")
 

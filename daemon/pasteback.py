@@ -155,7 +155,8 @@ def dense_correspondence(feat_edit: torch.Tensor, feat_rec: torch.Tensor, radius
 
     feat_* are [1, C, h, w] (or [C, h, w]); the search for pixel q covers the square
     |dx|, |dy| ≤ radius around q. Every window offset is evaluated for all pixels at once
-    (one vectorised pass per offset, a running minimum kept), so memory is O(C·h·w).
+    (batched matrix products, one pass per row offset, a running minimum kept), so memory is
+    O(C·h·w + h·w·radius).
 
     A match is *bad* (no good source: generated pixels will be used) when its distance exceeds
     ``max_distance`` (default: max(bad_factor · median distance, bad_floor · mean squared
@@ -182,34 +183,71 @@ def dense_correspondence(feat_edit: torch.Tensor, feat_rec: torch.Tensor, radius
         r = r / (r.norm(dim=0, keepdim=True) + 1e-8)
     c, h, w = e.shape
     radius = int(max(0, radius))
-    inf = torch.tensor(float("inf"), device=e.device)
-    rp = F.pad(r.unsqueeze(0), [radius] * 4, mode="constant", value=0.0)[0]
-    valid = F.pad(torch.ones(1, 1, h, w, device=e.device), [radius] * 4)[0, 0] > 0
+    # Search: for each row offset dy, the dot products e(q)·r(q + (dx, dy)) for all dx at once,
+    # as batched matrix products over tiles of columns (the band |dx| ≤ radius is gathered out),
+    # then ‖e − r‖² = ‖e‖² + ‖r‖² − 2 e·r. Rows are produced one ahead so that the costs of the
+    # four neighbouring offsets of each pixel's best match are known (for the sub-pixel fit)
+    # without storing the whole cost volume. Memory: O(C·h·w + h·w·(2·radius + 1)).
+    k = 2 * radius + 1
+    E = e.permute(1, 2, 0).contiguous()                                           # [h, w, C]
+    Rp = F.pad(r, [radius] * 4).permute(1, 2, 0).contiguous()                     # [h+2R, w+2R, C]
+    e2 = E.square().sum(-1)                                                        # [h, w]
+    r2p = Rp.square().sum(-1)                                                      # [h+2R, w+2R]
+    validp = F.pad(torch.ones(1, 1, h, w, device=e.device), [radius] * 4)[0, 0] > 0
+    energy = float(r.square().mean())
+    dxs = torch.arange(-radius, radius + 1, device=e.device)
+    tile = max(32, k)
+    nan_band = torch.full((h, w, k), float("nan"), device=e.device)
+
+    def band(dy: int) -> torch.Tensor:
+        """Costs [h, w, k] of the offsets (dx, dy), dx = −R…R (inf where the source is outside)."""
+        if abs(dy) > radius:
+            return nan_band
+        rows = Rp[radius + dy:radius + dy + h]                                     # [h, w+2R, C]
+        dots = torch.empty((h, w, k), device=e.device)
+        for x0 in range(0, w, tile):
+            x1 = min(w, x0 + tile)
+            prod = torch.bmm(E[:, x0:x1], rows[:, x0:x1 + 2 * radius].transpose(1, 2))   # [h, T, T+2R]
+            idx = torch.arange(x1 - x0, device=e.device)[:, None] + torch.arange(k, device=e.device)[None]
+            dots[:, x0:x1] = prod.gather(2, idx.expand(h, -1, -1))
+        r2 = r2p[radius + dy:radius + dy + h].unfold(1, k, 1)                     # [h, w, k]
+        ok = validp[radius + dy:radius + dy + h].unfold(1, k, 1)
+        d = ((e2[..., None] + r2 - 2 * dots) / c).clamp_min(0)
+        d = torch.where(ok, d, torch.full_like(d, float("inf")))
+        if aggregate > 0:
+            d = _aggregate(d.permute(2, 0, 1), aggregate).permute(1, 2, 0).contiguous()
+        return d
+
+    def pick(b: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        inside = (i >= 0) & (i < k)
+        v = b.gather(2, i.clamp(0, k - 1).unsqueeze(-1)).squeeze(-1)
+        return torch.where(inside, v, torch.full_like(v, float("nan")))
+
     best = torch.full((h, w), float("inf"), device=e.device)
     best_dx = torch.zeros((h, w), dtype=torch.long, device=e.device)
     best_dy = torch.zeros((h, w), dtype=torch.long, device=e.device)
-    # Offsets in order of increasing length: on ties the smaller displacement wins.
-    offsets = sorted(((dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)),
-                     key=lambda o: (o[0] ** 2 + o[1] ** 2, o))
-    for dy, dx in offsets:
-        shifted = rp[:, radius + dy:radius + dy + h, radius + dx:radius + dx + w]
-        d = (e - shifted).square().mean(dim=0)
-        d = torch.where(valid[radius + dy:radius + dy + h, radius + dx:radius + dx + w], d, inf)
-        if aggregate > 0:
-            d = _aggregate(d, aggregate)
-        better = d < best
-        best = torch.where(better, d, best)
-        best_dx = torch.where(better, torch.full_like(best_dx, dx), best_dx)
+    nb = torch.full((4, h, w), float("nan"), device=e.device)     # costs at dx−1, dx+1, dy−1, dy+1
+    prev, cur = nan_band, band(-radius)
+    for dy in range(-radius, radius + 1):
+        nxt = band(dy + 1)
+        # Tie-break towards short displacements (negligible against real differences).
+        _, arg = (cur + 1e-7 * energy * (dxs.square() + dy * dy).to(cur.dtype)).min(dim=-1)
+        m = pick(cur, arg)
+        better = m < best
+        best = torch.where(better, m, best)
+        best_dx = torch.where(better, arg - radius, best_dx)
         best_dy = torch.where(better, torch.full_like(best_dy, dy), best_dy)
+        cand = torch.stack([pick(cur, arg - 1), pick(cur, arg + 1), pick(prev, arg), pick(nxt, arg)])
+        nb = torch.where(better.unsqueeze(0), cand, nb)
+        prev, cur = cur, nxt
     ys, xs = torch.meshgrid(torch.arange(h, device=e.device), torch.arange(w, device=e.device), indexing="ij")
     sx = xs + best_dx
     sy = ys + best_dy
     src = torch.stack([sx, sy], dim=-1).float()
     if subpixel:
-        src = src + _subpixel(e, r, sx, sy, best, aggregate)
+        src = src + _subpixel(best, nb)
     # Badness.
     if max_distance is None:
-        energy = float(r.square().mean())
         max_distance = max(bad_factor * float(best.median()), bad_floor * energy)
     good = best <= max_distance
     counts = torch.bincount((sy * w + sx).flatten(), minlength=h * w).reshape(h, w)
@@ -235,54 +273,21 @@ def _smooth_source(src: torch.Tensor, good: torch.Tensor, sigma: float) -> torch
 
 
 def _aggregate(d: torch.Tensor, a: int) -> torch.Tensor:
-    """Mean of a cost map over (2a+1)² windows, ignoring infinite (out-of-image) entries."""
-    finite = torch.isfinite(d)
-    num = F.avg_pool2d(torch.where(finite, d, torch.zeros_like(d))[None, None], 2 * a + 1, stride=1,
-                       padding=a, count_include_pad=False)[0, 0]
-    den = F.avg_pool2d(finite.to(d.dtype)[None, None], 2 * a + 1, stride=1, padding=a,
-                       count_include_pad=False)[0, 0]
+    """Mean of cost maps [..., h, w] over (2a+1)² windows, ignoring infinite (out-of-image) entries."""
+    shape = d.shape
+    d4 = d.reshape(-1, 1, *shape[-2:])
+    finite = torch.isfinite(d4)
+    num = F.avg_pool2d(torch.where(finite, d4, torch.zeros_like(d4)), 2 * a + 1, stride=1,
+                       padding=a, count_include_pad=False)
+    den = F.avg_pool2d(finite.to(d.dtype), 2 * a + 1, stride=1, padding=a, count_include_pad=False)
     out = num / den.clamp_min(1e-12)
-    return torch.where(finite, out, d)
+    return torch.where(finite, out, d4).reshape(shape)
 
 
-def _subpixel(e: torch.Tensor, r: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor,
-              d0: torch.Tensor, aggregate: int = 0) -> torch.Tensor:
-    """Parabola fit of the matching cost through the best source and its 4 neighbours → [h, w, 2]."""
-    c, h, w = e.shape
-    ys, xs = torch.meshgrid(torch.arange(h, device=e.device), torch.arange(w, device=e.device), indexing="ij")
-
-    def cost(x, y):
-        # The cost of offset (x − q) evaluated for every pixel q, aggregated like the search.
-        # With aggregation the neighbours of q use q's offset (block matching at that offset).
-        if aggregate > 0:
-            ox, oy = x - xs, y - ys
-            pad = aggregate
-            acc = torch.zeros((h, w), dtype=e.dtype, device=e.device)
-            cnt = torch.zeros((h, w), dtype=e.dtype, device=e.device)
-            for jy in range(-pad, pad + 1):
-                for jx in range(-pad, pad + 1):
-                    qy, qx = ys + jy, xs + jx
-                    qin = (qx >= 0) & (qx < w) & (qy >= 0) & (qy < h)
-                    qxc, qyc = qx.clamp(0, w - 1), qy.clamp(0, h - 1)
-                    px, py = qxc + ox, qyc + oy
-                    pin = (px >= 0) & (px < w) & (py >= 0) & (py < h)
-                    d = (e[:, qyc, qxc] - r[:, py.clamp(0, h - 1), px.clamp(0, w - 1)]).square().mean(dim=0)
-                    ok = qin & pin
-                    acc += torch.where(ok, d, torch.zeros_like(d))
-                    cnt += ok.to(e.dtype)
-            inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-            return torch.where(inside & (cnt > 0), acc / cnt.clamp_min(1), torch.full_like(acc, float("nan")))
-        inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-        xc, yc = x.clamp(0, w - 1), y.clamp(0, h - 1)
-        d = (e - r[:, yc, xc]).square().mean(dim=0)
-        return torch.where(inside, d, torch.full_like(d, float("nan")))
-
+def _subpixel(d0: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
+    """Parabola through the best cost and its neighbours' (nb = [dx−1, dx+1, dy−1, dy+1]) → [h, w, 2]."""
     out = []
-    for ax in ("x", "y"):
-        if ax == "x":
-            dm, dp = cost(sx - 1, sy), cost(sx + 1, sy)
-        else:
-            dm, dp = cost(sx, sy - 1), cost(sx, sy + 1)
+    for dm, dp in ((nb[0], nb[1]), (nb[2], nb[3])):
         denom = dm - 2 * d0 + dp
         off = 0.5 * (dm - dp) / denom
         # A (near-)exact match is already at the right place: the cost is not parabolic there.

@@ -46,8 +46,11 @@ LANDMARK_NAMES = (
 )
 """Left and right as seen in the picture (the subject's right eye is `eye_left`)."""
 
-# Polar angles (in the head frame, 0 = +u, pi/2 = straight down) of the jaw landmarks.
-_JAW_ANGLES = (160.0, 125.0, 90.0, 55.0, 20.0)
+# The jaw landmarks are the points of the lower head outline whose outward normal points
+# at these angles (head frame, degrees, 0 = +u, 90 = straight down): defined by the
+# outline's own shape, so they can be found from the visible jaw alone.
+_JAW_NORMALS = (155.0, 125.0, 90.0, 55.0, 25.0)
+_JAW_SAMPLES = 257
 # Pixels rendered per chunk: small enough that per-pixel maps stay in the CPU cache.
 _CHUNK_PIXELS = 16 * 128 * 128
 
@@ -421,14 +424,32 @@ def _reorder_for_side(pts: list[Tensor], side: float) -> list[Tensor]:
     return brow[::-1] + [eye[2], eye[1], eye[0], eye[3], eye[4]]
 
 
+def _jaw_points(p: PortraitParams) -> tuple[Tensor, Tensor]:
+    """Head-frame (u, v) [B, 5] of the outline points with the _JAW_NORMALS normals: the
+    lower outline is sampled densely and the normal angle (which grows monotonically along
+    the convex outline) is interpolated."""
+    B, dev = p.batch_size, p.scale.device
+    theta = torch.linspace(0, math.pi, _JAW_SAMPLES, device=dev)
+    c, s = theta.cos(), theta.sin()
+    c2, s2 = (c * c).expand(B, -1), (s * s).expand(B, -1)
+    radius = _head_q(c2, s2, s2, c2 * s2, p, lambda x: x[:, None]).rsqrt()       # [B, N]
+    u, v = radius * c, radius * s
+    du, dv = torch.gradient(u, dim=1)[0], torch.gradient(v, dim=1)[0]
+    # Outward normal (dv, -du); its angle measured from straight down, then offset, so it
+    # runs from 0 to pi without wrapping around.
+    normal = torch.atan2(-dv, -du) + math.pi / 2
+    target = torch.tensor(_JAW_NORMALS, device=dev).mul(math.pi / 180).expand(B, -1).contiguous()
+    hi = torch.searchsorted(normal.contiguous(), target).clamp(1, _JAW_SAMPLES - 1)
+    lo = hi - 1
+    n_lo, n_hi = normal.gather(1, lo), normal.gather(1, hi)
+    w = ((target - n_lo) / (n_hi - n_lo)).clamp(0, 1)
+    return (torch.lerp(u.gather(1, lo), u.gather(1, hi), w),
+            torch.lerp(v.gather(1, lo), v.gather(1, hi), w))
+
+
 def landmarks(p: PortraitParams, resolution: int = 128) -> Tensor:
     """[B, L, 2] landmark positions in pixels (pixel centres at integer + 0.5)."""
-    B = p.batch_size
-    angles = torch.tensor(_JAW_ANGLES, device=p.scale.device) * (math.pi / 180)
-    c2, s2 = angles.cos().square().expand(B, -1), angles.sin().square().expand(B, -1)
-    s2_low = (angles.sin().clamp(min=0) ** 2).expand(B, -1)
-    radius = _head_q(c2, s2, s2_low, c2 * s2_low, p, lambda x: x[:, None]).rsqrt()
-    jaw_u, jaw_v = radius * angles.cos(), radius * angles.sin()                  # [B, 5]
+    jaw_u, jaw_v = _jaw_points(p)
 
     face = _reorder_for_side(_eye_brow_points(p, -1.0), -1.0) \
         + _reorder_for_side(_eye_brow_points(p, 1.0), 1.0)

@@ -4,7 +4,6 @@ Generators here are small random-weight StyleGAN2s (64 px for the quality bounds
 the cache), with toRGB weights scaled down so images mostly stay inside [-1, 1].
 """
 import logging
-import math
 
 import numpy as np
 import pytest
@@ -339,3 +338,37 @@ def test_cache_size_bounds(G32, tmp_path):
     assert small.disk_bytes <= 2 * one_file + 10 and "k9" in names and len(names) == 2
     assert small.memory_bytes <= 2 * one_mem + 10 and small.stats["evicted_memory"] >= 1
     assert not list(tmp_path.glob(".tmp-*"))      # atomic writes leave no temp files
+
+
+def test_lpips_backend_is_used_when_package_and_weights_are_present(tmp_path, monkeypatch, G32):
+    # A stand-in 'lpips' package (and 'torchvision') with weight files where the real ones live:
+    # exercises the detection and the wrapper without network access.
+    pkg = tmp_path / "site" / "lpips"
+    (pkg / "weights" / "v0.1").mkdir(parents=True)
+    (pkg / "weights" / "v0.1" / "alex.pth").write_bytes(b"x")
+    (pkg / "__init__.py").write_text(
+        "import torch\n"
+        "class LPIPS(torch.nn.Module):\n"
+        "    def __init__(self, net='alex', spatial=False, verbose=True):\n"
+        "        super().__init__()\n"
+        "        self.scale = torch.nn.Parameter(torch.ones([]))\n"
+        "    def forward(self, a, b, normalize=False):\n"
+        "        return (a - b).abs().mean(1, keepdim=True) * self.scale\n")
+    (tmp_path / "site" / "torchvision").mkdir()
+    (tmp_path / "site" / "torchvision" / "__init__.py").write_text("")
+    (tmp_path / "torch_home" / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "torch_home" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth").write_bytes(b"x")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("DRAGD_NO_LPIPS", raising=False)
+    import sys
+    for name in ("lpips", "torchvision"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert perc.lpips_available() == (True, "ok")
+    loss_fn = perc.make_perceptual("auto", D=object())
+    assert loss_fn.name == "lpips-alex" and loss_fn.default_threshold == 0.06
+    assert not any(p.requires_grad for p in loss_fn.parameters())
+    r = inv.invert(G32, sample_image(G32, 1), settings=inv.InversionSettings(pivot_steps=2, tune_steps=2))
+    assert r.perceptual_backend == "lpips-alex"
+    monkeypatch.setenv("DRAGD_NO_LPIPS", "1")
+    assert perc.resolve_backend("auto") == "ms-ssim+l1"
