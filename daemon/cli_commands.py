@@ -40,6 +40,9 @@ def add_parsers(sub) -> None:
     e.add_argument("-o", "--output", type=Path, required=True, help="output image")
     e.add_argument("--gif", type=Path, help="also write the drag as an animated GIF")
     _add_drag_options(e)
+    e.add_argument("--paste", choices=["resample", "detail"], default="resample",
+                   help="detail: warp the original pixels along the edit instead of scaling the "
+                   "generated crop back (keeps photo detail; generated pixels fill disocclusions)")
     e.add_argument("--quality", choices=["fast", "balanced", "quality"], default="balanced",
                    help="inversion preset (default balanced)")
     e.add_argument("--model", default=None, help="model name or checkpoint path (default: the daemon's)")
@@ -95,9 +98,8 @@ def _add_drag_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_serve(args) -> int:
     from .server import ConfigError, ServerConfig, serve
-    from .torch_backend import TorchBackend
 
-    backend = _make_backend(args.model, args.device, getattr(args, "cache_dir", None))
+    backend = _make_backend(args.model, args.device, args.cache_dir)
     cfg = ServerConfig(endpoint=args.bind, keys_dir=args.keys_dir, insecure=args.insecure,
                        session_budget_bytes=int(args.session_budget_gb * (1 << 30)))
     try:
@@ -191,7 +193,7 @@ def cmd_edit(args) -> int:
         result = client.drag(session, points, mask=mask, progress=on_event, max_steps=args.steps,
                              lr=args.lr, lambda_mask=args.lambda_mask, space=args.space,
                              tracking=args.tracking, preview_every=2 if args.gif else 0,
-                             preview_max_size=512)
+                             preview_max_size=512, paste=args.paste)
         print(f"\n{result['stop']} after {result['steps']} steps in {time.perf_counter() - t1:.1f} s; "
               f"mean distance to targets {result.get('distance') or 0:.2f} px", file=sys.stderr)
     except RemoteError as exc:

@@ -25,7 +25,6 @@ Start in-process::
 from __future__ import annotations
 
 import collections
-import ipaddress
 import json
 import logging
 import secrets
@@ -41,6 +40,7 @@ from ..protocol.schema import (JOB_TYPES, PROGRESS_FIELDS, PROTOCOL_VERSION, Err
                                Image, Limits, Message, ProtocolError, check_event,
                                check_result, encode, encode_error, parse_request,
                                split_images)
+from ..protocol.endpoint import is_loopback_endpoint
 from .backend import Backend, CancelToken, Cancelled
 
 log = logging.getLogger("dragd.server")
@@ -104,33 +104,6 @@ class ServerConfig:
     heartbeat_ivl_ms: int = 2000         # ZMTP heartbeats to drop dead TCP peers
     poll_ms: int = 100
     daemon_version: str = DAEMON_VERSION
-
-
-def _endpoint_host(endpoint: str) -> Tuple[str, str]:
-    """(transport, host) of a ZeroMQ endpoint."""
-    transport, _, rest = endpoint.partition("://")
-    if transport != "tcp":
-        return transport, rest
-    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
-    if ";" in host:                      # tcp://source;dest form: the bind address is dest
-        host = host.split(";", 1)[1]
-    return transport, host.strip("[]")
-
-
-def is_loopback_endpoint(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// on a loopback address (127.0.0.0/8, ::1,
-    localhost). A wildcard (*, 0.0.0.0), an interface name or any other address is not."""
-    transport, host = _endpoint_host(endpoint)
-    if transport in ("ipc", "inproc"):
-        return True
-    if transport != "tcp":
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # ---------------------------------------------------------------------------
@@ -689,7 +662,6 @@ class Server:
 
     def _cancel(self, peer: bytes, msg: Message) -> None:
         jid, rid = msg.get("job"), msg.get("request")
-        reply_err = None
         with self._lock:
             job = None
             if jid is not None:

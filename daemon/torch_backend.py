@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from .drag import DragConfig, DragInputError, DragSession
 from .image_prep import CropGeometry, LayerError, PreparedTarget, prepare_target, tensor_to_uint8
 from .inversion import InversionCancelled, InversionSettings, preset
 from .inversion_cache import InversionCache, invert_cached
-from .pasteback import paste_back
+from .pasteback import generator_correspondence, paste_back
 
 log = logging.getLogger("dragd.backend")
 
@@ -71,6 +70,8 @@ class _Session:
     info: dict
     drag: DragSession | None = None
     mask: np.ndarray | None = None     # layer-size float32 in [0, 1], of the last drag
+    paste: str = "resample"            # paste-back mode of the last drag
+    max_shift: float = 0.0             # longest arrow of the last drag, generator px
     results: list[int] = field(default_factory=list)
 
     @property
@@ -254,6 +255,8 @@ class TorchBackend(Backend):
             if r.image is not None and not r.done:
                 frames = {"preview": self._preview(s, r.image, preview_size)}
             progress(event, frames)
+        s.paste = params.get("paste") or "resample"
+        s.max_shift = float(np.max(np.linalg.norm(targets - handles, axis=1)))
         image = self._render_layer(s, last.image if last.image is not None else s.drag.render())
         stop = last.reason if last.reason in ("converged", "max_steps", "cancelled") else "stalled"
         return {"image": image, "handles": to_layer(geo, last.handles.numpy()).tolist(),
@@ -322,8 +325,17 @@ class TorchBackend(Backend):
                                        f"duplicate: remove one, or move them at least {1 / geo.scale:.0f} px apart")
 
     def _render_layer(self, s: _Session, gen_image: torch.Tensor) -> Image:
+        """The generated crop composited into the full-size layer (the session's paste mode)."""
         crop = tensor_to_uint8(gen_image)
-        out = paste_back(s.layer, crop, s.geometry, mask=s.mask)
+        if s.paste == "detail" and s.drag is not None:
+            with torch.no_grad():
+                corr = generator_correspondence(s.generator, s.start_latent, s.drag.latent,
+                                                max_shift_px=max(4.0, 1.5 * s.max_shift))
+                recon = s.generator.synthesize(s.start_latent, noise_mode="const").image
+            out = paste_back(s.layer, crop, s.geometry, mask=s.mask, mode="detail",
+                             correspondence=corr, reconstruction=recon)
+        else:
+            out = paste_back(s.layer, crop, s.geometry, mask=s.mask)
         return Image(np.ascontiguousarray(out).data, out.shape[1], out.shape[0], out.shape[2])
 
     def _preview(self, s: _Session, gen_image: torch.Tensor, max_size: int) -> Image:

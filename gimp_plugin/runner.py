@@ -20,14 +20,13 @@ The UI object (duck-typed) provides::
 """
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..protocol import (Client, CurveConfig, DaemonUnavailable, Image, ProtocolError,
                         RemoteError)
+from ..protocol.endpoint import is_loopback_endpoint
 from ..protocol.schema import ErrorCode, Limits
 from .session import (CLOSE_TIMEOUT, CONNECT_TIMEOUT, STOP_GRACE, Arrow, Cancelled,
                       DragSettings, JobModel, MaskInfo, Outcome, UserError)
@@ -36,25 +35,6 @@ POLL_MS = 40
 PROGRESS_INTERVAL = 0.1
 PREVIEW_INTERVAL = 0.4
 CLIENT_NAME = "dragd-gimp"
-
-
-def is_loopback(endpoint: str) -> bool:
-    """ipc://, inproc:// and tcp:// on 127.0.0.0/8, ::1 or localhost."""
-    m = re.match(r"^([a-z]+)://(.*)$", endpoint.strip())
-    if not m:
-        return False
-    transport, rest = m.groups()
-    if transport in ("ipc", "inproc"):
-        return True
-    if transport != "tcp":
-        return False
-    host = rest.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def keys_dir() -> str:
@@ -73,7 +53,7 @@ def curve_for(endpoint: str) -> Tuple[Optional[CurveConfig], str]:
     """CurveZMQ settings for a daemon on another machine: ``server.key`` (the daemon's
     public key) and ``client.key_secret`` (this machine's keypair) from :func:`keys_dir`.
     Returns (config or None, a hint for the error message when it cannot connect)."""
-    if is_loopback(endpoint):
+    if is_loopback_endpoint(endpoint):
         return None, ""
     d = keys_dir()
     server, client = os.path.join(d, "server.key"), os.path.join(d, "client.key_secret")

@@ -141,3 +141,16 @@ def test_unknown_model_is_a_clear_error(client):
     with pytest.raises(RemoteError) as e:
         client.open_session(img, model="no-such-model", invert={"method": "none"})
     assert e.value.code == "unknown_model" and "no-such-model" in e.value.message
+
+
+def test_detail_paste_keeps_pixels_outside_the_mask_and_edits_inside(client):
+    arr, img = layer_image(w=96, h=80, channels=4, seed=6)
+    session = client.open_session(img, invert={"method": "none"})
+    mask = np.zeros(arr.shape[:2], np.uint8)
+    mask[10:70, 20:80] = 255
+    r = client.drag(session, [((40.0, 40.0), (50.0, 44.0))], mask=Image(mask.data, 96, 80, 1),
+                    max_steps=6, paste="detail")
+    out = as_array(r.images["image"])
+    assert np.array_equal(out[mask == 0], arr[mask == 0])
+    assert np.array_equal(out[..., 3], arr[..., 3])
+    assert (out[mask > 0][..., :3] != arr[mask > 0][..., :3]).any()

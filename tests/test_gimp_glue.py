@@ -1091,10 +1091,10 @@ def test_loopback_and_curve_keys(tmp_path, monkeypatch):
 
     from dragd.protocol.curvekeys import format_key_file
 
-    assert runner.is_loopback("tcp://127.0.0.1:5557") and runner.is_loopback("ipc:///tmp/d")
-    assert runner.is_loopback("tcp://localhost:5557") and runner.is_loopback("tcp://[::1]:1")
-    assert not runner.is_loopback("tcp://10.0.0.5:5557")
-    assert not runner.is_loopback("tcp://gpu-box:5557")
+    assert runner.is_loopback_endpoint("tcp://127.0.0.1:5557") and runner.is_loopback_endpoint("ipc:///tmp/d")
+    assert runner.is_loopback_endpoint("tcp://localhost:5557") and runner.is_loopback_endpoint("tcp://[::1]:1")
+    assert not runner.is_loopback_endpoint("tcp://10.0.0.5:5557")
+    assert not runner.is_loopback_endpoint("tcp://gpu-box:5557")
     monkeypatch.setenv("DRAGD_KEYS_DIR", str(tmp_path))
     assert runner.curve_for("tcp://127.0.0.1:5557") == (None, "")
     cfg, hint = runner.curve_for("tcp://10.0.0.5:5557")

@@ -1,0 +1,263 @@
+"""A small landmark detector for the procedural portraits, trained on renders made on the fly.
+
+It measures drag accuracy on generated images (where did the mouth corner end up?) the way
+the paper's face-landmark benchmark does, and its pooled features give an FID-like score.
+
+The network is a little encoder/decoder: strided 3x3 conv blocks down to 1/16 of the input,
+a top-down path back to 1/4, and one heatmap per landmark. Positions are read with a
+soft-argmax (the expectation over the softmax of each heatmap), which is differentiable, so
+training regresses coordinates directly with an L1 loss, and sub-cell precision comes for
+free.
+
+Seeds: every seed below HELD_OUT_SEEDS_END is held out; training renders start above it.
+
+    python -m dragd.lab.landmarks train --out lab/assets/landmarks.safetensors
+    python -m dragd.lab.landmarks eval
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .portraits import LANDMARK_NAMES, render_seeds
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "assets" / "landmarks.safetensors"
+HELD_OUT_SEEDS_END = 1_000_000
+FORMAT = "dragd-landmarks-v1"
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    resolution: int = 128                  # images are resized to this before detection
+    channels: tuple = (16, 32, 64, 96)     # at 1/2, 1/4, 1/8, 1/16 of the resolution
+    num_landmarks: int = len(LANDMARK_NAMES)
+
+    @property
+    def stride(self) -> int:
+        return 4                           # heatmaps are at 1/4 of the resolution
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    steps: int = 3000
+    batch: int = 32
+    lr: float = 2e-3
+    warmup: int = 100
+
+
+def _conv_block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class LandmarkDetector(nn.Module):
+    def __init__(self, cfg: DetectorConfig = DetectorConfig()):
+        super().__init__()
+        self.cfg = cfg
+        c1, c2, c3, c4 = cfg.channels
+        self.enc1 = nn.Sequential(_conv_block(3, c1, 2), _conv_block(c1, c1))
+        self.enc2 = nn.Sequential(_conv_block(c1, c2, 2), _conv_block(c2, c2), _conv_block(c2, c2))
+        self.enc3 = nn.Sequential(_conv_block(c2, c3, 2), _conv_block(c3, c3), _conv_block(c3, c3))
+        self.enc4 = nn.Sequential(_conv_block(c3, c4, 2), _conv_block(c4, c4))
+        self.lateral4 = nn.Conv2d(c4, c3, 1)
+        self.dec3 = _conv_block(c3, c3)
+        self.lateral3 = nn.Conv2d(c3, c2, 1)
+        self.dec2 = _conv_block(c2, c2)
+        self.head = nn.Conv2d(c2, cfg.num_landmarks, 1)
+
+    def _features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Deepest encoder map [B, c4, H/16, W/16] and the decoder maps at 1/8 and 1/4."""
+        x2 = self.enc2(self.enc1(x))
+        x3 = self.enc3(x2)
+        x4 = self.enc4(x3)
+        y3 = self.dec3(x3 + F.interpolate(self.lateral4(x4), scale_factor=2.0, mode="nearest"))
+        y2 = self.dec2(x2 + F.interpolate(self.lateral3(y3), scale_factor=2.0, mode="nearest"))
+        return x4, y3, y2
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images [B, 3, R, R] in [-1, 1] at the configured resolution -> landmark pixel
+        coordinates [B, L, 2] in that resolution (pixel centres at integer + 0.5)."""
+        heat = self.head(self._features(x)[2])                                  # [B, L, h, w]
+        B, L, h, w = heat.shape
+        prob = heat.flatten(2).softmax(-1).view(B, L, h, w)
+        stride = self.cfg.stride
+        xs = (torch.arange(w, device=x.device, dtype=prob.dtype) + 0.5) * stride
+        ys = (torch.arange(h, device=x.device, dtype=prob.dtype) + 0.5) * stride
+        return torch.stack([(prob.sum(2) * xs).sum(-1), (prob.sum(3) * ys).sum(-1)], dim=-1)
+
+    def pooled_features(self, x: Tensor) -> Tensor:
+        """[B, c4 + c3 + c2]: the global averages of the last three feature maps."""
+        return torch.cat([m.mean(dim=(2, 3)) for m in self._features(x)], dim=1)
+
+
+def _resize(images: Tensor, resolution: int) -> Tensor:
+    if images.shape[-1] == resolution and images.shape[-2] == resolution:
+        return images
+    return F.interpolate(images, size=(resolution, resolution), mode="bilinear",
+                         align_corners=False, antialias=True)
+
+
+# --------------------------------------------------------------------------------------
+# Loading and the public API
+# --------------------------------------------------------------------------------------
+
+_CACHE: dict[tuple[str, str], LandmarkDetector] = {}
+
+
+def save(model: LandmarkDetector, path: str | Path, train: TrainConfig | None = None):
+    cfg = dataclasses.asdict(model.cfg)
+    meta = {"format": FORMAT, "config": json.dumps(cfg),
+            "landmarks": json.dumps(list(LANDMARK_NAMES))}
+    if train is not None:
+        meta["train"] = json.dumps(dataclasses.asdict(train))
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=meta)
+
+
+def load(path: str | Path | None = None, device="cpu") -> LandmarkDetector:
+    """The detector stored at `path` (default: the committed one), in eval mode, cached."""
+    path = Path(path or DEFAULT_WEIGHTS)
+    key = (str(path.resolve()), str(device))
+    if key not in _CACHE:
+        from safetensors import safe_open
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a {FORMAT} file")
+        if json.loads(meta["landmarks"]) != list(LANDMARK_NAMES):
+            raise ValueError(f"{path} was trained for other landmarks than LANDMARK_NAMES")
+        cfg = json.loads(meta["config"])
+        cfg["channels"] = tuple(cfg["channels"])
+        model = LandmarkDetector(DetectorConfig(**cfg))
+        model.load_state_dict(load_file(str(path)))
+        _CACHE[key] = model.to(device).eval()
+    return _CACHE[key]
+
+
+@torch.no_grad()
+def detect(images: Tensor, model: LandmarkDetector | None = None) -> Tensor:
+    """Images [B, 3, H, W] in [-1, 1] -> landmarks [B, L, 2] in pixels of those images
+    (x, y; pixel centres at integer + 0.5), in LANDMARK_NAMES order."""
+    model = model or load(device=images.device)
+    res = model.cfg.resolution
+    coords = model(_resize(images.float(), res))
+    return coords * coords.new_tensor([images.shape[-1] / res, images.shape[-2] / res])
+
+
+@torch.no_grad()
+def penultimate_features(images: Tensor, model: LandmarkDetector | None = None) -> Tensor:
+    """Images [B, 3, H, W] in [-1, 1] -> [B, D] pooled features (for an FID-like score)."""
+    model = model or load(device=images.device)
+    return model.pooled_features(_resize(images.float(), model.cfg.resolution))
+
+
+# --------------------------------------------------------------------------------------
+# Training and evaluation
+# --------------------------------------------------------------------------------------
+
+def _train_seeds(cfg: TrainConfig, step: int) -> Tensor:
+    """Seeds of one training batch: above the held-out range, distinct for every step
+    and training seed."""
+    first = HELD_OUT_SEEDS_END + cfg.seed * 1_000_000_000 + step * cfg.batch
+    return torch.arange(first, first + cfg.batch)
+
+
+def _learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then a cosine decay to zero (the last steps refine sub-pixel)."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(cfg: TrainConfig = TrainConfig(), model_cfg: DetectorConfig = DetectorConfig(),
+          log_every: int = 100, log=print) -> LandmarkDetector:
+    """Train on renders drawn on the fly; deterministic for a given cfg and thread count."""
+    torch.manual_seed(cfg.seed)
+    model = LandmarkDetector(model_cfg).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model.train()
+    start, running = time.perf_counter(), 0.0
+    for step in range(cfg.steps):
+        images, target = render_seeds(_train_seeds(cfg, step), model_cfg.resolution)
+        for group in opt.param_groups:
+            group["lr"] = _learning_rate(cfg, step)
+        pred = model(images.contiguous(memory_format=torch.channels_last))
+        loss = (pred - target).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running += loss.item()
+        if log_every and (step + 1) % log_every == 0:
+            log(f"step {step + 1}/{cfg.steps}  L1 {running / log_every:.3f} px  "
+                f"{time.perf_counter() - start:.0f} s")
+            running = 0.0
+    return model.eval()
+
+
+@torch.no_grad()
+def errors(model: LandmarkDetector, seeds, batch: int = 64) -> Tensor:
+    """[N, L] Euclidean errors in pixels on the renders of held-out `seeds`."""
+    seeds = torch.as_tensor(list(seeds))
+    if (seeds >= HELD_OUT_SEEDS_END).any():
+        raise ValueError("evaluation seeds must be held out (below HELD_OUT_SEEDS_END)")
+    out = []
+    for i in range(0, len(seeds), batch):
+        images, target = render_seeds(seeds[i:i + batch], model.cfg.resolution)
+        out.append((detect(images, model) - target).norm(dim=-1))
+    return torch.cat(out)
+
+
+def summary(err: Tensor) -> dict[str, float]:
+    flat = err.flatten()
+    return {"mean": flat.mean().item(), "median": flat.median().item(),
+            "p95": flat.quantile(0.95).item(), "worst_landmark_mean": err.mean(0).max().item()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Train or evaluate the portrait landmark detector.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    tr = sub.add_parser("train", help="train from scratch and save the weights")
+    tr.add_argument("--out", default=str(DEFAULT_WEIGHTS))
+    for f in dataclasses.fields(TrainConfig):
+        tr.add_argument("--" + f.name, type=type(f.default), default=f.default)
+    ev = sub.add_parser("eval", help="errors in pixels on held-out renders")
+    ev.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
+    ev.add_argument("--first-seed", type=int, default=0)
+    ev.add_argument("--count", type=int, default=1000)
+    for p in (tr, ev):
+        p.add_argument("--threads", type=int, default=1,
+                       help="torch threads; the committed weights were trained with 1")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.cmd == "train":
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+        start = time.perf_counter()
+        model = train(cfg)
+        save(model, args.out, cfg)
+        print(f"saved {args.out} after {time.perf_counter() - start:.0f} s")
+    else:
+        model = load(args.weights)
+        err = errors(model, range(args.first_seed, args.first_seed + args.count))
+        stats = summary(err)
+        print(f"{args.count} held-out renders at {model.cfg.resolution} px: "
+              + "  ".join(f"{k} {v:.3f} px" for k, v in stats.items()))
+        per = err.mean(0)
+        worst = per.argsort(descending=True)[:5].tolist()
+        print("worst landmarks: " + ", ".join(f"{LANDMARK_NAMES[i]} {per[i]:.3f}" for i in worst))
+
+
+if __name__ == "__main__":
+    main()
