@@ -7,14 +7,18 @@ repository and inside the host:
     GIMP:  <gimp>/plug-ins/dragd-gimp/dragd-gimp.py          (executable entry)
            <gimp>/plug-ins/dragd-gimp/dragd/{gimp_plugin,protocol}/
     Krita: <pykrita>/dragd_krita.desktop
-           <pykrita>/dragd_krita/__init__.py                  (entry Krita loads)
-           <pykrita>/dragd/{krita_plugin,protocol}/
+           <pykrita>/dragd_krita/__init__.py                  (entry Krita loads; puts
+           <pykrita>/dragd_krita/dragd/{krita_plugin,protocol}/  its folder on sys.path)
+
+The Krita packages live INSIDE dragd_krita/ because Krita's "Import Python Plugin from
+File..." extracts only the .desktop file and the folder it names (X-KDE-Library); the zip
+(build_krita_zip) has the same layout, with directory entries, which that importer needs
+to find the folder.
 
 Only Python sources and data files are copied (no __pycache__).
 """
 from __future__ import annotations
 
-import configparser
 import os
 import shutil
 import stat
@@ -87,21 +91,47 @@ def _krita_files(pykrita: Path) -> None:
     entry_pkg = pykrita / KRITA_NAME
     entry_pkg.mkdir(exist_ok=True)
     shutil.copyfile(src / "entry.py", entry_pkg / "__init__.py")
-    _copy_vendored(pykrita, "krita_plugin")
+    _copy_vendored(entry_pkg, "krita_plugin")
+    # One .desktop file per archive: the importer treats every one it finds as a plug-in.
+    for extra in (entry_pkg / "dragd" / "krita_plugin").glob("*.desktop"):
+        extra.unlink()
+    # An earlier development layout put the vendored packages beside the entry: remove it.
+    old = pykrita / "dragd"
+    for name in ("krita_plugin", "protocol"):
+        if (old / name).is_dir():
+            shutil.rmtree(old / name)
+    if old.is_dir() and not any(old.iterdir()):
+        old.rmdir()
 
 
 def enable_krita_plugin(kritarc: Path) -> None:
-    """Mark the plug-in enabled in kritarc ([python] <name>=true), keeping other settings."""
-    cfg = configparser.RawConfigParser(strict=False, interpolation=None)
-    cfg.optionxform = str  # Krita's keys are case-sensitive
-    if kritarc.exists():
-        cfg.read(kritarc, encoding="utf-8")
-    if not cfg.has_section("python"):
-        cfg.add_section("python")
-    cfg.set("python", f"enable_{KRITA_NAME}", "true")
+    """Mark the plug-in enabled in kritarc ([python] enable_<name>=true), keeping every
+    other line as it is. kritarc is a KConfig file, not an INI file configparser reads:
+    it starts with keys outside any group, and values hold backslash escapes and raw
+    bytes; so it is edited line by line."""
+    key, value = f"enable_{KRITA_NAME}", "true"
+    text = (kritarc.read_text(encoding="utf-8", errors="surrogateescape")
+            if kritarc.exists() else "")
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "[python]"), None)
+    if start is None:
+        while lines and not lines[-1].strip():
+            lines.pop()
+        lines += ([""] if lines else []) + ["[python]", f"{key}={value}"]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")),
+                   len(lines))
+        found = [i for i in range(start + 1, end) if lines[i].split("=", 1)[0].strip() == key]
+        if found:
+            lines[found[0]] = f"{key}={value}"
+        else:
+            last = start
+            for i in range(start + 1, end):
+                if lines[i].strip():
+                    last = i
+            lines.insert(last + 1, f"{key}={value}")
     kritarc.parent.mkdir(parents=True, exist_ok=True)
-    with open(kritarc, "w", encoding="utf-8") as fh:
-        cfg.write(fh, space_around_delimiters=False)
+    kritarc.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")
 
 
 def install_krita(pykrita_dir: Path | None = None, kritarc: Path | None = None) -> Path:
@@ -123,13 +153,12 @@ def _default_kritarc() -> Path:
 def uninstall_krita(pykrita_dir: Path | None = None) -> Path:
     pykrita = pykrita_dir or default_pykrita_dir()
     (pykrita / f"{KRITA_NAME}.desktop").unlink(missing_ok=True)
-    for sub in (pykrita / KRITA_NAME, pykrita / "dragd" / "krita_plugin"):
+    # dragd_krita/ holds the entry and the vendored packages; <pykrita>/dragd/ is an
+    # earlier development layout.
+    for sub in (pykrita / KRITA_NAME, pykrita / "dragd" / "krita_plugin",
+                pykrita / "dragd" / "protocol"):
         if sub.exists():
             shutil.rmtree(sub)
-    # The vendored protocol is shared only with our own Krita plug-in.
-    proto = pykrita / "dragd" / "protocol"
-    if proto.exists():
-        shutil.rmtree(proto)
     ns = pykrita / "dragd"
     if ns.exists() and not any(ns.iterdir()):
         ns.rmdir()
@@ -146,7 +175,9 @@ def build_krita_zip(out: Path) -> Path:
         _krita_files(staging)
         out.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            # Directory entries too: Krita's importer finds the plug-in's folder by its
+            # "dragd_krita/" entry.
             for path in sorted(staging.rglob("*")):
-                if path.is_file():
+                if path.is_file() or path.is_dir():
                     zf.write(path, path.relative_to(staging).as_posix())
     return out

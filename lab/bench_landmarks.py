@@ -24,9 +24,9 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ..daemon.drag import DragConfig, DragSession
+from . import landmarks
 
 
 @dataclass
@@ -81,26 +81,18 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class Detector:
-    """Adapter: the landmark CNN runs at its own resolution; coordinates come back in model px."""
+    """The landmark CNN, giving coordinates in the drag engine's convention (pixel centres on
+    integers; the CNN's are at integer + 0.5) at the resolution of the images it is given."""
 
-    def __init__(self, net, model_resolution: int):
+    def __init__(self, net):
         self.net = net
-        self.scale = net.resolution / model_resolution
+        self.device = next(net.parameters()).device
 
-    def _resize(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-1] == self.net.resolution:
-            return images
-        return F.interpolate(images, size=(self.net.resolution,) * 2, mode="bilinear", align_corners=False,
-                             antialias=True)
-
-    @torch.no_grad()
     def landmarks(self, images: torch.Tensor) -> torch.Tensor:
-        pts = self.net.detect(self._resize(images).to(next(self.net.parameters()).device)).cpu()
-        return (pts + 0.5) / self.scale - 0.5        # pixel centres at integers in both frames
+        return landmarks.detect(images.to(self.device), self.net).cpu() - 0.5
 
-    @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.penultimate_features(self._resize(images).to(next(self.net.parameters()).device)).cpu()
+        return landmarks.penultimate_features(images.to(self.device), self.net).cpu()
 
 
 def _dedupe(handles: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -123,7 +115,7 @@ def run_benchmark(G, detector_net, pairs: int = 20, point_counts=(1, 5, None), m
                   seed: int = 0, truncation: float = 0.7, track_every: int = 10, device="cpu",
                   log=None) -> Report:
     res = G.resolution
-    det = Detector(detector_net, res)
+    det = Detector(detector_net)
     report = Report(res, pairs, max_steps, str(device))
     ws = _latents(G, [seed * 100003 + i for i in range(2 * pairs)], truncation, device)
     with torch.no_grad():
@@ -175,7 +167,6 @@ def main(argv=None) -> int:
     from ..daemon.checkpoints import load_checkpoint
     from ..daemon.model_registry import resolve_model
     from ..daemon.torch_backend import describe_device, pick_device
-    from .landmarks import load_detector
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
@@ -190,7 +181,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     device = pick_device(args.device)
     G = load_checkpoint(resolve_model(args.model), device=device).G
-    net = load_detector(args.detector, device=device)
+    net = landmarks.load(args.detector, device=device)
     counts = [None if p == "all" else int(p) for p in args.points.split(",")]
     log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     report = run_benchmark(G, net, args.pairs, counts, args.max_steps, args.seed, device=device, log=log)
