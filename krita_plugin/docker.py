@@ -1,0 +1,255 @@
+"""The DragGAN docker: settings, Run / Stop / Cancel, a progress bar and a status line.
+
+Settings -> Dockers -> DragGAN. The Run button calls :func:`~.run.start_drag` on the
+active document; everything after that happens from a QTimer, so Krita stays responsive
+while the daemon inverts and drags. The settings are kept in kritarc ([dragd] group).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from krita import DockWidget, Krita
+from PyQt5.QtCore import Qt, QTimer
+from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout,
+                             QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox,
+                             QToolButton, QVBoxLayout, QWidget)
+
+from .run import DragRun, start_drag
+from .session import DEFAULT_ENDPOINT, DragSettings, UserError
+
+DOCKER_ID = "dragd_krita_docker"
+DOCKER_TITLE = "DragGAN"
+SETTINGS_GROUP = "dragd"
+
+SPACE_ITEMS = (("W+ (one latent per layer)", "w+"), ("W (one shared latent)", "w"))
+INVERSION_ITEMS = (("Fast", "fast"), ("Balanced", "balanced"), ("Best quality (slow)", "quality"))
+
+
+def load_settings() -> DragSettings:
+    app = Krita.instance()
+    keys = DragSettings().to_strings()
+    return DragSettings.from_strings({k: app.readSetting(SETTINGS_GROUP, k, "") for k in keys})
+
+
+def save_settings(s: DragSettings) -> None:
+    app = Krita.instance()
+    for k, v in s.to_strings().items():
+        app.writeSetting(SETTINGS_GROUP, k, v)
+
+
+class DragDocker(DockWidget):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWindowTitle(DOCKER_TITLE)
+        self.current_run: Optional[DragRun] = None
+        self.last_run: Optional[DragRun] = None
+        self._probe: Any = None
+        self._probe_timer: Optional[QTimer] = None
+
+        root = QWidget(self)
+        form = QFormLayout()
+
+        self.model_box = QComboBox()
+        self.model_box.setEditable(True)
+        self.model_box.setToolTip("Model on the daemon; empty: the model it has loaded")
+        self.model_box.lineEdit().setPlaceholderText("(the daemon's loaded model)")
+        self.refresh_button = QToolButton()
+        self.refresh_button.setText("\u21bb")
+        self.refresh_button.setToolTip("Ask the daemon for its models")
+        self.refresh_button.clicked.connect(self.refresh_models)
+        row = QHBoxLayout()
+        row.addWidget(self.model_box, 1)
+        row.addWidget(self.refresh_button)
+        form.addRow("Model", row)
+
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 5000)
+        self.steps_spin.setToolTip("Most optimisation steps; the drag usually stops earlier, "
+                                   "when every handle reached its target")
+        form.addRow("Step limit", self.steps_spin)
+
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setRange(0.0, 1.0)
+        self.lr_spin.setDecimals(4)
+        self.lr_spin.setSingleStep(0.0005)
+        self.lr_spin.setSpecialValueText("model default")
+        self.lr_spin.setToolTip("Adam learning rate; 0: the model's default (2e-3 for faces, "
+                                "cats, cars; 1e-3 otherwise)")
+        form.addRow("Learning rate", self.lr_spin)
+
+        self.lambda_spin = QDoubleSpinBox()
+        self.lambda_spin.setRange(0.0, 1e6)
+        self.lambda_spin.setDecimals(1)
+        self.lambda_spin.setToolTip("How strongly the unselected part is held in place "
+                                    "(the paper's \u03bb, 20)")
+        form.addRow("\u03bb (keep outside)", self.lambda_spin)
+
+        self.space_box = QComboBox()
+        for label, value in SPACE_ITEMS:
+            self.space_box.addItem(label, value)
+        form.addRow("Latent space", self.space_box)
+
+        self.inversion_box = QComboBox()
+        for label, value in INVERSION_ITEMS:
+            self.inversion_box.addItem(label, value)
+        self.inversion_box.setToolTip("How hard the daemon works to reproduce the layer "
+                                      "before dragging (PTI)")
+        form.addRow("Inversion", self.inversion_box)
+
+        self.endpoint_edit = QLineEdit()
+        self.endpoint_edit.setPlaceholderText(DEFAULT_ENDPOINT)
+        self.endpoint_edit.setToolTip("ZeroMQ address of the dragd daemon (start it with: "
+                                      "dragd serve)")
+        form.addRow("Daemon", self.endpoint_edit)
+
+        self.preview_check = QCheckBox("Live preview")
+        self.preview_check.setToolTip("Show the drag as it happens in a temporary, locked "
+                                      "layer above the source")
+        form.addRow("", self.preview_check)
+
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Drag the selected paint layer along the arrows of the "
+                                   "vector layer 'drag' (only the selection may move)")
+        self.run_button.clicked.connect(self.run)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop the drag and keep what it reached so far")
+        self.stop_button.clicked.connect(lambda: self.stop("keep"))
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop and leave the image unchanged")
+        self.cancel_button.clicked.connect(lambda: self.stop("discard"))
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.stop_button)
+        buttons.addWidget(self.cancel_button)
+
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setTextVisible(False)
+        self.status_label = QLabel("Draw arrows as lines on a vector layer named 'drag' "
+                                   "above the paint layer, select what may move, then Run.")
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+
+        box = QVBoxLayout()
+        box.addLayout(form)
+        box.addLayout(buttons)
+        box.addWidget(self.progress_bar)
+        box.addWidget(self.status_label)
+        box.addStretch(1)
+        root.setLayout(box)
+        self.setWidget(root)
+        self.set_settings(load_settings())
+        self._set_running(False)
+
+    # -- Krita -------------------------------------------------------------------
+
+    def canvasChanged(self, canvas: Any) -> None:
+        pass
+
+    # -- settings ------------------------------------------------------------------
+
+    def settings(self) -> DragSettings:
+        return DragSettings(
+            model=self.model_box.currentText().strip(),
+            max_steps=self.steps_spin.value(),
+            learning_rate=self.lr_spin.value(),
+            lambda_mask=self.lambda_spin.value(),
+            space=self.space_box.currentData(),
+            inversion=self.inversion_box.currentData(),
+            endpoint=self.endpoint_edit.text().strip() or DEFAULT_ENDPOINT,
+            live_preview=self.preview_check.isChecked())
+
+    def set_settings(self, s: DragSettings) -> None:
+        self.model_box.setEditText(s.model)
+        self.steps_spin.setValue(int(s.max_steps))
+        self.lr_spin.setValue(float(s.learning_rate))
+        self.lambda_spin.setValue(float(s.lambda_mask))
+        self.space_box.setCurrentIndex(max(0, self.space_box.findData(s.space)))
+        self.inversion_box.setCurrentIndex(max(0, self.inversion_box.findData(s.inversion)))
+        self.endpoint_edit.setText(s.endpoint)
+        self.preview_check.setChecked(bool(s.live_preview))
+
+    # -- actions -------------------------------------------------------------------
+
+    def run(self) -> Optional[DragRun]:
+        """The Run button."""
+        if self.current_run is not None and not self.current_run.finished:
+            return self.current_run
+        s = self.settings()
+        try:
+            s.validate()
+        except UserError as e:
+            self._show(0.0, str(e))
+            return None
+        save_settings(s)
+        self._set_running(True)
+        self._show(0.0, "Starting\u2026")
+        run = start_drag(Krita.instance().activeDocument(), s, on_update=self._on_update,
+                         on_finished=self._on_finished)
+        if not run.finished:
+            self.current_run = run
+        return run
+
+    def stop(self, how: str) -> None:
+        if self.current_run is not None:
+            self.current_run.stop(how)
+
+    def refresh_models(self) -> None:
+        if self._probe is not None:
+            return
+        try:
+            from .connection import DaemonProbe
+        except ImportError as e:
+            self._show(0.0, "pyzmq/msgpack missing in Krita's Python: %s" % e)
+            return
+        endpoint = self.endpoint_edit.text().strip() or DEFAULT_ENDPOINT
+        probe = DaemonProbe(endpoint)
+        probe.start()
+        self._probe = probe
+        timer = QTimer(self)
+        timer.setInterval(50)
+
+        def tick() -> None:
+            if probe.done or not probe.tick():
+                timer.stop()
+                self._probe = None
+                if not probe.error:
+                    current = self.model_box.currentText()
+                    self.model_box.clear()
+                    self.model_box.addItems([""] + probe.models)
+                    self.model_box.setEditText(current)
+                self._show(0.0, probe.describe())
+
+        timer.timeout.connect(tick)
+        timer.start()
+        self._probe_timer = timer
+
+    # -- callbacks -------------------------------------------------------------------
+
+    def _on_update(self, run: DragRun) -> None:
+        self._show(run.fraction, run.message)
+
+    def _on_finished(self, run: DragRun) -> None:
+        self.last_run = run
+        self.current_run = None
+        self._set_running(False)
+        self._show(run.fraction, run.message)
+
+    def _show(self, fraction: float, text: str) -> None:
+        self.progress_bar.setValue(int(round(1000 * max(0.0, min(1.0, fraction)))))
+        self.status_label.setText(text)
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self.cancel_button.setEnabled(running)
+
+
+def find_docker(window: Any) -> Optional[DragDocker]:
+    """The DragGAN docker of a Krita window (its objectName is the factory id)."""
+    if window is None:
+        return None
+    for d in window.dockers():
+        if d.objectName() == DOCKER_ID:
+            return d
+    return None

@@ -1,0 +1,315 @@
+"""Host glue: the only code of the plug-in that touches Krita's documents.
+
+Everything is reached through the objects Krita's Python API (libkis) hands out —
+``Document``, ``Node``, ``VectorLayer``, ``Shape``, ``Selection`` — duck-typed, so the unit
+tests run this code against small stand-ins. PyQt5 is imported only to scale previews.
+Krita 5.2 facts used (checked in a real Krita 5.2.9, see docs/HOSTS.md and docs/KRITA.md):
+
+* ``Node.pixelData(x, y, w, h)`` / ``setPixelData(bytes, x, y, w, h)`` work in DOCUMENT
+  pixel coordinates (a moved layer's offset is already applied) and give BGRA bytes for
+  an RGBA/U8 layer; ``Node.bounds()`` is the layer content's exact bounding box, which may
+  reach outside the canvas; locking a layer does not stop ``setPixelData``;
+* ``Node.duplicate()`` copies a layer (pixels, opacity, blending mode, masks);
+  ``setColorSpace(model, depth, profile)`` converts a layer, attached or not;
+* ``Selection.pixelData`` is 1 byte per pixel (0..255) in document coordinates, 0
+  outside the selection and outside the canvas; ``Document.selection()`` is None when
+  nothing is selected (an empty Selection object after ``setSelection(Selection())``);
+* shapes live in points (1/72 in): ``Shape.toSvg()`` holds the outline in the shape's
+  local coordinates, ``absoluteTransformation()`` maps those to document points (the
+  vector layer's own offset included); document pixels = points x ``xRes()`` / 72;
+* ``Node.childNodes()`` lists children bottom to top; ``addChildNode(child, above)``
+  inserts ``child`` directly above ``above``.
+
+The layer that is edited is a rectangle of a paint layer (:class:`~.session.LayerRect`):
+its content bounds clipped to the canvas. Layer coordinates on the wire are document
+pixels minus that rectangle's top-left corner.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Tuple
+
+from .session import (ARROWS_LAYER_NAME, PREVIEW_LAYER_NAME, RESULT_SUFFIX, SRGB_PROFILE,
+                      Affine, LayerRect, MaskInfo, ShapeInfo, UserError, arrows_from_shapes,
+                      bgra_to_rgba, make_mask, rgba_to_bgra, splice_by_mask, to_rgba)
+
+PAINT = "paintlayer"
+VECTOR = "vectorlayer"
+GROUP = "grouplayer"
+
+# Bytes per pixel of Krita's colour models / depths (for splicing native pixels).
+_CHANNELS = {"RGBA": 4, "GRAYA": 2, "CMYKA": 5, "LABA": 4, "XYZA": 4, "YCbCrA": 4, "A": 1}
+_DEPTH_BYTES = {"U8": 1, "U16": 2, "F16": 2, "F32": 4, "F64": 8}
+
+
+def native_pixel_size(model: str, depth: str) -> Optional[int]:
+    c, b = _CHANNELS.get(model), _DEPTH_BYTES.get(depth)
+    return c * b if c and b else None
+
+
+class NativeFormat:
+    """A layer's colour space when it is not RGBA/U8 (pixels are converted)."""
+
+    def __init__(self, model: str, depth: str, profile: str):
+        self.model, self.depth, self.profile = model, depth, profile
+
+    def __repr__(self) -> str:
+        return "%s/%s (%s)" % (self.model, self.depth, self.profile)
+
+
+def qt_scale_bgra(data: bytes, w: int, h: int, new_w: int, new_h: int) -> bytes:
+    """Scale BGRA bytes with QImage (C++ speed). QImage.Format_ARGB32 is B, G, R, A in
+    memory on little-endian machines, i.e. Krita's BGRA."""
+    if (w, h) == (new_w, new_h):
+        return bytes(data)
+    from PyQt5.QtCore import Qt
+    from PyQt5.QtGui import QImage
+
+    src = QImage(data, w, h, 4 * w, QImage.Format_ARGB32)
+    out = src.scaled(new_w, new_h, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
+    out = out.convertToFormat(QImage.Format_ARGB32)
+    ptr = out.constBits()
+    size = out.sizeInBytes() if hasattr(out, "sizeInBytes") else out.byteCount()
+    ptr.setsize(size)
+    raw = bytes(ptr)
+    bpl = out.bytesPerLine()
+    if bpl == 4 * new_w:
+        return raw
+    return b"".join(raw[y * bpl:y * bpl + 4 * new_w] for y in range(new_h))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Two libkis wrappers of the same node (each call returns a new wrapper)."""
+    if a is b:
+        return True
+    try:
+        return a.uniqueId() == b.uniqueId()
+    except Exception:
+        return False
+
+
+def walk_nodes(root: Any) -> List[Any]:
+    """Every node below root, top to bottom (as the Layers docker lists them)."""
+    out: List[Any] = []
+    for n in reversed(list(root.childNodes())):
+        out.append(n)
+        out.extend(walk_nodes(n))
+    return out
+
+
+class KritaHost:
+    """Reads the edit's inputs out of a document and writes its result back."""
+
+    def __init__(self, scale: Callable[[bytes, int, int, int, int], bytes] = qt_scale_bgra):
+        self.scale = scale
+
+    # -- which layers ------------------------------------------------------------
+
+    def find_targets(self, doc: Any, source: Any = None, vector: Any = None
+                     ) -> Tuple[Any, Any]:
+        """(paint layer to edit, vector layer with the arrows).
+
+        The arrows: ``vector``, else the active node when it is a vector layer, else a
+        vector layer named "drag" (any case), else the document's only vector layer.
+        The paint layer: ``source``, else the active node when it is a paint layer, else
+        the nearest paint layer below the arrows layer in the same group."""
+        if doc is None:
+            raise UserError("No document is open. Open an image first.")
+        active = None
+        try:
+            active = doc.activeNode()
+        except Exception:
+            pass
+        atype = active.type() if active is not None else None
+        if vector is None and atype == VECTOR:
+            vector = active
+        if vector is None:
+            vector = self._named_vector_layer(doc)
+        if source is None and atype == PAINT:
+            source = active
+        if source is None:
+            if vector is None:
+                raise UserError(
+                    "Select the paint layer to drag in the Layers docker, and draw the "
+                    "arrows on a vector layer named %r above it." % ARROWS_LAYER_NAME)
+            source = self._paint_layer_below(vector)
+        if source.type() != PAINT:
+            raise UserError("%r is a %s, not a paint layer. Select the paint layer that holds "
+                            "the picture." % (source.name(), source.type()))
+        if vector is None:
+            raise UserError(
+                "No arrows found. Add a vector layer named %r (or select one) and draw each "
+                "drag as a straight line on it: from the handle (what to move) to the target "
+                "(where it should go)." % ARROWS_LAYER_NAME)
+        if vector.type() != VECTOR:
+            raise UserError("%r is not a vector layer; the arrows must be lines on a vector "
+                            "layer." % vector.name())
+        return source, vector
+
+    def _named_vector_layer(self, doc: Any) -> Any:
+        vectors = [n for n in walk_nodes(doc.rootNode()) if n.type() == VECTOR]
+        named = [n for n in vectors
+                 if str(n.name()).strip().lower() == ARROWS_LAYER_NAME.lower()]
+        if named:
+            return named[0]
+        if len(vectors) == 1:
+            return vectors[0]
+        if len(vectors) > 1:
+            raise UserError(
+                "The document has %d vector layers and none is selected or named %r. Select "
+                "the vector layer that holds the arrows, or rename it to %r."
+                % (len(vectors), ARROWS_LAYER_NAME, ARROWS_LAYER_NAME))
+        return None
+
+    def _paint_layer_below(self, vector: Any) -> Any:
+        parent = vector.parentNode()
+        siblings = list(parent.childNodes()) if parent is not None else []
+        idx = next((i for i, n in enumerate(siblings) if _same(n, vector)), None)
+        if idx is not None:
+            for n in reversed(siblings[:idx]):
+                if n.type() == PAINT:
+                    return n
+        raise UserError(
+            "There is no paint layer below the arrows layer %r. Put the arrows layer directly "
+            "above the paint layer to drag, or select that paint layer." % vector.name())
+
+    # -- reading -----------------------------------------------------------------
+
+    def layer_rect(self, doc: Any, node: Any) -> LayerRect:
+        b = node.bounds()
+        return LayerRect.clip(str(node.name()), (b.x(), b.y(), b.width(), b.height()),
+                              doc.width(), doc.height())
+
+    def read_pixels(self, doc: Any, node: Any, rect: LayerRect
+                    ) -> Tuple[bytes, Optional[NativeFormat]]:
+        """RGBA bytes of the rectangle. A layer that is not RGBA/U8 is converted (a
+        detached copy, to 8-bit sRGB) and its format returned for the way back."""
+        model, depth = str(node.colorModel()), str(node.colorDepth())
+        native: Optional[NativeFormat] = None
+        src = node
+        if (model, depth) != ("RGBA", "U8"):
+            native = NativeFormat(model, depth, str(node.colorProfile()))
+            if native_pixel_size(model, depth) is None:
+                raise UserError("The layer %r is %s/%s, a colour model the plug-in cannot "
+                                "convert. Convert the image to RGB/Alpha 8-bit (Image \u25b8 "
+                                "Convert Image Color Space)." % (rect.name, model, depth))
+            src = node.duplicate()
+            if src is None or not src.setColorSpace("RGBA", "U8", SRGB_PROFILE):
+                raise UserError("Krita could not convert the layer %r from %s/%s to RGB 8-bit. "
+                                "Convert the image to RGB/Alpha 8-bit (Image \u25b8 Convert "
+                                "Image Color Space)." % (rect.name, model, depth))
+        data = bytes(src.pixelData(rect.x, rect.y, rect.width, rect.height))
+        if len(data) != rect.width * rect.height * 4:
+            raise UserError("Krita returned %d bytes for the %dx%d layer %r; expected %d."
+                            % (len(data), rect.width, rect.height, rect.name,
+                               rect.width * rect.height * 4))
+        return bgra_to_rgba(data), native
+
+    def read_shapes(self, vector: Any) -> List[ShapeInfo]:
+        out = []
+        for s in vector.shapes():
+            out.append(ShapeInfo(str(s.toSvg()), Affine.from_qtransform(
+                s.absoluteTransformation()), str(s.type()), str(s.name())))
+        return out
+
+    def read_arrows(self, doc: Any, vector: Any, rect: LayerRect):
+        return arrows_from_shapes(self.read_shapes(vector), doc.xRes(), doc.yRes(), rect,
+                                  str(vector.name()))
+
+    def read_mask(self, doc: Any, rect: LayerRect) -> MaskInfo:
+        sel = doc.selection()
+        if sel is None or sel.width() <= 0 or sel.height() <= 0:
+            return make_mask(None, rect.width, rect.height, rect.name)
+        data = bytes(sel.pixelData(rect.x, rect.y, rect.width, rect.height))
+        return make_mask(data, rect.width, rect.height, rect.name)
+
+    # -- writing -----------------------------------------------------------------
+
+    def write_result(self, doc: Any, source: Any, rect: LayerRect, rgba: bytes,
+                     native: Optional[NativeFormat], mask: Optional[MaskInfo]) -> Any:
+        """A copy of the source layer (same opacity, blending mode, masks, colour space),
+        named "<source> (dragged)", directly above the source, with the rectangle
+        replaced by ``rgba`` (already composited through the selection). For a converted
+        layer the result is converted back and the unselected pixels copied from the
+        source bit for bit."""
+        new = source.duplicate()
+        if new is None:
+            raise UserError("Krita could not copy the layer %r." % rect.name)
+        new.setName(str(source.name()) + RESULT_SUFFIX)
+        if native is None:
+            data = rgba_to_bgra(rgba)
+        else:
+            tmp = doc.createNode("dragd conversion", PAINT)
+            tmp.setColorSpace("RGBA", "U8", SRGB_PROFILE)
+            tmp.setPixelData(rgba_to_bgra(rgba), rect.x, rect.y, rect.width, rect.height)
+            if not tmp.setColorSpace(native.model, native.depth, native.profile):
+                raise UserError("Krita could not convert the result back to %r." % native)
+            data = bytes(tmp.pixelData(rect.x, rect.y, rect.width, rect.height))
+            if mask is not None and mask.data is not None:
+                size = native_pixel_size(native.model, native.depth) or 0
+                src = bytes(source.pixelData(rect.x, rect.y, rect.width, rect.height))
+                if size and len(src) == len(data) == size * len(mask.data):
+                    data = splice_by_mask(data, src, mask.data, size)
+        new.setPixelData(data, rect.x, rect.y, rect.width, rect.height)
+        parent = source.parentNode()
+        if not parent.addChildNode(new, source):
+            raise UserError("Krita refused to add the result layer above %r." % rect.name)
+        return new
+
+    def refresh(self, doc: Any) -> None:
+        try:
+            doc.refreshProjection()
+        except Exception:
+            pass
+
+    # -- previews ------------------------------------------------------------------
+
+    def stale_previews(self, doc: Any) -> List[Any]:
+        """Preview layers a run left behind (Krita closed or crashed mid-run)."""
+        return [n for n in walk_nodes(doc.rootNode())
+                if str(n.name()) == PREVIEW_LAYER_NAME and n.type() == PAINT]
+
+    def remove_stale_previews(self, doc: Any) -> int:
+        stale = self.stale_previews(doc)
+        for n in stale:
+            n.remove()
+        return len(stale)
+
+
+class PreviewLayer:
+    """A locked, temporary paint layer directly above the source that shows the daemon's
+    (downscaled) previews scaled up to the layer rectangle. Removed by :meth:`remove`."""
+
+    def __init__(self, host: KritaHost, doc: Any, source: Any, rect: LayerRect):
+        self.host = host
+        self.doc = doc
+        self.source = source
+        self.rect = rect
+        self.node: Any = None
+        self.shown = 0
+
+    def show(self, img: Any) -> None:
+        r = self.rect
+        if img is None or img.width < 1 or img.height < 1 or img.channels not in (1, 3, 4):
+            return
+        bgra = rgba_to_bgra(to_rgba(bytes(img.data), img.channels))
+        data = self.host.scale(bgra, img.width, img.height, r.width, r.height)
+        if self.node is None:
+            node = self.doc.createNode(PREVIEW_LAYER_NAME, PAINT)
+            if (str(self.doc.colorModel()), str(self.doc.colorDepth())) != ("RGBA", "U8"):
+                node.setColorSpace("RGBA", "U8", SRGB_PROFILE)
+            node.setPixelData(data, r.x, r.y, r.width, r.height)
+            node.setLocked(True)
+            self.source.parentNode().addChildNode(node, self.source)
+            self.node = node
+        else:
+            self.node.setPixelData(data, r.x, r.y, r.width, r.height)
+        self.shown += 1
+        self.host.refresh(self.doc)
+
+    def remove(self) -> None:
+        if self.node is not None:
+            node, self.node = self.node, None
+            try:
+                node.remove()
+            finally:
+                self.host.refresh(self.doc)

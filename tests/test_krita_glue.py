@@ -1,0 +1,1031 @@
+"""Fast unit tests of the Krita plug-in without Krita: the session model (shape -> arrow
+conversion with resolution, transforms and layer offsets; selection -> mask; BGRA <-> RGBA;
+compositing; settings; the job model), the host glue against small stand-ins for Krita's
+libkis objects, the connection against a real dragd server on 127.0.0.1 (a scripted
+backend), and the run function's orchestration (DragRun) against stand-ins + that server.
+
+The SVG strings below are what Krita 5.2.9's Shape.toSvg() returned for shapes added with
+VectorLayer.addShapesFromSvg() in a 144 dpi document (tests/test_krita_host.py proves the
+whole path in a real Krita).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from dragd.krita_plugin import glue, session
+from dragd.krita_plugin.connection import DaemonProbe, DragTask, curve_for
+from dragd.krita_plugin.glue import KritaHost, PreviewLayer
+from dragd.krita_plugin.run import DragRun
+from dragd.krita_plugin.session import (Affine, Arrow, DragSettings, JobModel, LayerRect,
+                                        ShapeInfo, UserError, arrows_from_shapes,
+                                        bgra_to_rgba, check_handles_movable,
+                                        composite_through_mask, make_mask, merge_alpha,
+                                        parse_path_data, parse_transform, rgba_to_bgra,
+                                        splice_by_mask, svg_subpaths, to_rgba)
+from dragd.protocol import Image
+
+# What Krita 5.2.9 wrote (144 dpi: one local unit = 0.5 pt = 1 px).
+SVG_LINE = ('<path id="shape0" transform="matrix(0.5 0 0 0.5 10 5)" fill="#000000" '
+            'stroke="#0000ff" stroke-width="1" stroke-linecap="butt" stroke-linejoin="miter" '
+            'stroke-miterlimit="2" d="M0 0L20 20" sodipodi:nodetypes="cc"/>')
+SVG_RECT = ('<rect id="shape0" transform="matrix(0.5 0 0 0.5 0.5 1)" fill="#ff0000" '
+            'stroke-opacity="0" stroke="#000000" stroke-width="0" width="5" height="6"/>')
+SVG_ELLIPSE = ('<ellipse id="shape0" transform="matrix(0.5 0 0 0.5 3.5 4)" rx="3" ry="2" '
+               'cx="3" cy="2" fill="#000000"/>')
+SVG_POLYLINE = ('<path id="shape0" transform="matrix(0.5 0 0 0.5 0.5 0.5)" fill="none" '
+                'd="M0 0L4 4L8 0" sodipodi:nodetypes="ccc"/>')
+SVG_CURVE = ('<path id="shape0" transform="matrix(0.5 0 0 0.5 0.5 0.5)" fill="none" '
+             'd="M0 0C4 4 9 4 19 0" sodipodi:nodetypes="cc"/>')
+SVG_TWO = ('<path id="shape0" transform="matrix(0.5 0 0 0.5 1 1)" fill="none" '
+           'd="M0 0L10 5M13 8L17 12" sodipodi:nodetypes="cccc"/>')
+SVG_GROUP = ('<g id="group0" transform="matrix(0.5 0 0 0.5 2.5 2.5)" fill="none">\n  <path '
+             'id="shape0" fill="#000000" stroke="#000000" d="M0 0L10 0" '
+             'sodipodi:nodetypes="cc"/>\n </g>')
+
+
+class QT:
+    """Stand-in for QTransform (m11, m12, m21, m22, dx, dy)."""
+
+    def __init__(self, a, b, c, d, e, f):
+        self.v = (a, b, c, d, e, f)
+
+    def m11(self):
+        return self.v[0]
+
+    def m12(self):
+        return self.v[1]
+
+    def m21(self):
+        return self.v[2]
+
+    def m22(self):
+        return self.v[3]
+
+    def dx(self):
+        return self.v[4]
+
+    def dy(self):
+        return self.v[5]
+
+
+HALF = Affine(0.5, 0, 0, 0.5, 0, 0)
+
+
+def shape(svg, e, f, a=0.5):
+    return ShapeInfo(svg, Affine(a, 0, 0, a, e, f))
+
+
+# ---------------------------------------------------------------------------
+# Geometry
+# ---------------------------------------------------------------------------
+
+
+def test_path_data_absolute_relative_and_implicit_commands():
+    sp = parse_path_data("M 2 2 l 10 5 m 3 3 l 4 4 z")
+    assert [(s.points, s.closed) for s in sp] == [([(2, 2), (12, 7)], False),
+                                                   ([(15, 10), (19, 14)], True)]
+    (a,) = parse_path_data("M1,1 5,5 H9 v-2 h1 V0")       # pairs after M are line-tos
+    assert a.points == [(1, 1), (5, 5), (9, 5), (9, 3), (10, 3), (10, 0)]
+    (c,) = parse_path_data("M0 0C4 4 9 4 19 0s1 1 2 2Q0 0 3 3t1 1")
+    assert c.points == [(0, 0), (19, 0), (21, 2), (3, 3), (4, 4)]
+    after_z = parse_path_data("M1 1L2 2ZL5 5")
+    assert after_z[0].closed and after_z[1].points == [(1, 1), (5, 5)]
+    assert parse_path_data("m1e1-2.5.5.5") == parse_path_data("M10 -2.5 L10.5 -2")
+    with pytest.raises(ValueError):
+        parse_path_data("M0 0 L 1")
+    with pytest.raises(ValueError):
+        parse_path_data("0 0 L 1 1")
+
+
+def test_transforms_compose_like_svg():
+    assert parse_transform("matrix(0.5 0 0 0.5 10 5)").map((20, 20)) == (20, 15)
+    assert parse_transform("translate(5,5) scale(2)").map((1, 1)) == (7, 7)   # scale first
+    x, y = parse_transform("rotate(90)").map((1, 0))
+    assert abs(x) < 1e-12 and abs(y - 1) < 1e-12
+    x, y = parse_transform("rotate(180, 10, 10)").map((11, 10))
+    assert abs(x - 9) < 1e-12 and abs(y - 10) < 1e-12
+    assert Affine.from_qtransform(QT(1, 2, 3, 4, 5, 6)).map((1, 1)) == (9, 12)
+    t = Affine(2, 0, 0, 2, 1, 1).then(Affine(1, 0, 0, 1, 10, 0))
+    assert t.map((1, 1)) == (13, 3)
+
+
+def test_shape_svg_of_krita_lines_paths_and_other_shapes():
+    (sp, t), = svg_subpaths(SVG_LINE)[0]
+    assert sp.points == [(0, 0), (20, 20)] and t == Affine()    # own transform left out
+    subs, other = svg_subpaths(SVG_RECT)
+    assert subs == [] and other == ["rect"]
+    assert svg_subpaths(SVG_ELLIPSE) == ([], ["ellipse"])
+    (sp, t), = svg_subpaths(SVG_GROUP)[0]                       # child of the group
+    assert sp.points == [(0, 0), (10, 0)] and t == Affine()
+    nested = ('<g transform="matrix(1 0 0 1 0 0)"><g transform="translate(3 4)"><line x1="0" '
+              'y1="0" x2="1" y2="0"/></g><polygon points="0,0 1,1 2,0"/></g>')
+    subs, other = svg_subpaths(nested)
+    assert subs[0][1].map((1, 0)) == (4, 4) and subs[1][0].closed
+    weird = '<path foo:bar="1" d="M0 0L1 1"/>'                   # unknown prefix
+    assert svg_subpaths(weird)[0][0][0].points == [(0, 0), (1, 1)]
+
+
+def test_line_shape_to_layer_pixels_with_resolution_transform_and_offset():
+    # 144 dpi: the Krita line from (20, 10) to (40, 30) document pixels.
+    rect = LayerRect("art", 8, 4, 40, 30)
+    arrows, notes = arrows_from_shapes([shape(SVG_LINE, 10, 5)], 144, 144, rect)
+    assert arrows == [Arrow((12.0, 6.0), (32.0, 26.0))] and notes == []
+    # The vector layer moved by (10, 5) px: absoluteTransformation() carries it (the
+    # shape's own transform in toSvg() does not change).
+    arrows, _ = arrows_from_shapes([shape(SVG_LINE, 15, 7.5)], 144, 144,
+                                   LayerRect("art", 8, 4, 50, 40))
+    assert arrows == [Arrow((22.0, 11.0), (42.0, 31.0))]
+    # 300 dpi (docs/HOSTS.md): d="M0 0L100 50", matrix(0.24 0 0 0.24 4.8 2.4) -> px
+    # (20, 10) -> (120, 60).
+    svg = '<path transform="matrix(0.24 0 0 0.24 4.8 2.4)" d="M0 0L100 50"/>'
+    arrows, _ = arrows_from_shapes([ShapeInfo(svg, Affine(0.24, 0, 0, 0.24, 4.8, 2.4))],
+                                   300, 300, LayerRect("a", 0, 0, 200, 100))
+    (a,) = arrows
+    assert a.handle == pytest.approx((20, 10)) and a.target == pytest.approx((120, 60))
+    # Anisotropic resolution: x and y scale separately.
+    arrows, _ = arrows_from_shapes([ShapeInfo('<path d="M0 0L72 72"/>', Affine())],
+                                   72, 144, LayerRect("a", 0, 0, 200, 200))
+    assert arrows == [Arrow((0, 0), (72, 144))]
+
+
+def test_multi_point_paths_curves_groups_and_skipped_shapes():
+    rect = LayerRect("art", 0, 0, 64, 48)
+    shapes = [shape(SVG_POLYLINE, 0.5, 0.5), shape(SVG_CURVE, 0.5, 0.5),
+              shape(SVG_TWO, 1, 1), shape(SVG_GROUP, 2.5, 2.5), shape(SVG_RECT, 0.5, 1),
+              shape(SVG_ELLIPSE, 3.5, 4),
+              shape('<path transform="matrix(0.5 0 0 0.5 0 0)" d="M0 0L4 0L4 4Z"/>', 0, 0)]
+    arrows, notes = arrows_from_shapes(shapes, 144, 144, rect)
+    assert arrows == [Arrow((1, 1), (9, 1)),            # polyline: first -> last anchor
+                      Arrow((1, 1), (20, 1)),           # curve: end points
+                      Arrow((2, 2), (12, 7)), Arrow((15, 10), (19, 14)),   # two subpaths
+                      Arrow((5, 5), (15, 5))]           # the line inside a group
+    assert notes == ["1 closed or single-point shape ignored",
+                     "2 shapes that are not lines ignored"]
+
+
+def test_arrows_off_the_layer_and_no_arrows_are_clear_messages():
+    rect = LayerRect("art", 30, 20, 10, 10)
+    with pytest.raises(UserError, match=r"start \(handle\) of arrow 1 .* at \(20, 10\) in the "
+                                        r"image, lies outside the layer 'art' \(10x10 at 30,20\)"):
+        arrows_from_shapes([shape(SVG_LINE, 10, 5)], 144, 144, rect)
+    with pytest.raises(UserError, match="holds no arrows.*Line tool"):
+        arrows_from_shapes([shape(SVG_RECT, 0, 0)], 144, 144, rect)
+    with pytest.raises(UserError, match="holds no arrows"):
+        arrows_from_shapes([], 72, 72, rect)
+
+
+def test_layer_rect_is_the_content_clipped_to_the_canvas():
+    assert LayerRect.clip("a", (8, 4, 20, 10), 64, 48) == LayerRect("a", 8, 4, 20, 10)
+    assert LayerRect.clip("a", (-5, -5, 10, 100), 64, 48) == LayerRect("a", 0, 0, 5, 48)
+    for b in ((0, 0, 0, 0), (70, 0, 10, 10), (-20, -20, 10, 10)):
+        with pytest.raises(UserError, match="empty inside the canvas"):
+            LayerRect.clip("a", b, 64, 48)
+
+
+# ---------------------------------------------------------------------------
+# Mask and pixels
+# ---------------------------------------------------------------------------
+
+
+def test_selection_to_mask():
+    assert make_mask(None, 4, 2).whole_layer
+    assert make_mask(b"\xff" * 8, 4, 2).whole_layer            # covers it all: same as none
+    with pytest.raises(UserError, match="does not cover any of the layer 'art'"):
+        make_mask(bytes(8), 4, 2, "art")
+    with pytest.raises(ValueError):
+        make_mask(bytes(7), 4, 2)
+    m = make_mask(b"\x00\xff\xff\x00" * 2, 4, 2)
+    assert not m.soft and m.coverage == 0.5 and m.value_at((1.5, 0.2)) == 255
+    assert m.value_at((0.5, 1.5)) == 0 and m.value_at((99, 99)) == 0
+    s = make_mask(b"\x00\x80\xff\x00" * 2, 4, 2)
+    assert s.soft and s.coverage == pytest.approx((128 + 255) / (4 * 255.0))
+    assert "feathered" in s.describe()
+
+
+def test_handles_must_lie_in_the_movable_region():
+    m = make_mask(b"\x00\xff\xff\x00" * 2, 4, 2)
+    check_handles_movable([Arrow((1.5, 0.5), (3.5, 0.5))], m)   # the target may lie outside
+    with pytest.raises(UserError, match=r"handle \(start\) of arrow 2, .* outside the selection"):
+        check_handles_movable([Arrow((1.5, 0.5), (0, 0)), Arrow((3.5, 1.5), (2, 1))], m)
+
+
+def test_bgra_rgba_and_channel_conversions():
+    bgra = bytes([1, 2, 3, 4, 5, 6, 7, 8])
+    assert bgra_to_rgba(bgra) == bytes([3, 2, 1, 4, 7, 6, 5, 8])
+    assert rgba_to_bgra(bgra_to_rgba(bgra)) == bgra
+    with pytest.raises(ValueError):
+        bgra_to_rgba(b"123")
+    assert to_rgba(bytes([9, 8, 7]), 3) == bytes([9, 8, 7, 255])
+    assert to_rgba(bytes([5, 6]), 1) == bytes([5, 5, 5, 255, 6, 6, 6, 255])
+    assert to_rgba(bytes([1, 2, 3, 4]), 4) == bytes([1, 2, 3, 4])
+    assert merge_alpha(bytes([9, 8, 7]), 3, bytes([0, 0, 0, 77])) == bytes([9, 8, 7, 77])
+    assert merge_alpha(bytes([9, 8, 7, 1]), 4, bytes([0, 0, 0, 77])) == bytes([9, 8, 7, 77])
+    with pytest.raises(ValueError):
+        to_rgba(bytes(4), 2)
+
+
+def test_compositing_through_the_selection_keeps_unselected_pixels_exactly():
+    src = bytes([10, 20, 30, 160]) * 4
+    res = bytes([200, 100, 0, 255]) * 4
+    assert composite_through_mask(res, src, None) == bytes([200, 100, 0, 160]) * 4
+    out = composite_through_mask(res, src, bytes([0, 255, 128, 0]))
+    px = [out[i:i + 4] for i in range(0, 16, 4)]
+    assert px[0] == px[3] == bytes([10, 20, 30, 160])              # outside: the source
+    assert px[1] == bytes([200, 100, 0, 160])                      # inside: the result
+    assert px[2] == bytes([105, 60, 15, 160])                      # half way, alpha kept
+    # Native pixels of any size (e.g. RGBA/U16 = 8 bytes): bit-for-bit copy outside.
+    inside, outside = bytes(range(24)), bytes(range(100, 124))
+    assert splice_by_mask(inside, outside, b"\x00\x07\x00", 8) == (
+        outside[:8] + inside[8:16] + outside[16:])
+    with pytest.raises(ValueError):
+        splice_by_mask(inside, outside, b"\x00\x00", 8)
+
+
+def test_pixel_helpers_are_fast_on_a_large_layer():
+    n = 2048 * 2048
+    src = bytes(range(256)) * (4 * n // 256)
+    mask = (b"\x00" * 1024 + b"\xff" * 1024) * 2048
+    t0 = time.perf_counter()
+    rgba = bgra_to_rgba(src)
+    out = composite_through_mask(rgba, src, mask)
+    assert len(out) == 4 * n
+    assert time.perf_counter() - t0 < 5.0
+
+
+# ---------------------------------------------------------------------------
+# Settings and the job model
+# ---------------------------------------------------------------------------
+
+
+def test_settings_validate_and_become_wire_fields():
+    s = DragSettings(max_steps=40, learning_rate=0.0, lambda_mask=12.5, space="w",
+                     inversion="fast", endpoint=" tcp://127.0.0.1:6000 ").validate()
+    assert s.endpoint == "tcp://127.0.0.1:6000"
+    assert s.drag_params() == {"max_steps": 40, "lr": None, "lambda_mask": 12.5, "space": "w",
+                               "preview_every": 2, "preview_max_size": 256}
+    assert s.invert_fields() == {"method": "pti", "quality": "fast"}
+    assert DragSettings(learning_rate=0.002, live_preview=False).drag_params()["lr"] == 0.002
+    assert DragSettings(live_preview=False).drag_params()["preview_every"] == 0
+    for bad, pat in ((dict(max_steps=0), "step limit"), (dict(learning_rate=2), "learning"),
+                     (dict(space="z"), "latent"), (dict(inversion="x"), "inversion"),
+                     (dict(endpoint=""), "empty"), (dict(endpoint="localhost:5557"),
+                                                    "not a ZeroMQ address")):
+        with pytest.raises(UserError, match=pat):
+            DragSettings(**bad).validate()
+
+
+def test_settings_survive_krita_string_storage():
+    s = DragSettings(model="ffhq", max_steps=77, learning_rate=0.001, lambda_mask=5.0,
+                     space="w", inversion="quality", endpoint="tcp://10.0.0.2:5557",
+                     live_preview=False)
+    assert DragSettings.from_strings(s.to_strings()) == s
+    assert DragSettings.from_strings({}) == DragSettings()
+    assert DragSettings.from_strings({"max_steps": "abc"}).max_steps == 300
+    assert DragSettings.from_strings({"space": "nonsense"}) == DragSettings()
+
+
+def test_job_model_follows_protocol_events():
+    m = JobModel(DragSettings(max_steps=10), [Arrow((1, 1), (5, 5))])
+    assert m.progress() == (0.0, "Connecting to tcp://127.0.0.1:5557")
+    m.connected({"device": "cpu"})
+    m.on_event("queued", {"position": 2}, {})
+    assert m.progress()[1] == "Waiting for the daemon (2 jobs ahead in its queue)"
+    m.on_event("queued", {"position": 0}, {})
+    assert m.progress()[1] == "Waiting for the daemon"
+    m.on_event("progress", {"stage": "invert", "step": 4, "total": 10}, {})
+    f, text = m.progress()
+    assert text == "Inverting the layer 5/10" and f == pytest.approx(0.4 * 0.25)
+    m.on_event("progress", {"stage": "tune", "step": 9, "total": 10}, {})
+    assert m.progress()[0] == pytest.approx(0.4)
+    m.opened({"session": "s"})
+    preview = Image(bytes(12), 1, 3, 4)
+    m.on_event("progress", {"stage": "drag", "step": 0, "total": 10, "distance": 8.0,
+                            "handles": [[2, 2]]}, {"preview": preview})
+    m.on_event("progress", {"stage": "drag", "step": 1, "total": 10,
+                            "distance": float("nan")}, {})
+    m.on_event("progress", {"stage": "drag", "step": 2, "total": 10, "distance": 2.0}, {})
+    f, text = m.progress()
+    assert text == "Dragging: step 2/10, 2.0 px to go"
+    assert f == pytest.approx(0.4 + 0.6 * 0.75)             # the distance says 75 %
+    assert m.handles == [[2, 2]] and m.take_preview() is preview and m.take_preview() is None
+    assert m.request_stop("keep") and not m.request_stop("keep")
+    assert m.progress()[1].endswith("(stopping)")
+    assert not m.request_stop("discard") and m.stop_requested == "discard"
+    m.dragged(session.Outcome(None, 3, "cancelled", 1.5))
+    m.closed()
+    assert m.finished and m.progress() == (
+        1.0, "Done: cancelled after 3 steps, 1.5 px from the targets")
+    m2 = JobModel(DragSettings(), [])
+    m2.failed("boom")
+    assert m2.finished and m2.progress() == (0.0, "Error: boom")
+    with pytest.raises(ValueError):
+        m2.request_stop("later")
+
+
+# ---------------------------------------------------------------------------
+# Stand-ins for Krita's libkis objects
+# ---------------------------------------------------------------------------
+
+
+class QRect:
+    def __init__(self, x, y, w, h):
+        self._v = (x, y, w, h)
+
+    def x(self):
+        return self._v[0]
+
+    def y(self):
+        return self._v[1]
+
+    def width(self):
+        return self._v[2]
+
+    def height(self):
+        return self._v[3]
+
+
+class FakeShape:
+    def __init__(self, svg, t, kind="KoPathShape"):
+        self.svg, self.t, self.kind = svg, t, kind
+
+    def toSvg(self):
+        return self.svg
+
+    def absoluteTransformation(self):
+        return QT(*self.t)
+
+    def type(self):
+        return self.kind
+
+    def name(self):
+        return ""
+
+
+_ids = iter(range(1, 10 ** 6))
+
+
+class FakeNode:
+    """A layer: BGRA pixels over the document canvas (4 bytes per pixel, RGBA/U8)."""
+
+    def __init__(self, doc, name, kind="paintlayer"):
+        self.doc, self._name, self.kind = doc, name, kind
+        self.px = bytearray(doc.w * doc.h * 4)
+        self.children, self.parent = [], None
+        self._locked = False
+        self.shapes_ = []
+        self.uid = next(_ids)
+        self.model = ("RGBA", "U8", "sRGB-elle-V2-srgbtrc.icc")
+        self.writes = 0
+
+    # identity / tree
+    def uniqueId(self):
+        return self.uid
+
+    def name(self):
+        return self._name
+
+    def setName(self, n):
+        self._name = n
+
+    def type(self):
+        return self.kind
+
+    def parentNode(self):
+        return self.parent
+
+    def childNodes(self):
+        return list(self.children)
+
+    def addChildNode(self, child, above):
+        if child.parent is not None:
+            child.parent.children.remove(child)
+        i = len(self.children) if above is None else self.children.index(above) + 1
+        self.children.insert(i, child)
+        child.parent = self
+        return True
+
+    def remove(self):
+        self.parent.children.remove(self)
+        self.parent = None
+        return True
+
+    # pixels
+    def bounds(self):
+        w = self.doc.w
+        xs = [i // 4 % w for i in range(3, len(self.px), 4) if self.px[i]]
+        ys = [i // 4 // w for i in range(3, len(self.px), 4) if self.px[i]]
+        if not xs:
+            return QRect(0, 0, 0, 0)
+        return QRect(min(xs), min(ys), max(xs) - min(xs) + 1, max(ys) - min(ys) + 1)
+
+    def pixelData(self, x, y, w, h):
+        out = bytearray()
+        for yy in range(y, y + h):
+            for xx in range(x, x + w):
+                if 0 <= xx < self.doc.w and 0 <= yy < self.doc.h:
+                    i = 4 * (yy * self.doc.w + xx)
+                    out += self.px[i:i + 4]
+                else:
+                    out += bytes(4)
+        return bytes(out)
+
+    def setPixelData(self, data, x, y, w, h):
+        data = bytes(data)
+        assert len(data) == 4 * w * h
+        for yy in range(h):
+            for xx in range(w):
+                if 0 <= x + xx < self.doc.w and 0 <= y + yy < self.doc.h:
+                    i = 4 * ((y + yy) * self.doc.w + x + xx)
+                    j = 4 * (yy * w + xx)
+                    self.px[i:i + 4] = data[j:j + 4]
+        self.writes += 1
+
+    def duplicate(self):
+        n = FakeNode(self.doc, self._name + " copy", self.kind)
+        n.px = bytearray(self.px)
+        n.model = self.model
+        return n
+
+    def colorModel(self):
+        return self.model[0]
+
+    def colorDepth(self):
+        return self.model[1]
+
+    def colorProfile(self):
+        return self.model[2]
+
+    def setColorSpace(self, m, d, p):
+        self.model = (m, d, p)
+        return True
+
+    def setLocked(self, v):
+        self._locked = bool(v)
+
+    def locked(self):
+        return self._locked
+
+    def shapes(self):
+        return list(self.shapes_)
+
+
+class FakeSelection:
+    def __init__(self, doc, x, y, w, h, value=255):
+        self.doc = doc
+        self.rect = (x, y, w, h)
+        self.value = value
+
+    def width(self):
+        return self.rect[2]
+
+    def height(self):
+        return self.rect[3]
+
+    def pixelData(self, x, y, w, h):
+        sx, sy, sw, sh = self.rect
+        return bytes(self.value if sx <= xx < sx + sw and sy <= yy < sy + sh
+                     and 0 <= xx < self.doc.w and 0 <= yy < self.doc.h else 0
+                     for yy in range(y, y + h) for xx in range(x, x + w))
+
+
+class FakeDoc:
+    def __init__(self, w=64, h=48, res=144.0):
+        self.w, self.h, self.res = w, h, res
+        self.root = FakeNode(self, "root", "grouplayer")
+        self.active = None
+        self.sel = None
+        self.refreshes = 0
+
+    def width(self):
+        return self.w
+
+    def height(self):
+        return self.h
+
+    def xRes(self):
+        return self.res
+
+    def yRes(self):
+        return self.res
+
+    def rootNode(self):
+        return self.root
+
+    def activeNode(self):
+        return self.active
+
+    def setActiveNode(self, n):
+        self.active = n
+
+    def selection(self):
+        return self.sel
+
+    def createNode(self, name, kind):
+        return FakeNode(self, name, kind)
+
+    def colorModel(self):
+        return "RGBA"
+
+    def colorDepth(self):
+        return "U8"
+
+    def refreshProjection(self):
+        self.refreshes += 1
+
+
+def nearest_scale(data, w, h, nw, nh):
+    out = bytearray()
+    for y in range(nh):
+        for x in range(nw):
+            i = 4 * ((y * h // nh) * w + x * w // nw)
+            out += data[i:i + 4]
+    return bytes(out)
+
+
+ART = (8, 4, 40, 30)       # x, y, w, h of the art layer's content
+
+
+def scene(res=144.0, selection=True):
+    """bg, art (content at ART), a vector layer "drag" with the line (20,10)->(40,30) px."""
+    doc = FakeDoc(res=res)
+    bg = FakeNode(doc, "bg")
+    bg.px = bytearray(bytes([50, 50, 50, 255]) * (doc.w * doc.h))
+    doc.root.addChildNode(bg, None)
+    art = FakeNode(doc, "art")
+    x0, y0, w, h = ART
+    data = bytearray()
+    for y in range(h):
+        for x in range(w):
+            data += bytes([x * 6 % 256, y * 8 % 256, (x * y) % 256, 255 if x < 20 else 160])
+    art.setPixelData(bytes(data), x0, y0, w, h)
+    doc.root.addChildNode(art, bg)
+    vec = FakeNode(doc, "drag", "vectorlayer")
+    s = 72.0 / res            # pt per px; the shape's local unit is 1 px
+    vec.shapes_ = [FakeShape('<path d="M0 0L20 20"/>', (s, 0, 0, s, 20 * s, 10 * s)),
+                   FakeShape(SVG_RECT, (0.5, 0, 0, 0.5, 0, 0))]
+    doc.root.addChildNode(vec, art)
+    if selection:
+        doc.sel = FakeSelection(doc, 16, 8, 20, 16)
+    return doc, bg, art, vec
+
+
+def test_targets_active_paint_layer_active_vector_layer_or_the_drag_layer():
+    doc, bg, art, vec = scene()
+    h = KritaHost(nearest_scale)
+    assert h.find_targets(doc) == (art, vec)               # no active node: "drag" + below
+    doc.active = bg
+    assert h.find_targets(doc) == (bg, vec)                # active paint layer wins
+    other = FakeNode(doc, "arrows", "vectorlayer")
+    doc.root.addChildNode(other, None)
+    doc.active = other
+    assert h.find_targets(doc) == (art, other)             # the nearest paint layer below
+    other.remove()
+    doc.root.children.insert(0, other)                     # at the bottom of the stack
+    other.parent = doc.root
+    with pytest.raises(UserError, match="no paint layer below the arrows layer 'arrows'"):
+        h.find_targets(doc)
+    doc.active = None
+    vec.setName("lines")
+    with pytest.raises(UserError, match="2 vector layers and none is selected"):
+        h.find_targets(doc)
+    other.remove()
+    assert h.find_targets(doc) == (art, vec)               # the only vector layer
+    vec.remove()
+    with pytest.raises(UserError, match="Select the paint layer to drag"):
+        h.find_targets(doc)
+    doc.active = art
+    with pytest.raises(UserError, match="No arrows found.*'drag'"):
+        h.find_targets(doc)
+    grp = FakeNode(doc, "grp", "grouplayer")
+    with pytest.raises(UserError, match="'grp' is a grouplayer, not a paint layer"):
+        h.find_targets(doc, source=grp, vector=vec)
+    with pytest.raises(UserError, match="No document"):
+        h.find_targets(None)
+
+
+@pytest.mark.parametrize("res", [72.0, 144.0, 300.0])
+def test_host_reads_rect_pixels_arrows_and_mask_in_layer_coordinates(res):
+    doc, bg, art, vec = scene(res=res)
+    h = KritaHost(nearest_scale)
+    rect = h.layer_rect(doc, art)
+    assert rect == LayerRect("art", *ART)
+    rgba, native = h.read_pixels(doc, art, rect)
+    assert native is None and len(rgba) == 40 * 30 * 4
+    assert rgba[:4] == bgra_to_rgba(art.pixelData(8, 4, 1, 1))
+    arrows, notes = h.read_arrows(doc, vec, rect)
+    a, = arrows
+    assert a.handle == pytest.approx((12, 6)) and a.target == pytest.approx((32, 26))
+    assert notes == ["1 shape that is not lines ignored"]
+    mask = h.read_mask(doc, rect)
+    assert mask.data == doc.sel.pixelData(8, 4, 40, 30) and mask.coverage == 320 / 1200
+    doc.sel = FakeSelection(doc, 0, 0, 0, 0)               # an empty Selection object
+    assert h.read_mask(doc, rect).whole_layer
+    doc.sel = None
+    assert h.read_mask(doc, rect).whole_layer
+
+
+def test_result_layer_is_a_copy_above_the_source_and_the_source_is_untouched():
+    doc, bg, art, vec = scene()
+    h = KritaHost(nearest_scale)
+    rect = h.layer_rect(doc, art)
+    before = bytes(art.px)
+    rgba = bytes([1, 2, 3, 4]) * (rect.width * rect.height)
+    new = h.write_result(doc, art, rect, rgba, None, None)
+    assert [n.name() for n in doc.root.childNodes()] == ["bg", "art", "art (dragged)", "drag"]
+    assert bytes(art.px) == before
+    assert new.pixelData(8, 4, 1, 1) == bytes([3, 2, 1, 4])           # written as BGRA
+    assert new.pixelData(0, 0, 1, 1) == art.pixelData(0, 0, 1, 1)     # outside the rect
+
+
+def test_preview_layer_is_locked_above_the_source_then_removed():
+    doc, bg, art, vec = scene()
+    h = KritaHost(nearest_scale)
+    rect = h.layer_rect(doc, art)
+    p = PreviewLayer(h, doc, art, rect)
+    p.show(Image(bytes([255, 0, 0]) * 20, 5, 4, 3))                   # RGB, downscaled
+    names = [n.name() for n in doc.root.childNodes()]
+    assert names == ["bg", "art", session.PREVIEW_LAYER_NAME, "drag"]
+    node = doc.root.childNodes()[2]
+    assert node.locked() and node.pixelData(8, 4, 1, 1) == bytes([0, 0, 255, 255])
+    assert node.pixelData(47, 33, 1, 1) == bytes([0, 0, 255, 255])
+    p.show(Image(bytes([0, 255, 0, 255]) * 20, 5, 4, 4))
+    assert node.pixelData(20, 20, 1, 1) == bytes([0, 255, 0, 255]) and p.shown == 2
+    assert [n.name() for n in doc.root.childNodes()].count(session.PREVIEW_LAYER_NAME) == 1
+    p.remove()
+    p.remove()
+    assert [n.name() for n in doc.root.childNodes()] == ["bg", "art", "drag"]
+    stale = FakeNode(doc, session.PREVIEW_LAYER_NAME)
+    doc.root.addChildNode(stale, None)
+    assert h.remove_stale_previews(doc) == 1 and stale.parent is None
+
+
+# ---------------------------------------------------------------------------
+# The connection against a real dragd server on 127.0.0.1
+# ---------------------------------------------------------------------------
+
+
+def _backend_class():
+    from dragd.daemon.backend import BackendError, NullBackend
+
+    class InvertBackend(NullBackend):
+        """Inversion in 3 progress steps; a drag of ``steps`` steps (0.05 s each, or 0.3 s
+        when max_steps >= 1000), a preview per step, the RGB inverted EVERYWHERE (it
+        ignores the mask: the plug-in must keep unselected pixels itself); honours
+        cancel. Records what it received."""
+
+        def __init__(self):
+            super().__init__(device="test", models=("toy",))
+            self.opened, self.drags = [], []
+
+        def open_session(self, session_id, image, width, height, channels, settings,
+                         progress, cancel):
+            self.opened.append({"size": (width, height, channels),
+                                "invert": settings.get("invert"), "model": settings["model"]})
+            for i in range(3):
+                cancel.check()
+                progress({"stage": "invert", "step": i, "total": 3})
+                cancel.wait(0.05 if settings.get("model") != "slow" else 0.5)
+            return super().open_session(session_id, image, width, height, channels,
+                                        settings, progress, cancel)
+
+        def drag(self, session_id, points, mask, params, progress, cancel):
+            img = self._get(session_id)
+            self.drags.append({"points": [[list(h), list(t)] for h, t in points],
+                               "mask": None if mask is None else bytes(mask),
+                               "params": dict(params)})
+            data = bytearray(bytes(img.data))
+            for c in range(3):
+                data[c::img.channels] = bytes(255 - b for b in data[c::img.channels])
+            long = params["max_steps"] >= 1000
+            n = 100 if long else min(5, params["max_steps"])
+            steps = 0
+            for s in range(n):
+                if cancel.cancelled:
+                    break
+                prev = Image(bytes([40 * s % 256, 90, 160, 255]) * 12, 4, 3, 4)
+                progress({"stage": "drag", "step": s, "total": params["max_steps"],
+                          "distance": 5.0 - s}, {"preview": prev})
+                steps = s + 1
+                cancel.wait(0.3 if long else 0.05)
+            if img.width == 13:
+                raise BackendError("out_of_memory", "too big for the test")
+            return {"image": Image(bytes(data), img.width, img.height, img.channels),
+                    "handles": [list(t) for _, t in points], "steps": steps,
+                    "stop": "cancelled" if cancel.cancelled else "converged",
+                    "distance": 0.5, "history": 1}
+
+    return InvertBackend
+
+
+@pytest.fixture(scope="module")
+def server():
+    from dragd.daemon.server import Server, ServerConfig
+
+    backend = _backend_class()()
+    srv = Server(backend, ServerConfig(endpoint="tcp://127.0.0.1:0",
+                                       shutdown_timeout=3.0)).start()
+    yield srv.endpoint, backend
+    srv.stop()
+
+
+def free_endpoint():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return "tcp://127.0.0.1:%d" % port
+
+
+def drive(task, timeout=20.0, on_tick=None):
+    end = time.monotonic() + timeout
+    while task.tick():
+        if on_tick is not None:
+            on_tick(task)
+        assert time.monotonic() < end, "the task did not finish in %.0f s" % timeout
+        time.sleep(0.01)
+
+
+def small_image(w=6, h=4):
+    return Image(bytes(range(w * h * 4)), w, h, 4)
+
+
+def test_task_runs_connect_open_drag_close(server):
+    endpoint, backend = server
+    s = DragSettings(endpoint=endpoint, max_steps=40, inversion="fast", lambda_mask=7.0)
+    mask = make_mask(b"\x00\xff" * 12, 6, 4)
+    task = DragTask(s, [Arrow((1.5, 1.5), (4.0, 2.0))], small_image(), mask)
+    task.start()
+    phases = []
+    drive(task, on_tick=lambda t: phases.append(t.model.phase))
+    m = task.model
+    assert m.phase == "done", m.error
+    assert {"opening", "dragging"} <= set(phases)
+    assert m.outcome.steps == 5 and m.outcome.stop == "converged"
+    assert m.outcome.image.width == 6 and m.previews_seen >= 1
+    sent = backend.drags[-1]
+    assert sent["points"] == [[[1.5, 1.5], [4.0, 2.0]]] and sent["mask"] == mask.data
+    assert sent["params"]["lambda_mask"] == 7.0 and sent["params"]["preview_every"] == 2
+    assert backend.opened[-1]["invert"]["quality"] == "fast"
+    assert set(task.timings) == {"connect", "open", "drag"}
+    assert task.client is None                        # closed
+    deadline = time.monotonic() + 5
+    while backend.sessions and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not backend.sessions                       # close_session reached the daemon
+
+
+def test_task_daemon_down_fails_within_the_timeout_naming_the_start_command():
+    down = free_endpoint()
+    task = DragTask(DragSettings(endpoint=down), [Arrow((1, 1), (2, 2))], small_image(),
+                    None, connect_timeout=1.0)
+    t0 = time.monotonic()
+    task.start()
+    drive(task, timeout=10)
+    assert time.monotonic() - t0 < 4.0
+    assert task.model.phase == "failed"
+    assert down in task.model.error and "dragd serve" in task.model.error
+
+
+def test_task_errors_unknown_model_daemon_refusal_and_bad_address(server):
+    endpoint, _ = server
+    task = DragTask(DragSettings(endpoint=endpoint, model="nope"), [Arrow((1, 1), (2, 2))],
+                    small_image(), None)
+    task.start()
+    drive(task)
+    assert "has no model 'nope'. Its models: toy" in task.model.error
+    task = DragTask(DragSettings(endpoint=endpoint), [Arrow((1, 1), (2, 2))],
+                    small_image(13, 2), None)
+    task.start()
+    drive(task)
+    assert task.model.phase == "failed" and "too big for the test" in task.model.error
+    task = DragTask(DragSettings(endpoint="tcp://nowhere"), [], small_image(), None)
+    task.start()
+    assert task.done and "Cannot use the daemon address" in task.model.error
+
+
+def test_task_stop_keep_returns_the_drag_so_far_and_cancel_discards(server):
+    endpoint, backend = server
+    s = DragSettings(endpoint=endpoint, max_steps=2000)
+    for how in ("keep", "discard"):
+        task = DragTask(s, [Arrow((1, 1), (2, 2))], small_image(), None)
+        task.start()
+        stopped = []
+
+        def stop_after_two_steps(t):
+            if not stopped and t.model.phase == "dragging" and t.model.step >= 1:
+                stopped.append(time.monotonic())
+                t.stop(how)
+        drive(task, on_tick=stop_after_two_steps)
+        assert stopped and time.monotonic() - stopped[0] < 5
+        if how == "keep":
+            assert task.model.phase == "done" and task.model.outcome.stop == "cancelled"
+            assert 1 <= task.model.outcome.steps < 100
+        else:
+            assert task.model.phase == "cancelled" and task.model.outcome is None
+
+
+def test_task_cancel_during_inversion_is_immediate(server):
+    endpoint, backend = server
+    task = DragTask(DragSettings(endpoint=endpoint, model="toy"), [Arrow((1, 1), (2, 2))],
+                    small_image(), None)
+    task.start()
+    drive(task, on_tick=lambda t: t.model.phase == "opening" and t.stop("keep"))
+    assert task.model.phase == "cancelled" and task.client is None
+
+
+def test_daemon_probe_lists_models_or_reports_the_daemon_down(server):
+    endpoint, _ = server
+    p = DaemonProbe(endpoint)
+    p.start()
+    drive(p)
+    assert p.error is None and p.models == ["toy"] and "models toy" in p.describe()
+    p = DaemonProbe(free_endpoint(), timeout=0.5)
+    p.start()
+    drive(p)
+    assert "not reachable" in p.error and "dragd serve" in p.error
+
+
+def test_curve_keys_only_for_remote_daemons(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRAGD_KEYS_DIR", str(tmp_path))
+    assert curve_for("tcp://127.0.0.1:5557") == (None, "")
+    cfg, hint = curve_for("tcp://10.1.2.3:5557")
+    assert cfg is None and str(tmp_path) in hint
+
+
+# ---------------------------------------------------------------------------
+# The run function's orchestration (DragRun) with stand-ins and the real server
+# ---------------------------------------------------------------------------
+
+
+def run_to_end(run, timeout=20.0):
+    end = time.monotonic() + timeout
+    while run.step():
+        assert time.monotonic() < end
+        time.sleep(0.01)
+
+
+def test_run_writes_a_new_layer_keeps_unselected_pixels_and_removes_the_preview(server):
+    endpoint, backend = server
+    doc, bg, art, vec = scene()
+    before = bytes(art.px)
+    updates, finished = [], []
+    run = DragRun(KritaHost(nearest_scale), doc,
+                  DragSettings(endpoint=endpoint, max_steps=20, inversion="fast"),
+                  on_update=lambda r: updates.append((r.fraction, r.message)),
+                  on_finished=finished.append)
+    seen_preview = []
+    assert run.start()
+    end = time.monotonic() + 20
+    while run.step():
+        names = [n.name() for n in doc.root.childNodes()]
+        if session.PREVIEW_LAYER_NAME in names:
+            seen_preview.append(names)
+        assert time.monotonic() < end
+        time.sleep(0.01)
+    assert run.state == "done", run.message
+    assert finished == [run] and run.message.startswith("Done: converged after 5 steps")
+    assert "(1 shape that is not lines ignored)" in run.message
+    assert seen_preview and seen_preview[0] == ["bg", "art", session.PREVIEW_LAYER_NAME, "drag"]
+    # never a preview next to the result (one that came with the result is not shown)
+    assert all("art (dragged)" not in names for names in seen_preview), seen_preview
+    assert [n.name() for n in doc.root.childNodes()] == ["bg", "art", "art (dragged)", "drag"]
+    assert bytes(art.px) == before and doc.active is run.new_layer
+    assert any("Dragging" in m for _, m in updates)
+    # What the daemon got: the arrow in layer pixels, the selection over the layer rect.
+    sent = backend.drags[-1]
+    assert sent["points"] == [[[12.0, 6.0], [32.0, 26.0]]]
+    assert sent["mask"] == doc.sel.pixelData(*ART)
+    new = run.new_layer
+    x0, y0, w, h = ART
+    changed = inside = 0
+    for y in range(y0, y0 + h):
+        for x in range(x0, x0 + w):
+            s, n = art.pixelData(x, y, 1, 1), new.pixelData(x, y, 1, 1)
+            assert n[3] == s[3]                                     # alpha kept
+            if 16 <= x < 36 and 8 <= y < 24:
+                inside += 1
+                changed += n[:3] != s[:3]
+            else:
+                assert n == s, (x, y)                               # outside: exact
+    assert inside == 320 and changed == inside
+
+
+def test_run_that_cannot_start_reports_once_and_changes_nothing(server):
+    endpoint, _ = server
+    doc, bg, art, vec = scene()
+    vec.shapes_ = []
+    finished = []
+    run = DragRun(KritaHost(nearest_scale), doc, DragSettings(endpoint=endpoint),
+                  on_finished=finished.append)
+    assert not run.start() and run.finished and finished == [run]
+    assert run.state == "failed" and "holds no arrows" in run.message
+    assert [n.name() for n in doc.root.childNodes()] == ["bg", "art", "drag"]
+    doc, bg, art, vec = scene()
+    doc.sel = FakeSelection(doc, 40, 30, 5, 5)        # the handle (20, 10) is not selected
+    run = DragRun(KritaHost(nearest_scale), doc, DragSettings(endpoint=endpoint))
+    assert not run.start() and "outside the selection" in run.message
+
+
+def test_run_daemon_down_and_cancel(server):
+    endpoint, _ = server
+    doc, bg, art, vec = scene()
+    factory = lambda *a: DragTask(*a, connect_timeout=1.0)   # noqa: E731
+    run = DragRun(KritaHost(nearest_scale), doc, DragSettings(endpoint=free_endpoint()),
+                  task_factory=factory)
+    t0 = time.monotonic()
+    assert run.start()
+    run_to_end(run)
+    assert run.state == "failed" and "dragd serve" in run.message
+    assert time.monotonic() - t0 < 4
+    run = DragRun(KritaHost(nearest_scale), doc, DragSettings(endpoint=endpoint,
+                                                              max_steps=2000))
+    assert run.start()
+    end = time.monotonic() + 20
+    while run.step():
+        if run.task.model.phase == "dragging" and run.task.model.step >= 1:
+            run.stop("discard")
+        assert time.monotonic() < end
+        time.sleep(0.01)
+    assert run.state == "cancelled" and "not changed" in run.message
+    assert [n.name() for n in doc.root.childNodes()] == ["bg", "art", "drag"]
+
+
+# ---------------------------------------------------------------------------
+# Packaging
+# ---------------------------------------------------------------------------
+
+
+def test_krita_plugin_core_imports_nothing_from_krita_qt_or_zmq():
+    import subprocess
+    import sys
+
+    code = ("import sys; import dragd.krita_plugin, dragd.krita_plugin.session, "
+            "dragd.krita_plugin.glue, dragd.krita_plugin.run; "
+            "bad = [m for m in ('krita', 'PyQt5', 'zmq', 'msgpack') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_installed_layout_and_zip_match_what_krita_loads_and_imports(tmp_path):
+    import zipfile
+
+    from dragd.daemon.plugin_install import build_krita_zip, install_krita, uninstall_krita
+
+    rc = tmp_path / "kritarc"
+    rc.write_text("TopLevelKey=1\nweird:key=a:b\n\n[python]\nenable_other=true\n\n[x]\ny=\\\\0\n")
+    root = install_krita(tmp_path / "pykrita", rc)
+    assert (root / "dragd_krita.desktop").is_file()
+    entry = os.path.join(os.path.dirname(glue.__file__), "entry.py")
+    with open(entry) as fh:
+        assert (root / "dragd_krita" / "__init__.py").read_text() == fh.read()
+    for rel in ("dragd/krita_plugin/run.py", "dragd/krita_plugin/session.py",
+                "dragd/protocol/client.py"):
+        assert (root / "dragd_krita" / rel).is_file(), rel
+    assert not (root / "dragd").exists()
+    assert not list((root / "dragd_krita").rglob("*.desktop"))
+    assert rc.read_text() == ("TopLevelKey=1\nweird:key=a:b\n\n[python]\nenable_other=true\n"
+                              "enable_dragd_krita=true\n\n[x]\ny=\\\\0\n")
+    install_krita(tmp_path / "pykrita", rc)                    # idempotent
+    assert rc.read_text().count("enable_dragd_krita=true") == 1
+    z = build_krita_zip(tmp_path / "dragd_krita.zip")
+    names = zipfile.ZipFile(z).namelist()
+    assert "dragd_krita.desktop" in names and "dragd_krita/" in names
+    assert "dragd_krita/__init__.py" in names
+    assert "dragd_krita/dragd/protocol/schema.py" in names
+    assert [n for n in names if n.endswith(".desktop")] == ["dragd_krita.desktop"]
+    assert all(n.startswith(("dragd_krita/", "dragd_krita.desktop")) for n in names)
+    assert not [n for n in names if "__pycache__" in n]
+    uninstall_krita(tmp_path / "pykrita")
+    assert list((tmp_path / "pykrita").iterdir()) == []
+
+
+def test_entry_module_puts_its_folder_first_and_site_packages_last(tmp_path):
+    import subprocess
+    import sys
+
+    from dragd.daemon.plugin_install import install_krita
+
+    root = install_krita(tmp_path / "pykrita", tmp_path / "kritarc")
+    (root / "dragd_krita" / "site-packages").mkdir()
+    # Replace the Krita-only part (registering with Krita) by a marker.
+    code = ("import sys, types; ext = types.ModuleType('dragd.krita_plugin.extension'); "
+            "ext.register = lambda: print('registered'); "
+            "sys.modules['dragd.krita_plugin.extension'] = ext; "
+            "sys.path.insert(0, %r); import dragd_krita, dragd.krita_plugin.session as s; "
+            "print(s.__file__); print(sys.path[0]); print(sys.path[-1])"
+            % str(root))
+    # -I -S: neither this checkout nor the installed dragd may be found instead.
+    r = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True,
+                       cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.split("\n")
+    assert out[0] == "registered"
+    assert out[1] == str(root / "dragd_krita" / "dragd" / "krita_plugin" / "session.py")
+    assert out[2] == str(root / "dragd_krita")
+    assert out[3] == str(root / "dragd_krita" / "site-packages")
