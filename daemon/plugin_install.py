@@ -5,10 +5,10 @@ Installed layouts keep the repository's import names, so the plug-in code import
 repository and inside the host:
 
     GIMP:  <gimp>/plug-ins/dragd-gimp/dragd-gimp.py          (executable entry)
-           <gimp>/plug-ins/dragd-gimp/dragd/{gimp_plugin,protocol}/
+           <gimp>/plug-ins/dragd-gimp/dragd/{gimp_plugin,plugin_common,protocol}/
     Krita: <pykrita>/dragd_krita.desktop
-           <pykrita>/dragd_krita/__init__.py                  (entry Krita loads; puts
-           <pykrita>/dragd_krita/dragd/{krita_plugin,protocol}/  its folder on sys.path)
+           <pykrita>/dragd_krita/__init__.py     (entry Krita loads; puts its folder on sys.path)
+           <pykrita>/dragd_krita/dragd/{krita_plugin,plugin_common,protocol}/
 
 The Krita packages live INSIDE dragd_krita/ because Krita's "Import Python Plugin from
 File..." extracts only the .desktop file and the folder it names (X-KDE-Library); the zip
@@ -58,9 +58,10 @@ def default_pykrita_dir() -> Path:
 
 
 def _copy_vendored(dest_root: Path, host_package: str) -> None:
-    """dest_root/dragd/{host_package,protocol} from the installed dragd package."""
+    """dest_root/dragd/{host_package,plugin_common,protocol} from the installed dragd
+    package."""
     ns = dest_root / "dragd"
-    for name in (host_package, "protocol"):
+    for name in (host_package, "plugin_common", "protocol"):
         target = ns / name
         if target.exists():
             shutil.rmtree(target)

@@ -20,14 +20,13 @@ The UI object (duck-typed) provides::
 """
 from __future__ import annotations
 
-import os
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence
 
-from ..protocol import (Client, CurveConfig, DaemonUnavailable, Image, ProtocolError,
-                        RemoteError)
-from ..protocol.endpoint import is_loopback_endpoint
-from ..protocol.schema import ErrorCode, Limits
+from ..plugin_common.hello import accept_hello
+from ..plugin_common.keys import curve_for
+from ..protocol import Client, DaemonUnavailable, Image, ProtocolError, RemoteError
+from ..protocol.schema import ErrorCode
 from .session import (CLOSE_TIMEOUT, CONNECT_TIMEOUT, STOP_GRACE, Arrow, Cancelled,
                       DragSettings, JobModel, MaskInfo, Outcome, UserError)
 
@@ -35,37 +34,6 @@ POLL_MS = 40
 PROGRESS_INTERVAL = 0.1
 PREVIEW_INTERVAL = 0.4
 CLIENT_NAME = "dragd-gimp"
-
-
-def keys_dir() -> str:
-    """Where the daemon's public key and this machine's client keypair live (the same
-    default as ``dragd.daemon.keys``): $DRAGD_KEYS_DIR, else $XDG_CONFIG_HOME/dragd/keys,
-    else ~/.config/dragd/keys."""
-    env = os.environ.get("DRAGD_KEYS_DIR")
-    if env:
-        return env
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"),
-                                                              ".config")
-    return os.path.join(base, "dragd", "keys")
-
-
-def curve_for(endpoint: str) -> Tuple[Optional[CurveConfig], str]:
-    """CurveZMQ settings for a daemon on another machine: ``server.key`` (the daemon's
-    public key) and ``client.key_secret`` (this machine's keypair) from :func:`keys_dir`.
-    Returns (config or None, a hint for the error message when it cannot connect)."""
-    if is_loopback_endpoint(endpoint):
-        return None, ""
-    d = keys_dir()
-    server, client = os.path.join(d, "server.key"), os.path.join(d, "client.key_secret")
-    hint = (" A daemon on another machine needs CurveZMQ keys: put the daemon's server.key "
-            "and this machine's client.key_secret into %s, and the client's public key "
-            "into the daemon's allow-list." % d)
-    if os.path.isfile(server) and os.path.isfile(client):
-        try:
-            return CurveConfig.from_files(server, client), hint
-        except (OSError, ValueError) as e:
-            raise UserError("Cannot read the CurveZMQ keys in %s: %s" % (d, e))
-    return None, hint
 
 
 class NullUi:
@@ -170,28 +138,11 @@ class Runner:
         job = self._start("hello", {"client": CLIENT_NAME})
         hello = self._wait(job, self.clock() + self.connect_timeout + 1.0, "connect")
         fields = dict(hello.fields)
-        try:
-            self.client.limits = Limits.from_dict(fields.get("limits") or {})
-        except (TypeError, ValueError):
-            pass
-        models = list(fields.get("models") or [])
-        if s.model and models and s.model not in models:
-            raise UserError("The daemon at %s has no model %r. Its models: %s. (Leave the "
-                            "model empty to use the one it has loaded.)"
-                            % (s.endpoint, s.model, ", ".join(models)))
-        if not s.model and not fields.get("loaded_model") and not models:
-            raise UserError("The daemon at %s has no model. Install or load one (dragd "
-                            "models; dragd load MODEL)." % s.endpoint)
-        lim = self.client.limits
-        n = len(self.model.arrows)
-        if n > lim.max_points:
-            raise UserError("The path has %d strokes; the daemon takes at most %d drag "
-                            "points." % (n, lim.max_points))
-        w, h = self.image.width, self.image.height
-        if w > lim.max_side or h > lim.max_side or w * h > lim.max_pixels:
-            raise UserError("The layer is %dx%d; the daemon accepts at most %d pixels a side "
-                            "and %d pixels in all. Scale the layer down or crop it."
-                            % (w, h, lim.max_side, lim.max_pixels))
+        accept_hello(self.client, fields, model=s.model, endpoint=s.endpoint,
+                     n_points=len(self.model.arrows),
+                     size=(self.image.width, self.image.height),
+                     too_many_points="The path has %d strokes; the daemon takes at most %d "
+                                     "drag points.", scale_what="layer")
         self.model.connected(fields)
 
     def _open(self) -> None:

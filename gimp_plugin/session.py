@@ -9,6 +9,10 @@ What lives here (and is unit-tested without a host):
   by protocol events, with the progress fraction and text the host shows;
 * small pixel helpers (:func:`merge_alpha`).
 
+The host-independent parts both plug-ins share (the drag fields, arrows, the mask, the
+job model's event handling, pixels, errors) live in ``..plugin_common``; this module
+adds what is GIMP's own (arguments, path strokes, messages) and re-exports the rest.
+
 Coordinates. GIMP path coordinates are continuous image coordinates: pixel (i, j) covers
 [j, j+1) x [i, i+1). The dragd protocol uses the same continuous convention in layer
 coordinates (a point is on a W x H layer when 0 <= x <= W and 0 <= y <= H), so a point in
@@ -16,28 +20,26 @@ layer coordinates is the path point minus the layer offsets, nothing more.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..plugin_common import (CLOSE_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_ENDPOINT,  # noqa: F401
+                             INVERSION_QUALITIES, OPEN_STAGES, OPEN_WEIGHT, PREVIEW_LAYER_NAME,
+                             START_COMMAND, STOP_GRACE, Arrow, BaseDragSettings, BaseJobModel,
+                             Cancelled, Outcome, Point, UserError, merge_alpha)
+from ..plugin_common import MaskInfo as _CommonMaskInfo
+from ..plugin_common import check_handles_movable as _check_handles_movable
+from ..plugin_common import fmt_point as _fmt_pt
+from ..plugin_common import make_mask as _make_mask
 
 PROCEDURE_NAME = "plug-in-dragd-drag"
 MENU_LABEL = "_Drag (DragGAN)..."
 MENU_PATH = "<Image>/Filters/Generative"
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
-START_COMMAND = "dragd serve"
-PREVIEW_LAYER_NAME = "DragGAN preview (temporary)"
 PREVIEW_PARASITE = "dragd-preview"
-
-#: How long to wait for the daemon to answer at all (hello, and the liveness limit of the
-#: client while a job runs: a daemon silent that long counts as gone).
-CONNECT_TIMEOUT = 5.0
-#: After a stop/cancel request, how long to wait for the daemon to hand back the drag.
-STOP_GRACE = 20.0
-#: How long to wait for close_session at the end (best effort).
-CLOSE_TIMEOUT = 2.0
 
 # Inversion presets: the daemon owns what each means (daemon/inversion.py PRESETS).
 INVERSION_PRESETS: Dict[str, Dict[str, Any]] = {
-    name: {"method": "pti", "quality": name} for name in ("fast", "balanced", "quality")
+    name: {"method": "pti", "quality": name} for name in INVERSION_QUALITIES
 }
 
 SPACE_CHOICES = (("w-plus", "W+ (one latent per layer, more freedom)", "w+"),
@@ -45,14 +47,6 @@ SPACE_CHOICES = (("w-plus", "W+ (one latent per layer, more freedom)", "w+"),
 INVERSION_CHOICES = (("fast", "Fast", "fast"),
                      ("balanced", "Balanced", "balanced"),
                      ("quality", "Best quality (slow)", "quality"))
-
-
-class UserError(Exception):
-    """Something the user can fix; the message is shown as it is."""
-
-
-class Cancelled(UserError):
-    """The user (or a script) cancelled the run."""
 
 
 # ---------------------------------------------------------------------------
@@ -106,18 +100,11 @@ ARG_BY_NAME = {a.name: a for a in ARGUMENTS}
 
 
 @dataclass
-class DragSettings:
-    model: str = ""
-    max_steps: int = 300
-    learning_rate: float = 0.0
-    lambda_mask: float = 20.0
-    space: str = "w+"
-    inversion: str = "balanced"
-    endpoint: str = DEFAULT_ENDPOINT
+class DragSettings(BaseDragSettings):
+    """The shared drag fields (:class:`~..plugin_common.BaseDragSettings`) plus the run's
+    time limit, filled from the procedure's arguments."""
+
     time_limit: float = 900.0
-    live_preview: bool = True
-    preview_every: int = 2
-    preview_max_size: int = 256
 
     @classmethod
     def from_values(cls, values: Dict[str, Any]) -> "DragSettings":
@@ -164,39 +151,10 @@ class DragSettings:
             raise UserError("the daemon address %r is not a ZeroMQ address such as %s"
                             % (self.endpoint, DEFAULT_ENDPOINT))
 
-    def invert_fields(self) -> Dict[str, Any]:
-        return dict(INVERSION_PRESETS[self.inversion])
-
-    def drag_params(self) -> Dict[str, Any]:
-        p: Dict[str, Any] = {
-            "max_steps": int(self.max_steps),
-            "lr": float(self.learning_rate) if self.learning_rate > 0 else None,
-            "lambda_mask": float(self.lambda_mask),
-            "space": self.space,
-            "preview_every": int(self.preview_every) if self.live_preview else 0,
-            "preview_max_size": int(self.preview_max_size),
-        }
-        return p
-
 
 # ---------------------------------------------------------------------------
 # Points: path strokes -> arrows
 # ---------------------------------------------------------------------------
-
-Point = Tuple[float, float]
-
-
-@dataclass(frozen=True)
-class Arrow:
-    """A handle->target pair in layer coordinates."""
-
-    handle: Point
-    target: Point
-
-    def pair(self) -> Dict[str, List[float]]:
-        return {"handle": [self.handle[0], self.handle[1]],
-                "target": [self.target[0], self.target[1]]}
-
 
 @dataclass(frozen=True)
 class Stroke:
@@ -227,10 +185,6 @@ class LayerGeometry:
     def describe(self) -> str:
         return "%r (%dx%d at %d,%d)" % (self.name, self.width, self.height,
                                         self.offset_x, self.offset_y)
-
-
-def _fmt_pt(p: Point) -> str:
-    return "(%g, %g)" % (round(p[0], 1), round(p[1], 1))
 
 
 def arrows_from_strokes(strokes: Sequence[Stroke], layer: LayerGeometry,
@@ -285,93 +239,31 @@ def pick_path(selected: Sequence[Any], all_paths: Sequence[Any], name_of=lambda 
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class MaskInfo:
-    """The movable region in layer coordinates (None data = the whole layer may move)."""
+class MaskInfo(_CommonMaskInfo):
+    """The movable region in layer coordinates (None data = the whole layer may move),
+    described in the GIMP plug-in's words."""
 
-    data: Optional[bytes]
-    width: int
-    height: int
-    soft: bool = False
-    coverage: float = 1.0
+    WHOLE_TEXT = "No selection: the whole layer may move."
+    SOFT_TEXT = ("Feathered selection (%.0f%% of the layer): used as soft weights, partly "
+                 "selected pixels are partly held in place and the result is blended "
+                 "through the selection.")
+    HARD_TEXT = ("Selection (%.0f%% of the layer): only the selected part may move; the "
+                 "rest is kept exactly.")
 
-    @property
-    def whole_layer(self) -> bool:
-        return self.data is None
 
-    def value_at(self, p: Point) -> int:
-        if self.data is None:
-            return 255
-        x = min(max(int(p[0]), 0), self.width - 1)
-        y = min(max(int(p[1]), 0), self.height - 1)
-        return self.data[y * self.width + x]
-
-    def describe(self) -> str:
-        if self.data is None:
-            return "No selection: the whole layer may move."
-        pct = 100.0 * self.coverage
-        if self.soft:
-            return ("Feathered selection (%.0f%% of the layer): used as soft weights, "
-                    "partly selected pixels are partly held in place and the result is "
-                    "blended through the selection." % pct)
-        return ("Selection (%.0f%% of the layer): only the selected part may move; the rest "
-                "is kept exactly." % pct)
+DESELECT = "Select > None"
 
 
 def make_mask(data: Optional[bytes], width: int, height: int,
               layer_name: str = "layer") -> MaskInfo:
     """From the selection's coverage bytes over the layer (1 byte per pixel, 0..255), or
-    None for no selection. A selection that covers the whole layer fully is the same as
-    none; one that misses the layer is an error."""
-    if data is None:
-        return MaskInfo(None, width, height)
-    data = bytes(data)
-    n = width * height
-    if len(data) != n:
-        raise ValueError("mask has %d bytes, %dx%d needs %d" % (len(data), width, height, n))
-    zeros = data.count(0)
-    if zeros == n:
-        raise UserError(
-            "The selection does not cover any of the layer %r. Select the region that may "
-            "move (Select > None lets the whole layer move)." % layer_name)
-    full = data.count(255)
-    if full == n:
-        return MaskInfo(None, width, height)
-    soft = zeros + full != n
-    coverage = sum(data) / (255.0 * n) if soft else full / float(n)
-    return MaskInfo(data, width, height, soft=soft, coverage=coverage)
+    None for no selection (see :func:`..plugin_common.make_mask`)."""
+    return _make_mask(data, width, height, layer_name, deselect=DESELECT,
+                      mask_class=MaskInfo)  # type: ignore[return-value]
 
 
-def check_handles_movable(arrows: Sequence[Arrow], mask: MaskInfo) -> None:
-    for n, a in enumerate(arrows, 1):
-        if mask.value_at(a.handle) == 0:
-            raise UserError(
-                "The handle of stroke %d, at %s on the layer, lies outside the selection, "
-                "where nothing may move. Enlarge the selection to include it, or "
-                "Select > None." % (n, _fmt_pt(a.handle)))
-
-
-# ---------------------------------------------------------------------------
-# Pixels
-# ---------------------------------------------------------------------------
-
-
-def merge_alpha(result: bytes, channels: int, source_rgba: bytes) -> bytes:
-    """RGB of ``result`` (3 or 4 channels, or 1 = gray) with the source's alpha: the
-    drag moves content, the layer keeps its own transparency. Slicing runs at C speed."""
-    n = len(source_rgba) // 4
-    if len(result) != n * channels:
-        raise ValueError("result has %d bytes, expected %d" % (len(result), n * channels))
-    out = bytearray(source_rgba)
-    if channels in (3, 4):
-        for c in range(3):
-            out[c::4] = result[c::channels]
-    elif channels == 1:
-        for c in range(3):
-            out[c::4] = result
-    else:
-        raise ValueError("unsupported channel count %d" % channels)
-    return bytes(out)
+def check_handles_movable(arrows: Sequence[Arrow], mask: _CommonMaskInfo) -> None:
+    _check_handles_movable(arrows, mask, handle_of="handle of stroke", deselect=DESELECT)
 
 
 # ---------------------------------------------------------------------------
@@ -380,57 +272,14 @@ def merge_alpha(result: bytes, channels: int, source_rgba: bytes) -> bytes:
 
 STAGE_TEXT = {"load": "loading the model", "invert": "inverting", "tune": "tuning",
               "drag": "dragging", "undo": "undoing"}
-# Where each stage of opening a session starts and ends on the opening part of the bar.
-OPEN_STAGES = {"load": (0.0, 0.0), "invert": (0.0, 0.5), "tune": (0.5, 1.0)}
-OPEN_WEIGHT = 0.4        # share of the progress bar taken by opening (inversion)
 
 
-@dataclass
-class Outcome:
-    image: Any                      # protocol Image: the edited layer
-    steps: int
-    stop: str
-    distance: Optional[float]
-    handles: List[List[float]] = field(default_factory=list)
-
-
-class JobModel:
+class JobModel(BaseJobModel):
     """State of one run: ``phase`` goes connecting -> opening -> dragging -> done (or
     failed / cancelled). Fed with protocol events (:meth:`on_event`); read
     :meth:`progress` for the bar and :meth:`take_preview` for the preview layer."""
 
-    def __init__(self, settings: DragSettings, arrows: Sequence[Arrow]):
-        self.settings = settings
-        self.arrows = list(arrows)
-        self.phase = "connecting"
-        self.stage: Optional[str] = None
-        self.step = 0
-        self.total: Optional[int] = None
-        self.distance: Optional[float] = None
-        self.first_distance: Optional[float] = None
-        self.handles: List[List[float]] = [list(a.handle) for a in self.arrows]
-        self.message: Optional[str] = None
-        self.notice: Optional[str] = None
-        self.daemon: Dict[str, Any] = {}
-        self.session_info: Dict[str, Any] = {}
-        self.stop_requested: Optional[str] = None    # None | "keep" | "discard"
-        self.stop_reason: Optional[str] = None
-        self.outcome: Optional[Outcome] = None
-        self.error: Optional[str] = None
-        self._preview: Any = None
-        self.previews_seen = 0
-
-    # -- transitions ------------------------------------------------------
-
-    def connected(self, hello: Dict[str, Any]) -> None:
-        self.daemon = dict(hello)
-        self.phase = "opening"
-        self.stage, self.step, self.total = None, 0, None
-
-    def opened(self, fields: Dict[str, Any]) -> None:
-        self.session_info = dict(fields)
-        self.phase = "dragging"
-        self.stage, self.step, self.total = "drag", 0, self.settings.max_steps
+    ITEM = "drag point"
 
     def finished(self, outcome: Outcome) -> None:
         self.outcome = outcome
@@ -438,69 +287,14 @@ class JobModel:
         self.step = outcome.steps
         self.distance = outcome.distance
 
-    def failed(self, message: str) -> None:
-        self.error = message
-        self.phase = "failed"
-
-    def request_stop(self, how: str, why: str = "stopped") -> bool:
-        """Ask to stop: "keep" keeps the drag so far, "discard" drops it. Returns True
-        the first time (when a cancel must be sent)."""
-        if how not in ("keep", "discard"):
-            raise ValueError(how)
-        first = self.stop_requested is None
-        if first or how == "discard":
-            self.stop_requested = how
-        if first:
-            self.stop_reason = why
-        return first
-
-    # -- events -----------------------------------------------------------
-
-    def on_event(self, kind: str, fields: Dict[str, Any], images: Dict[str, Any]) -> None:
-        if kind == "queued":
-            self.stage = "queued"
-            self.message = ("waiting for the daemon (position %d in its queue)"
-                            % fields.get("position", 0))
-        elif kind == "notice":
-            self.notice = str(fields.get("message", ""))
-        elif kind == "progress":
-            self.stage = str(fields.get("stage") or self.stage or "")
-            self.step = int(fields.get("step", self.step))
-            total = fields.get("total")
-            self.total = int(total) if total is not None else self.total
-            self.message = fields.get("message") or None
-            if fields.get("handles"):
-                self.handles = [list(h) for h in fields["handles"]]
-            d = fields.get("distance")
-            if d is not None and d == d and d != float("inf"):
-                self.distance = float(d)
-                if self.first_distance is None:
-                    self.first_distance = self.distance
-            prev = images.get("preview") if images else None
-            if prev is not None:
-                self._preview = prev
-                self.previews_seen += 1
-
-    def take_preview(self) -> Any:
-        p, self._preview = self._preview, None
-        return p
-
     # -- display ----------------------------------------------------------
-
-    def _stage_fraction(self) -> float:
-        if not self.total:
-            return 0.0
-        return min(1.0, max(0.0, (self.step + 1) / float(self.total)))
 
     def progress(self) -> Tuple[float, str]:
         """(fraction 0..1, text) for the host's progress bar."""
         if self.phase == "connecting":
             return 0.0, "DragGAN: connecting to %s" % self.settings.endpoint
         if self.phase == "opening":
-            f = 0.0
-            if self.stage in OPEN_STAGES:
-                lo, hi = OPEN_STAGES[self.stage]
-                f = lo + (hi - lo) * self._stage_fraction()
+            f = self.open_fraction()
             text = "DragGAN: %s" % STAGE_TEXT.get(self.stage or "", "opening the layer")
             if self.stage == "queued" and self.message:
                 text = "DragGAN: %s" % self.message
@@ -508,7 +302,7 @@ class JobModel:
                 text += " %d/%d" % (min(self.step + 1, self.total), self.total)
             return OPEN_WEIGHT * f, text
         if self.phase == "dragging":
-            f = self._stage_fraction()
+            f = self.stage_fraction()
             if self.first_distance and self.distance is not None and self.first_distance > 0:
                 f = max(f, 1.0 - self.distance / self.first_distance)
             text = "DragGAN: step %d/%d" % (self.step, self.total or self.settings.max_steps)
@@ -524,7 +318,3 @@ class JobModel:
                 text = "DragGAN: %s after %d steps" % (o.stop.replace("_", " "), o.steps)
             return 1.0, text
         return 1.0, "DragGAN: %s" % (self.error or self.phase)
-
-    def summary(self) -> str:
-        n = len(self.arrows)
-        return "%d drag point%s" % (n, "" if n == 1 else "s")

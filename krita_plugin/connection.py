@@ -17,47 +17,16 @@ outcome, "discard" drops it. Before the drag a stop always discards.
 """
 from __future__ import annotations
 
-import os
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence
 
-from ..protocol import (Client, CurveConfig, DaemonUnavailable, Image, ProtocolError,
-                        RemoteError)
-from ..protocol.endpoint import is_loopback_endpoint
-from ..protocol.schema import ErrorCode, Limits
+from ..plugin_common.hello import accept_hello
+from ..plugin_common.keys import curve_for
+from ..protocol import Client, DaemonUnavailable, Image, ProtocolError, RemoteError
+from ..protocol.schema import ErrorCode
 from .session import (CLIENT_NAME, CLOSE_TIMEOUT, CONNECT_TIMEOUT, START_COMMAND,
                       STOP_GRACE, Arrow, DragSettings, JobModel, MaskInfo, Outcome,
                       UserError)
-
-
-def keys_dir() -> str:
-    """Where the daemon's public key and this machine's client keypair live:
-    $DRAGD_KEYS_DIR, else $XDG_CONFIG_HOME/dragd/keys, else ~/.config/dragd/keys (the
-    daemon's default, ``dragd keys``)."""
-    env = os.environ.get("DRAGD_KEYS_DIR")
-    if env:
-        return env
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"),
-                                                              ".config")
-    return os.path.join(base, "dragd", "keys")
-
-
-def curve_for(endpoint: str) -> Tuple[Optional[CurveConfig], str]:
-    """CurveZMQ settings for a daemon on another machine (``server.key`` +
-    ``client.key_secret`` in :func:`keys_dir`), and a hint for the error message."""
-    if is_loopback_endpoint(endpoint):
-        return None, ""
-    d = keys_dir()
-    server, client = os.path.join(d, "server.key"), os.path.join(d, "client.key_secret")
-    hint = (" A daemon on another machine needs CurveZMQ keys: put the daemon's server.key "
-            "and this machine's client.key_secret into %s, and the client's public key into "
-            "the daemon's allow-list." % d)
-    if os.path.isfile(server) and os.path.isfile(client):
-        try:
-            return CurveConfig.from_files(server, client), hint
-        except (OSError, ValueError) as e:
-            raise UserError("Cannot read the CurveZMQ keys in %s: %s" % (d, e))
-    return None, hint
 
 
 def user_message(err: BaseException) -> str:
@@ -232,29 +201,13 @@ class DragTask:
     def _on_hello(self, fields: Dict[str, Any]) -> None:
         s = self.settings
         try:
-            self.client.limits = Limits.from_dict(fields.get("limits") or {})
-        except (TypeError, ValueError):
-            pass
-        models = list(fields.get("models") or [])
-        if s.model and models and s.model not in models:
-            self._fail("The daemon at %s has no model %r. Its models: %s. (Leave the model "
-                       "empty to use the one it has loaded.)"
-                       % (s.endpoint, s.model, ", ".join(models)))
-            return
-        if not s.model and not fields.get("loaded_model") and not models:
-            self._fail("The daemon at %s has no model. Install or load one (dragd models; "
-                       "dragd load MODEL)." % s.endpoint)
-            return
-        lim = self.client.limits
-        n = len(self.model.arrows)
-        if n > lim.max_points:
-            self._fail("There are %d arrows; the daemon takes at most %d." % (n, lim.max_points))
-            return
-        w, h = self.image.width, self.image.height
-        if w > lim.max_side or h > lim.max_side or w * h > lim.max_pixels:
-            self._fail("The layer is %dx%d; the daemon accepts at most %d pixels a side and %d "
-                       "pixels in all. Scale the image down or crop it."
-                       % (w, h, lim.max_side, lim.max_pixels))
+            accept_hello(self.client, fields, model=s.model, endpoint=s.endpoint,
+                         n_points=len(self.model.arrows),
+                         size=(self.image.width, self.image.height),
+                         too_many_points="There are %d arrows; the daemon takes at most %d.",
+                         scale_what="image")
+        except UserError as e:
+            self._fail(str(e))
             return
         self.model.connected(fields)
         self._lap("connect")

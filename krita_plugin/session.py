@@ -18,6 +18,10 @@ What lives here, unit-tested without a host (tests/test_krita_glue.py):
 * the job model (:class:`JobModel`): the state of one run (connect, invert, drag, close),
   driven by protocol events, with the progress fraction and text the docker shows.
 
+The host-independent parts both plug-ins share (the drag fields, arrows, the mask, the
+job model's event handling, pixels, errors) live in ``..plugin_common``; this module
+adds what is Krita's own (shapes, BGRA, compositing, messages) and re-exports the rest.
+
 Coordinates: continuous, x right, y down; the pixel in column i, row j covers
 [i, i+1) x [j, j+1). The dragd protocol uses the same convention in layer coordinates.
 """
@@ -26,36 +30,23 @@ from __future__ import annotations
 import math
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
-START_COMMAND = "dragd serve"
+from ..plugin_common import (CLOSE_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_ENDPOINT,  # noqa: F401
+                             INVERSION_QUALITIES, OPEN_STAGES, OPEN_WEIGHT,
+                             PREVIEW_LAYER_NAME, SPACES, START_COMMAND, STOP_GRACE, Arrow,
+                             BaseDragSettings, BaseJobModel, Cancelled, Outcome, Point,
+                             UserError, merge_alpha, to_rgba)
+from ..plugin_common import MaskInfo as _CommonMaskInfo
+from ..plugin_common import check_handles_movable as _check_handles_movable
+from ..plugin_common import fmt_point as _fmt
+from ..plugin_common import make_mask as _make_mask
+
 ARROWS_LAYER_NAME = "drag"
-PREVIEW_LAYER_NAME = "DragGAN preview (temporary)"
 RESULT_SUFFIX = " (dragged)"
 CLIENT_NAME = "dragd-krita"
 SRGB_PROFILE = "sRGB-elle-V2-srgbtrc.icc"
-
-#: Nothing at all from the daemon for this long (hello unanswered, or no reply to the
-#: client's pings while a job runs) counts as "the daemon is gone".
-CONNECT_TIMEOUT = 5.0
-#: After Stop/Cancel, how long the daemon may take to hand back the drag.
-STOP_GRACE = 20.0
-#: How long to wait for close_session at the end (best effort, never blocks the UI).
-CLOSE_TIMEOUT = 2.0
-
-INVERSION_QUALITIES = ("fast", "balanced", "quality")
-SPACES = ("w+", "w")
-
-
-class UserError(Exception):
-    """Something the user can fix; the message is shown as it is."""
-
-
-class Cancelled(UserError):
-    """The user cancelled the run; nothing was changed."""
-
 
 # ---------------------------------------------------------------------------
 # Settings
@@ -63,19 +54,10 @@ class Cancelled(UserError):
 
 
 @dataclass
-class DragSettings:
-    """What the docker edits. ``learning_rate`` 0 = the model's default."""
-
-    model: str = ""
-    max_steps: int = 300
-    learning_rate: float = 0.0
-    lambda_mask: float = 20.0
-    space: str = "w+"
-    inversion: str = "balanced"
-    endpoint: str = DEFAULT_ENDPOINT
-    live_preview: bool = True
-    preview_every: int = 2
-    preview_max_size: int = 256
+class DragSettings(BaseDragSettings):
+    """What the docker edits: the shared drag fields
+    (:class:`~..plugin_common.BaseDragSettings`); ``learning_rate`` 0 = the model's
+    default."""
 
     def validate(self) -> "DragSettings":
         if not (1 <= int(self.max_steps) <= 5000):
@@ -101,19 +83,6 @@ class DragSettings:
         self.endpoint = ep
         self.model = (self.model or "").strip()
         return self
-
-    def invert_fields(self) -> Dict[str, Any]:
-        return {"method": "pti", "quality": self.inversion}
-
-    def drag_params(self) -> Dict[str, Any]:
-        return {
-            "max_steps": int(self.max_steps),
-            "lr": float(self.learning_rate) if self.learning_rate > 0 else None,
-            "lambda_mask": float(self.lambda_mask),
-            "space": self.space,
-            "preview_every": int(self.preview_every) if self.live_preview else 0,
-            "preview_max_size": int(self.preview_max_size),
-        }
 
     # -- persistence (Krita.readSetting/writeSetting store strings) -------------
 
@@ -151,9 +120,6 @@ class DragSettings:
 # ---------------------------------------------------------------------------
 # Geometry: affine transforms, SVG paths, shapes -> arrows
 # ---------------------------------------------------------------------------
-
-Point = Tuple[float, float]
-
 
 @dataclass(frozen=True)
 class Affine:
@@ -376,22 +342,6 @@ class ShapeInfo:
     name: str = ""
 
 
-@dataclass(frozen=True)
-class Arrow:
-    """A handle->target pair in layer coordinates."""
-
-    handle: Point
-    target: Point
-
-    def pair(self) -> Dict[str, List[float]]:
-        return {"handle": [self.handle[0], self.handle[1]],
-                "target": [self.target[0], self.target[1]]}
-
-
-def _fmt(p: Point) -> str:
-    return "(%g, %g)" % (round(p[0], 1), round(p[1], 1))
-
-
 def arrows_from_shapes(shapes: Sequence[ShapeInfo], xres: float, yres: float,
                        rect: LayerRect, layer_name: str = ARROWS_LAYER_NAME
                        ) -> Tuple[List[Arrow], List[str]]:
@@ -450,67 +400,29 @@ def arrows_from_shapes(shapes: Sequence[ShapeInfo], xres: float, yres: float,
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class MaskInfo:
-    """The movable region in layer coordinates (``data`` None = the whole layer)."""
+class MaskInfo(_CommonMaskInfo):
+    """The movable region in layer coordinates (``data`` None = the whole layer),
+    described in the docker's words."""
 
-    data: Optional[bytes]
-    width: int
-    height: int
-    soft: bool = False
-    coverage: float = 1.0
+    WHOLE_TEXT = "no selection: the whole layer may move"
+    SOFT_TEXT = "feathered selection (%.0f%% of the layer) may move"
+    HARD_TEXT = "selection (%.0f%% of the layer) may move"
 
-    @property
-    def whole_layer(self) -> bool:
-        return self.data is None
 
-    def value_at(self, p: Point) -> int:
-        if self.data is None:
-            return 255
-        x = min(max(int(p[0]), 0), self.width - 1)
-        y = min(max(int(p[1]), 0), self.height - 1)
-        return self.data[y * self.width + x]
-
-    def describe(self) -> str:
-        if self.data is None:
-            return "no selection: the whole layer may move"
-        pct = 100.0 * self.coverage
-        if self.soft:
-            return "feathered selection (%.0f%% of the layer) may move" % pct
-        return "selection (%.0f%% of the layer) may move" % pct
+DESELECT = "Select \u25b8 Deselect"
 
 
 def make_mask(data: Optional[bytes], width: int, height: int,
               layer_name: str = "layer") -> MaskInfo:
     """From ``Selection.pixelData`` over the layer rectangle (1 byte per pixel, 0..255),
-    or None for no selection. A selection covering the whole layer equals none; one that
-    misses the layer is an error."""
-    if data is None:
-        return MaskInfo(None, width, height)
-    data = bytes(data)
-    n = width * height
-    if len(data) != n:
-        raise ValueError("mask has %d bytes, %dx%d needs %d" % (len(data), width, height, n))
-    zeros = data.count(0)
-    if zeros == n:
-        raise UserError(
-            "The selection does not cover any of the layer %r. Select the region that may "
-            "move (Select \u25b8 Deselect lets the whole layer move)." % layer_name)
-    full = data.count(255)
-    if full == n:
-        return MaskInfo(None, width, height)
-    soft = zeros + full != n
-    coverage = sum(data) / (255.0 * n) if soft else full / float(n)
-    return MaskInfo(data, width, height, soft=soft, coverage=coverage)
+    or None for no selection (see :func:`..plugin_common.make_mask`)."""
+    return _make_mask(data, width, height, layer_name, deselect=DESELECT,
+                      mask_class=MaskInfo)  # type: ignore[return-value]
 
 
-def check_handles_movable(arrows: Sequence[Arrow], mask: MaskInfo) -> None:
-    for n, a in enumerate(arrows, 1):
-        if mask.value_at(a.handle) == 0:
-            raise UserError(
-                "The handle (start) of arrow %d, at %s on the layer, lies outside the "
-                "selection, where nothing may move. Enlarge the selection to include it, "
-                "or Select \u25b8 Deselect." % (n, _fmt(a.handle)))
+def check_handles_movable(arrows: Sequence[Arrow], mask: _CommonMaskInfo) -> None:
+    _check_handles_movable(arrows, mask, handle_of="handle (start) of arrow",
+                           deselect=DESELECT)
 
 
 # ---------------------------------------------------------------------------
@@ -530,40 +442,6 @@ def bgra_to_rgba(data: bytes) -> bytes:
 
 
 rgba_to_bgra = bgra_to_rgba
-
-
-def to_rgba(data: bytes, channels: int, alpha: Optional[bytes] = None) -> bytes:
-    """1 (gray), 3 (RGB) or 4 (RGBA) channel bytes as RGBA; ``alpha`` (RGBA bytes of the
-    same size) supplies the alpha channel when given, else it is opaque / kept."""
-    data = bytes(data)
-    n = len(data) // channels
-    if len(data) != n * channels:
-        raise ValueError("%d bytes is not a whole number of %d-byte pixels"
-                         % (len(data), channels))
-    if channels == 4 and alpha is None:
-        return data
-    out = bytearray(b"\xff" * (4 * n))
-    if channels in (3, 4):
-        for c in range(3):
-            out[c::4] = data[c::channels]
-        if channels == 4:
-            out[3::4] = data[3::4]
-    elif channels == 1:
-        for c in range(3):
-            out[c::4] = data
-    else:
-        raise ValueError("unsupported channel count %d" % channels)
-    if alpha is not None:
-        if len(alpha) != 4 * n:
-            raise ValueError("alpha source has %d bytes, expected %d" % (len(alpha), 4 * n))
-        out[3::4] = alpha[3::4]
-    return bytes(out)
-
-
-def merge_alpha(result: bytes, channels: int, source_rgba: bytes) -> bytes:
-    """RGB of ``result`` with the source's alpha: the drag moves content, the layer keeps
-    its own transparency."""
-    return to_rgba(result, channels, alpha=source_rgba)
 
 
 _ZERO_RUNS = re.compile(rb"\x00+")
@@ -608,61 +486,21 @@ def composite_through_mask(result_rgba: bytes, source_rgba: bytes,
 
 STAGE_TEXT = {"load": "loading the model", "invert": "inverting the layer",
               "tune": "tuning the generator", "drag": "dragging", "undo": "undoing"}
-OPEN_STAGES = {"load": (0.0, 0.0), "invert": (0.0, 0.5), "tune": (0.5, 1.0)}
-OPEN_WEIGHT = 0.4            # share of the progress bar taken by opening (inversion)
 
 
-@dataclass
-class Outcome:
-    image: Any                       # protocol Image: the edited layer (RGBA or RGB)
-    steps: int
-    stop: str
-    distance: Optional[float]
-    handles: List[List[float]] = field(default_factory=list)
-
-
-class JobModel:
+class JobModel(BaseJobModel):
     """State of one run. ``phase``: connecting -> opening -> dragging -> closing -> done,
     or failed / cancelled. Fed with protocol events (:meth:`on_event`); read
     :meth:`progress` for the bar and :meth:`take_preview` for the preview layer."""
 
     TERMINAL = ("done", "failed", "cancelled")
-
-    def __init__(self, settings: DragSettings, arrows: Sequence[Arrow]):
-        self.settings = settings
-        self.arrows = list(arrows)
-        self.phase = "connecting"
-        self.stage: Optional[str] = None
-        self.step = 0
-        self.total: Optional[int] = None
-        self.distance: Optional[float] = None
-        self.first_distance: Optional[float] = None
-        self.handles: List[List[float]] = [list(a.handle) for a in self.arrows]
-        self.message: Optional[str] = None
-        self.notice: Optional[str] = None
-        self.daemon: Dict[str, Any] = {}
-        self.session_info: Dict[str, Any] = {}
-        self.stop_requested: Optional[str] = None     # None | "keep" | "discard"
-        self.outcome: Optional[Outcome] = None
-        self.error: Optional[str] = None
-        self._preview: Any = None
-        self.previews_seen = 0
+    ITEM = "arrow"
 
     @property
     def finished(self) -> bool:
         return self.phase in self.TERMINAL
 
     # -- transitions ----------------------------------------------------------
-
-    def connected(self, hello: Dict[str, Any]) -> None:
-        self.daemon = dict(hello)
-        self.phase = "opening"
-        self.stage, self.step, self.total = None, 0, None
-
-    def opened(self, fields: Dict[str, Any]) -> None:
-        self.session_info = dict(fields)
-        self.phase = "dragging"
-        self.stage, self.step, self.total = "drag", 0, int(self.settings.max_steps)
 
     def dragged(self, outcome: Outcome) -> None:
         self.outcome = outcome
@@ -676,63 +514,17 @@ class JobModel:
             raise RuntimeError("closed() before the drag finished")
         self.phase = "done"
 
-    def failed(self, message: str) -> None:
-        self.error = message
-        self.phase = "failed"
-
     def cancelled(self, message: str = "cancelled; the layer was not changed") -> None:
         self.error = message
         self.phase = "cancelled"
 
-    def request_stop(self, how: str) -> bool:
-        """"keep" keeps the drag so far (a new layer), "discard" drops everything.
-        Returns True the first time (when a cancel must be sent)."""
-        if how not in ("keep", "discard"):
-            raise ValueError(how)
-        first = self.stop_requested is None
-        if first or how == "discard":
-            self.stop_requested = how
-        return first
-
-    # -- events ---------------------------------------------------------------
-
-    def on_event(self, kind: str, fields: Dict[str, Any], images: Dict[str, Any]) -> None:
-        if kind == "queued":
-            self.stage = "queued"
-            ahead = int(fields.get("position", 0) or 0)
-            self.message = "waiting for the daemon" + (
-                " (%d job%s ahead in its queue)" % (ahead, "" if ahead == 1 else "s")
-                if ahead else "")
-        elif kind == "notice":
-            self.notice = str(fields.get("message", ""))
-        elif kind == "progress":
-            self.stage = str(fields.get("stage") or self.stage or "")
-            self.step = int(fields.get("step", self.step))
-            total = fields.get("total")
-            self.total = int(total) if total is not None else self.total
-            self.message = fields.get("message") or None
-            if fields.get("handles"):
-                self.handles = [list(h) for h in fields["handles"]]
-            d = fields.get("distance")
-            if isinstance(d, (int, float)) and math.isfinite(d):
-                self.distance = float(d)
-                if self.first_distance is None:
-                    self.first_distance = self.distance
-            prev = images.get("preview") if images else None
-            if prev is not None:
-                self._preview = prev
-                self.previews_seen += 1
-
-    def take_preview(self) -> Any:
-        p, self._preview = self._preview, None
-        return p
+    def queued_text(self, fields: Dict[str, Any]) -> str:
+        ahead = int(fields.get("position", 0) or 0)
+        return "waiting for the daemon" + (
+            " (%d job%s ahead in its queue)" % (ahead, "" if ahead == 1 else "s")
+            if ahead else "")
 
     # -- display --------------------------------------------------------------
-
-    def _stage_fraction(self) -> float:
-        if not self.total:
-            return 0.0
-        return min(1.0, max(0.0, (self.step + 1) / float(self.total)))
 
     def progress(self) -> Tuple[float, str]:
         """(fraction 0..1, text) for the docker's progress bar and status line."""
@@ -740,10 +532,7 @@ class JobModel:
         if self.phase == "connecting":
             return 0.0, "Connecting to %s" % self.settings.endpoint
         if self.phase == "opening":
-            f = 0.0
-            if self.stage in OPEN_STAGES:
-                lo, hi = OPEN_STAGES[self.stage]
-                f = lo + (hi - lo) * self._stage_fraction()
+            f = self.open_fraction()
             text = STAGE_TEXT.get(self.stage or "", "opening the layer").capitalize()
             if self.stage == "queued" and self.message:
                 text = self.message.capitalize()
@@ -751,7 +540,7 @@ class JobModel:
                 text += " %d/%d" % (min(self.step + 1, self.total), self.total)
             return OPEN_WEIGHT * f, text + stopping
         if self.phase == "dragging":
-            f = self._stage_fraction()
+            f = self.stage_fraction()
             if self.first_distance and self.distance is not None:
                 f = max(f, 1.0 - self.distance / self.first_distance)
             text = "Dragging: step %d/%d" % (self.step, self.total or self.settings.max_steps)
@@ -770,7 +559,3 @@ class JobModel:
         if self.phase == "cancelled":
             return 0.0, "Cancelled: %s" % (self.error or "the layer was not changed")
         return 0.0, "Error: %s" % (self.error or "failed")
-
-    def summary(self) -> str:
-        n = len(self.arrows)
-        return "%d arrow%s" % (n, "" if n == 1 else "s")

@@ -16,7 +16,7 @@ from dragd.gimp_plugin import flow, glue, runner, session
 from dragd.gimp_plugin.session import (ARGUMENTS, Arrow, Cancelled, DragSettings, JobModel,
                                        LayerGeometry, MaskInfo, Stroke, UserError,
                                        arrows_from_strokes, bezier_anchors,
-                                       check_handles_movable, make_mask, merge_alpha)
+                                       make_mask, merge_alpha)
 from dragd.protocol import DaemonUnavailable, Image, RemoteError
 
 # ---------------------------------------------------------------------------
@@ -466,14 +466,6 @@ def test_selection_missing_the_layer_or_covering_all_of_it():
     assert host().read_mask(img, art).data is None    # fully selected = no mask
 
 
-def test_handles_must_lie_in_the_movable_region():
-    m = make_mask(bytes([0] * 10 + [255] * 10), 10, 2)
-    check_handles_movable([Arrow((3.5, 1.5), (0.5, 0.5))], m)    # handle in row 1
-    with pytest.raises(UserError, match="handle of stroke 1.*outside the selection"):
-        check_handles_movable([Arrow((3.5, 0.5), (3.5, 1.5))], m)
-    check_handles_movable([Arrow((3.5, 0.5), (3.5, 1.5))], MaskInfo(None, 10, 2))
-
-
 # ---------------------------------------------------------------------------
 # Layers: source checks, pixels, result, preview, undo
 # ---------------------------------------------------------------------------
@@ -541,16 +533,6 @@ def test_gray_image_and_layer_without_alpha_get_matching_layer_types():
     src = h.read_pixels(art)
     new = h.write_result(img, art, src, src, masked=False)
     assert new.type == "GRAY"
-
-
-def test_merge_alpha_channels():
-    src = bytes([1, 2, 3, 40, 5, 6, 7, 80])
-    assert merge_alpha(bytes([9, 9, 9, 0, 8, 8, 8, 0]), 4, src) == bytes(
-        [9, 9, 9, 40, 8, 8, 8, 80])
-    assert merge_alpha(bytes([9, 9, 9, 8, 8, 8]), 3, src) == bytes([9, 9, 9, 40, 8, 8, 8, 80])
-    assert merge_alpha(bytes([9, 8]), 1, src) == bytes([9, 9, 9, 40, 8, 8, 8, 80])
-    with pytest.raises(ValueError):
-        merge_alpha(bytes(5), 3, src)
 
 
 def test_preview_layer_scaled_over_the_source_then_removed():
@@ -1086,19 +1068,13 @@ def test_result_layer_gets_a_copy_of_the_source_layer_mask():
     assert bytes(art.mask.buffer.data) == bytes([0, 50, 100, 255, 255, 0, 7, 9])
 
 
-def test_loopback_and_curve_keys(tmp_path, monkeypatch):
+def test_runner_hands_curve_keys_to_the_client(tmp_path, monkeypatch):
+    """(keys_dir, curve_for and is_loopback_endpoint: tests/test_plugin_common.py)"""
     import zmq
 
     from dragd.protocol.curvekeys import format_key_file
 
-    assert runner.is_loopback_endpoint("tcp://127.0.0.1:5557") and runner.is_loopback_endpoint("ipc:///tmp/d")
-    assert runner.is_loopback_endpoint("tcp://localhost:5557") and runner.is_loopback_endpoint("tcp://[::1]:1")
-    assert not runner.is_loopback_endpoint("tcp://10.0.0.5:5557")
-    assert not runner.is_loopback_endpoint("tcp://gpu-box:5557")
     monkeypatch.setenv("DRAGD_KEYS_DIR", str(tmp_path))
-    assert runner.curve_for("tcp://127.0.0.1:5557") == (None, "")
-    cfg, hint = runner.curve_for("tcp://10.0.0.5:5557")
-    assert cfg is None and str(tmp_path) in hint and "server.key" in hint
     spub, _ = zmq.curve_keypair()
     cpub, csec = zmq.curve_keypair()
     (tmp_path / "server.key").write_text(format_key_file(spub))

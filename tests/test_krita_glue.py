@@ -16,15 +16,14 @@ import time
 import pytest
 
 from dragd.krita_plugin import glue, session
-from dragd.krita_plugin.connection import DaemonProbe, DragTask, curve_for
+from dragd.krita_plugin.connection import DaemonProbe, DragTask
 from dragd.krita_plugin.glue import KritaHost, PreviewLayer
 from dragd.krita_plugin.run import DragRun
 from dragd.krita_plugin.session import (Affine, Arrow, DragSettings, JobModel, LayerRect,
                                         ShapeInfo, UserError, arrows_from_shapes,
-                                        bgra_to_rgba, check_handles_movable,
-                                        composite_through_mask, make_mask, merge_alpha,
+                                        bgra_to_rgba, composite_through_mask, make_mask,
                                         parse_path_data, parse_transform, rgba_to_bgra,
-                                        splice_by_mask, svg_subpaths, to_rgba)
+                                        splice_by_mask, svg_subpaths)
 from dragd.protocol import Image
 
 # What Krita 5.2.9 wrote (144 dpi: one local unit = 0.5 pt = 1 px).
@@ -190,41 +189,13 @@ def test_layer_rect_is_the_content_clipped_to_the_canvas():
 # ---------------------------------------------------------------------------
 
 
-def test_selection_to_mask():
-    assert make_mask(None, 4, 2).whole_layer
-    assert make_mask(b"\xff" * 8, 4, 2).whole_layer            # covers it all: same as none
-    with pytest.raises(UserError, match="does not cover any of the layer 'art'"):
-        make_mask(bytes(8), 4, 2, "art")
-    with pytest.raises(ValueError):
-        make_mask(bytes(7), 4, 2)
-    m = make_mask(b"\x00\xff\xff\x00" * 2, 4, 2)
-    assert not m.soft and m.coverage == 0.5 and m.value_at((1.5, 0.2)) == 255
-    assert m.value_at((0.5, 1.5)) == 0 and m.value_at((99, 99)) == 0
-    s = make_mask(b"\x00\x80\xff\x00" * 2, 4, 2)
-    assert s.soft and s.coverage == pytest.approx((128 + 255) / (4 * 255.0))
-    assert "feathered" in s.describe()
-
-
-def test_handles_must_lie_in_the_movable_region():
-    m = make_mask(b"\x00\xff\xff\x00" * 2, 4, 2)
-    check_handles_movable([Arrow((1.5, 0.5), (3.5, 0.5))], m)   # the target may lie outside
-    with pytest.raises(UserError, match=r"handle \(start\) of arrow 2, .* outside the selection"):
-        check_handles_movable([Arrow((1.5, 0.5), (0, 0)), Arrow((3.5, 1.5), (2, 1))], m)
-
-
-def test_bgra_rgba_and_channel_conversions():
+def test_bgra_rgba_conversions():
     bgra = bytes([1, 2, 3, 4, 5, 6, 7, 8])
     assert bgra_to_rgba(bgra) == bytes([3, 2, 1, 4, 7, 6, 5, 8])
     assert rgba_to_bgra(bgra_to_rgba(bgra)) == bgra
     with pytest.raises(ValueError):
         bgra_to_rgba(b"123")
-    assert to_rgba(bytes([9, 8, 7]), 3) == bytes([9, 8, 7, 255])
-    assert to_rgba(bytes([5, 6]), 1) == bytes([5, 5, 5, 255, 6, 6, 6, 255])
-    assert to_rgba(bytes([1, 2, 3, 4]), 4) == bytes([1, 2, 3, 4])
-    assert merge_alpha(bytes([9, 8, 7]), 3, bytes([0, 0, 0, 77])) == bytes([9, 8, 7, 77])
-    assert merge_alpha(bytes([9, 8, 7, 1]), 4, bytes([0, 0, 0, 77])) == bytes([9, 8, 7, 77])
-    with pytest.raises(ValueError):
-        to_rgba(bytes(4), 2)
+    # to_rgba / merge_alpha: tests/test_plugin_common.py
 
 
 def test_compositing_through_the_selection_keeps_unselected_pixels_exactly():
@@ -850,13 +821,6 @@ def test_daemon_probe_lists_models_or_reports_the_daemon_down(server):
     assert "not reachable" in p.error and "dragd serve" in p.error
 
 
-def test_curve_keys_only_for_remote_daemons(tmp_path, monkeypatch):
-    monkeypatch.setenv("DRAGD_KEYS_DIR", str(tmp_path))
-    assert curve_for("tcp://127.0.0.1:5557") == (None, "")
-    cfg, hint = curve_for("tcp://10.1.2.3:5557")
-    assert cfg is None and str(tmp_path) in hint
-
-
 # ---------------------------------------------------------------------------
 # The run function's orchestration (DragRun) with stand-ins and the real server
 # ---------------------------------------------------------------------------
@@ -985,7 +949,7 @@ def test_installed_layout_and_zip_match_what_krita_loads_and_imports(tmp_path):
     with open(entry) as fh:
         assert (root / "dragd_krita" / "__init__.py").read_text() == fh.read()
     for rel in ("dragd/krita_plugin/run.py", "dragd/krita_plugin/session.py",
-                "dragd/protocol/client.py"):
+                "dragd/plugin_common/jobs.py", "dragd/protocol/client.py"):
         assert (root / "dragd_krita" / rel).is_file(), rel
     assert not (root / "dragd").exists()
     assert not list((root / "dragd_krita").rglob("*.desktop"))
@@ -998,6 +962,7 @@ def test_installed_layout_and_zip_match_what_krita_loads_and_imports(tmp_path):
     assert "dragd_krita.desktop" in names and "dragd_krita/" in names
     assert "dragd_krita/__init__.py" in names
     assert "dragd_krita/dragd/protocol/schema.py" in names
+    assert "dragd_krita/dragd/plugin_common/mask.py" in names
     assert [n for n in names if n.endswith(".desktop")] == ["dragd_krita.desktop"]
     assert all(n.startswith(("dragd_krita/", "dragd_krita.desktop")) for n in names)
     assert not [n for n in names if "__pycache__" in n]

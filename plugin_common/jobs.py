@@ -1,0 +1,135 @@
+"""The job model: the state of one run (connect, invert, drag), driven by protocol
+events. Both hosts share the transitions and the event handling; each words its own
+progress text (:meth:`progress` in the plug-in's subclass) and its own phases after the
+drag (GIMP: done; Krita: closing -> done, or cancelled)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from .geometry import Arrow
+
+# Where each stage of opening a session starts and ends on the opening part of the bar.
+OPEN_STAGES = {"load": (0.0, 0.0), "invert": (0.0, 0.5), "tune": (0.5, 1.0)}
+OPEN_WEIGHT = 0.4            # share of the progress bar taken by opening (inversion)
+
+
+@dataclass
+class Outcome:
+    image: Any                       # protocol Image: the edited layer
+    steps: int
+    stop: str
+    distance: Optional[float]
+    handles: List[List[float]] = field(default_factory=list)
+
+
+class BaseJobModel:
+    """State of one run: ``phase`` goes connecting -> opening -> dragging -> ... Fed with
+    protocol events (:meth:`on_event`); :meth:`take_preview` hands out the latest preview.
+    Subclasses set :attr:`ITEM` (what one arrow is called) and word the queue message
+    (:meth:`queued_text`)."""
+
+    ITEM = "drag point"
+
+    def __init__(self, settings: Any, arrows: Sequence[Arrow]):
+        self.settings = settings
+        self.arrows = list(arrows)
+        self.phase = "connecting"
+        self.stage: Optional[str] = None
+        self.step = 0
+        self.total: Optional[int] = None
+        self.distance: Optional[float] = None
+        self.first_distance: Optional[float] = None
+        self.handles: List[List[float]] = [list(a.handle) for a in self.arrows]
+        self.message: Optional[str] = None
+        self.notice: Optional[str] = None
+        self.daemon: Dict[str, Any] = {}
+        self.session_info: Dict[str, Any] = {}
+        self.stop_requested: Optional[str] = None    # None | "keep" | "discard"
+        self.stop_reason: Optional[str] = None
+        self.outcome: Optional[Outcome] = None
+        self.error: Optional[str] = None
+        self._preview: Any = None
+        self.previews_seen = 0
+
+    # -- transitions ------------------------------------------------------
+
+    def connected(self, hello: Dict[str, Any]) -> None:
+        self.daemon = dict(hello)
+        self.phase = "opening"
+        self.stage, self.step, self.total = None, 0, None
+
+    def opened(self, fields: Dict[str, Any]) -> None:
+        self.session_info = dict(fields)
+        self.phase = "dragging"
+        self.stage, self.step, self.total = "drag", 0, int(self.settings.max_steps)
+
+    def failed(self, message: str) -> None:
+        self.error = message
+        self.phase = "failed"
+
+    def request_stop(self, how: str, why: str = "stopped") -> bool:
+        """Ask to stop: "keep" keeps the drag so far, "discard" drops it. Returns True
+        the first time (when a cancel must be sent)."""
+        if how not in ("keep", "discard"):
+            raise ValueError(how)
+        first = self.stop_requested is None
+        if first or how == "discard":
+            self.stop_requested = how
+        if first:
+            self.stop_reason = why
+        return first
+
+    # -- events -----------------------------------------------------------
+
+    def queued_text(self, fields: Dict[str, Any]) -> str:
+        return ("waiting for the daemon (position %d in its queue)"
+                % fields.get("position", 0))
+
+    def on_event(self, kind: str, fields: Dict[str, Any], images: Dict[str, Any]) -> None:
+        if kind == "queued":
+            self.stage = "queued"
+            self.message = self.queued_text(fields)
+        elif kind == "notice":
+            self.notice = str(fields.get("message", ""))
+        elif kind == "progress":
+            self.stage = str(fields.get("stage") or self.stage or "")
+            self.step = int(fields.get("step", self.step))
+            total = fields.get("total")
+            self.total = int(total) if total is not None else self.total
+            self.message = fields.get("message") or None
+            if fields.get("handles"):
+                self.handles = [list(h) for h in fields["handles"]]
+            d = fields.get("distance")
+            if isinstance(d, (int, float)) and math.isfinite(d):
+                self.distance = float(d)
+                if self.first_distance is None:
+                    self.first_distance = self.distance
+            prev = images.get("preview") if images else None
+            if prev is not None:
+                self._preview = prev
+                self.previews_seen += 1
+
+    def take_preview(self) -> Any:
+        p, self._preview = self._preview, None
+        return p
+
+    # -- display ----------------------------------------------------------
+
+    def stage_fraction(self) -> float:
+        """How far the current stage is, 0..1 (0 while its length is unknown)."""
+        if not self.total:
+            return 0.0
+        return min(1.0, max(0.0, (self.step + 1) / float(self.total)))
+
+    def open_fraction(self) -> float:
+        """How far opening (load, invert, tune) is, 0..1."""
+        if self.stage in OPEN_STAGES:
+            lo, hi = OPEN_STAGES[self.stage]
+            return lo + (hi - lo) * self.stage_fraction()
+        return 0.0
+
+    def summary(self) -> str:
+        n = len(self.arrows)
+        return "%d %s%s" % (n, self.ITEM, "" if n == 1 else "s")

@@ -1,0 +1,86 @@
+"""The movable region: the selection over the layer -> :class:`MaskInfo`.
+
+The hosts name their menu command differently ("Select > None" in GIMP, "Select \u25b8
+Deselect" in Krita) and word the description of the mask differently: they pass the
+command to :func:`make_mask` / :func:`check_handles_movable` and subclass
+:class:`MaskInfo` for :meth:`MaskInfo.describe`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Type
+
+from .errors import UserError
+from .geometry import Arrow, Point, fmt_point
+
+
+@dataclass
+class MaskInfo:
+    """The movable region in layer coordinates (``data`` None = the whole layer)."""
+
+    data: Optional[bytes]
+    width: int
+    height: int
+    soft: bool = False
+    coverage: float = 1.0
+
+    #: describe() texts; %.0f%% takes the coverage in percent.
+    WHOLE_TEXT = "no selection: the whole layer may move"
+    SOFT_TEXT = "feathered selection (%.0f%% of the layer) may move"
+    HARD_TEXT = "selection (%.0f%% of the layer) may move"
+
+    @property
+    def whole_layer(self) -> bool:
+        return self.data is None
+
+    def value_at(self, p: Point) -> int:
+        if self.data is None:
+            return 255
+        x = min(max(int(p[0]), 0), self.width - 1)
+        y = min(max(int(p[1]), 0), self.height - 1)
+        return self.data[y * self.width + x]
+
+    def describe(self) -> str:
+        if self.data is None:
+            return self.WHOLE_TEXT
+        pct = 100.0 * self.coverage
+        return (self.SOFT_TEXT if self.soft else self.HARD_TEXT) % pct
+
+
+def make_mask(data: Optional[bytes], width: int, height: int, layer_name: str = "layer",
+              *, deselect: str = "Select > None",
+              mask_class: Type[MaskInfo] = MaskInfo) -> MaskInfo:
+    """From the selection's coverage bytes over the layer (1 byte per pixel, 0..255), or
+    None for no selection. A selection that covers the whole layer fully is the same as
+    none; one that misses the layer is an error (naming the host's ``deselect``
+    command)."""
+    if data is None:
+        return mask_class(None, width, height)
+    data = bytes(data)
+    n = width * height
+    if len(data) != n:
+        raise ValueError("mask has %d bytes, %dx%d needs %d" % (len(data), width, height, n))
+    zeros = data.count(0)
+    if zeros == n:
+        raise UserError(
+            "The selection does not cover any of the layer %r. Select the region that may "
+            "move (%s lets the whole layer move)." % (layer_name, deselect))
+    full = data.count(255)
+    if full == n:
+        return mask_class(None, width, height)
+    soft = zeros + full != n
+    coverage = sum(data) / (255.0 * n) if soft else full / float(n)
+    return mask_class(data, width, height, soft=soft, coverage=coverage)
+
+
+def check_handles_movable(arrows: Sequence[Arrow], mask: MaskInfo, *,
+                          handle_of: str = "handle of stroke",
+                          deselect: str = "Select > None") -> None:
+    """Every handle must lie where the mask lets it move; ``handle_of`` names the n-th
+    handle in the host's words ("handle of stroke" -> "The handle of stroke 2")."""
+    for n, a in enumerate(arrows, 1):
+        if mask.value_at(a.handle) == 0:
+            raise UserError(
+                "The %s %d, at %s on the layer, lies outside the selection, where nothing "
+                "may move. Enlarge the selection to include it, or %s."
+                % (handle_of, n, fmt_point(a.handle), deselect))

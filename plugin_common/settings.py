@@ -1,0 +1,51 @@
+"""Constants and drag settings shared by both plug-ins."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
+START_COMMAND = "dragd serve"
+PREVIEW_LAYER_NAME = "DragGAN preview (temporary)"
+
+#: Nothing at all from the daemon for this long (hello unanswered, or no reply to the
+#: client's pings while a job runs) counts as "the daemon is gone".
+CONNECT_TIMEOUT = 5.0
+#: After a stop/cancel request, how long the daemon may take to hand back the drag.
+STOP_GRACE = 20.0
+#: How long to wait for close_session at the end (best effort).
+CLOSE_TIMEOUT = 2.0
+
+#: Inversion qualities: the daemon owns what each means (daemon/inversion.py PRESETS).
+INVERSION_QUALITIES = ("fast", "balanced", "quality")
+SPACES = ("w+", "w")
+
+
+@dataclass
+class BaseDragSettings:
+    """The fields of a drag both hosts edit. ``learning_rate`` 0 = the model's default.
+    Each plug-in subclasses it with its own validation and persistence."""
+
+    model: str = ""
+    max_steps: int = 300
+    learning_rate: float = 0.0
+    lambda_mask: float = 20.0
+    space: str = "w+"
+    inversion: str = "balanced"
+    endpoint: str = DEFAULT_ENDPOINT
+    live_preview: bool = True
+    preview_every: int = 2
+    preview_max_size: int = 256
+
+    def invert_fields(self) -> Dict[str, Any]:
+        return {"method": "pti", "quality": self.inversion}
+
+    def drag_params(self) -> Dict[str, Any]:
+        return {
+            "max_steps": int(self.max_steps),
+            "lr": float(self.learning_rate) if self.learning_rate > 0 else None,
+            "lambda_mask": float(self.lambda_mask),
+            "space": self.space,
+            "preview_every": int(self.preview_every) if self.live_preview else 0,
+            "preview_max_size": int(self.preview_max_size),
+        }
