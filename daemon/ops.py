@@ -128,14 +128,31 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None = N
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
                      noise: torch.Tensor | None = None, up: int = 1, padding: int = 0,
                      resample_filter: torch.Tensor | None = None, demodulate: bool = True,
-                     flip_weight: bool = True) -> torch.Tensor:
-    """Style-modulated convolution as one grouped conv (batch folded into groups).
+                     flip_weight: bool = True, fused: bool | None = None) -> torch.Tensor:
+    """Style-modulated convolution.
 
     x: [N, I, H, W]; weight: [O, I, k, k]; styles: [N, I]; noise broadcastable to [N, O, H', W'].
+    fused=True folds the batch into groups and modulates the weights (NVIDIA's inference
+    path); fused=False scales the activations instead and convolves with the shared weight.
+    Both are the same maths; the second needs no weight-gradient convolution to give style
+    gradients, so it is what we use whenever autograd is on (None: decide by that).
     """
     n = x.shape[0]
     out_ch, in_ch, kh, kw = weight.shape
     assert styles.shape == (n, in_ch), (styles.shape, (n, in_ch))
+    if fused is None:
+        fused = not torch.is_grad_enabled()
+    if not fused:
+        dcoefs = None
+        if demodulate:
+            w2 = weight.square().sum(dim=[2, 3])                            # [O, I]
+            dcoefs = (styles.square() @ w2.t() + 1e-8).rsqrt()             # [N, O]
+        x = x * styles.reshape(n, -1, 1, 1)
+        x = conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, padding=padding,
+                            flip_weight=flip_weight)
+        if dcoefs is not None:
+            x = x * dcoefs.reshape(n, -1, 1, 1)
+        return x if noise is None else x + noise
     w = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)          # [N, O, I, k, k]
     if demodulate:
         dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()      # [N, O]
