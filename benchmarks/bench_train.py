@@ -7,7 +7,7 @@ native fp16 safetensors (G alone and G + D) and the time of one CPU drag step
 for feature blocks 4, 5 (64×64, the one we recommend for 128 px) and 6.
 
     python benchmarks/bench_train.py [--presets tiny default128] [--devices cpu cuda]
-                                     [--steps 3] [--threads 0] [--drag-steps 10]
+                                     [--steps 3] [--threads 0] [--drag-steps 10] [--no-train]
 
 Weights are freshly initialised: cost does not depend on them. On a shared 2-core machine
 run it while nothing else is running, otherwise the wall figures only give an upper bound;
@@ -123,6 +123,7 @@ def main() -> None:
                     help="override the batch on CPU (default128's 32 takes a while there)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--drag-steps", type=int, default=10)
+    ap.add_argument("--no-train", action="store_true", help="skip the training throughput part")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -132,7 +133,7 @@ def main() -> None:
 
     print("\ntraining throughput (renderer + G + D + amortised lazy R1)")
     print(f"{'preset':<12} {'device':<6} {'batch':>5} {'s/step':>8} {'kimg/s':>8} {'kimg/h':>8} {'CPU s/step':>10}")
-    for preset in args.presets:
+    for preset in ([] if args.no_train else args.presets):
         for device in devices:
             batch = args.cpu_batch if device == "cpu" else None
             r = bench_training(preset, device, args.steps, batch=batch)

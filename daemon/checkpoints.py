@@ -1222,6 +1222,7 @@ def save_native(path: str | os.PathLike, G: Generator, D: Discriminator | None =
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, 0o644)            # safetensors writes 0600; a model is meant to be shared
         os.replace(tmp, path)
     finally:
         if tmp.exists():

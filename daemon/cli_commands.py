@@ -87,7 +87,7 @@ def add_parsers(sub) -> None:
 
 def _add_drag_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=300, help="step limit (default 300)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-3)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the model's drag_lr, else 2e-3)")
     p.add_argument("--lambda-mask", type=float, default=20.0, help="weight of the fixed-region term")
     p.add_argument("--space", choices=["w", "w+"], default="w+")
     p.add_argument("--tracking", choices=["l1", "l2"], default="l1")

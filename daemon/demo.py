@@ -15,7 +15,7 @@ from .checkpoints import CheckpointError, load_checkpoint
 from .drag import DragConfig, DragSession
 from .image_prep import tensor_to_uint8
 from .model_registry import ModelError, resolve_model
-from .torch_backend import describe_device, pick_device
+from .torch_backend import describe_device, model_drag_lr, pick_device
 
 # Handle → target pairs in fractions of the image side: widen the face at cheek height, an
 # edit that needs the generator to re-synthesise geometry rather than shift pixels.
@@ -44,6 +44,7 @@ def run_demo(output: Path, seed: int = 3, model: str = "default", device: str = 
         w = G.mapping(z, truncation_psi=0.7)[:, 0]
     handles = [(hx * res, hy * res) for (hx, hy), _ in points]
     targets = [(tx * res, ty * res) for _, (tx, ty) in points]
+    lr = lr if lr is not None else model_drag_lr(loaded.info)
     cfg = DragConfig(max_steps=max_steps, lambda_mask=lambda_mask, latent_space=space,
                      tracking_norm=tracking, **({"lr": lr} if lr is not None else {}))
     session = DragSession(G, w, handles, targets, config=cfg)
@@ -58,7 +59,8 @@ def run_demo(output: Path, seed: int = 3, model: str = "default", device: str = 
     _write_panels(output, before, after, handles, targets, final, res)
     dist = last.distances.tolist()
     placeholder = str(loaded.info.get("placeholder", "")).lower() == "true"
-    lines = [f"model {model} ({res}×{res}{', placeholder' if placeholder else ''}) on {describe_device(dev)}",
+    lines = [f"model {model} ({res}×{res}{', placeholder' if placeholder else ''}) on {describe_device(dev)}, "
+             f"lr {cfg.lr:g}, features of block {session.feature_block}",
              f"{last.reason} after {last.step} steps in {seconds:.1f} s ({1000 * seconds / max(1, last.step):.0f} ms/step)",
              "distance to target per handle: " + ", ".join(f"{d:.2f} px" for d in dist),
              f"wrote {output} (left: before, red handles → blue targets; right: after, green = where the handles went)"]

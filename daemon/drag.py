@@ -76,6 +76,14 @@ STOP_REASONS = ("converged", "max_steps", "cancelled")
 MAX_HISTORY = 64
 
 
+def default_feature_block(resolution: int) -> int:
+    """The paper's 6th block (128 px at 512), but never the last, full-resolution one: on models
+    below 256 px that block's features are too local to pull anything (measured on our 64-px
+    model: a 6-px drag stalls at block 5 and converges at block 4)."""
+    n_blocks = int(round(math.log2(resolution))) - 1
+    return max(1, min(6, n_blocks - 1))
+
+
 class DragInputError(ValueError):
     """Input a user can fix (points, mask, settings); raised before any work starts."""
 
@@ -85,7 +93,7 @@ class DragConfig:
     """Settings of a drag. `None` means: derived from the generator / the points."""
     lr: float = 2e-3                        # Adam learning rate (paper: 2e-3 FFHQ/AFHQ/cars, else 1e-3)
     lambda_mask: float = 20.0               # weight of the fixed-region term
-    feature_block: int | None = None        # None → min(6, last block); 1 = the 4×4 block
+    feature_block: int | None = None        # None → min(6, last block − 1); 1 = the 4×4 block
     n_optimized_layers: int | None = None   # None → min(6, num_ws) first rows of W+
     latent_space: str = "w+"                # "w+" or "w"
     tracking_norm: str = "l1"               # "l1" (paper) or "l2" (authors' code)
@@ -365,7 +373,7 @@ class DragSession:
         self.num_ws, self.w_dim = int(generator.num_ws), int(generator.w_dim)
         n_blocks = int(round(math.log2(res))) - 1           # block k is 2^(k+1) square
         if cfg.feature_block is None:
-            block = min(6, n_blocks)
+            block = default_feature_block(res)
         elif isinstance(cfg.feature_block, int) and 1 <= cfg.feature_block <= n_blocks:
             block = cfg.feature_block
         else:

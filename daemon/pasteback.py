@@ -297,8 +297,9 @@ def _subpixel(d0: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=-1)
 
 
-def default_feature_block(G) -> int:
-    """The block whose features are max(R/4, min(R, 128)) px: block 6 (128 px) at 512, the last block for ≤ 128."""
+def correspondence_block(G) -> int:
+    """The block whose features are max(R/4, min(R, 128)) px: block 6 (128 px) at 512, the last block for ≤ 128.
+    Finer than the drag's block: a dense correspondence wants local features."""
     R = G.resolution
     target = max(R // 4, min(R, 128))
     return int(math.log2(target)) - 1
@@ -312,7 +313,7 @@ def generator_correspondence(G, w_rec: torch.Tensor, w_edit: torch.Tensor, block
     max_shift_px: the longest displacement of the edit in generator pixels (e.g. the longest
     handle→target arrow); the search window covers it plus a margin. Default: R/8.
     """
-    k = block or default_feature_block(G)
+    k = block or correspondence_block(G)
     fr = G.synthesize(w_rec, noise_mode="const", stop_after_block=k).features[-1]
     fe = G.synthesize(w_edit, noise_mode="const", stop_after_block=k).features[-1]
     scale = fr.shape[-1] / G.resolution

@@ -59,6 +59,10 @@ class _Model:
     loaded: LoadedModel
     seconds: float
 
+    @property
+    def drag_lr(self) -> float | None:
+        return model_drag_lr(self.loaded.info)
+
 
 @dataclass
 class _Session:
@@ -227,7 +231,7 @@ class TorchBackend(Backend):
                 raise BackendError(ErrorCode.BAD_VALUE, "the selection (movable region) is empty; "
                                    "select the part that may move, or clear the selection to let "
                                    "everything move")
-        cfg = _drag_config(params, geo.scale)
+        cfg = _drag_config(params, geo.scale, s.model.drag_lr)
         gen_mask = None if mask_layer is None else _mask_to_generator(mask_layer, geo)
         try:
             if s.drag is None:
@@ -395,7 +399,16 @@ def _inversion_settings(inv: dict) -> InversionSettings | None:
     return dataclasses.replace(s, **overrides) if overrides else s
 
 
-def _drag_config(params: dict, scale: float) -> DragConfig:
+def model_drag_lr(info: dict) -> float | None:
+    """The model's own default drag learning rate (metadata 'drag_lr'), if it has one."""
+    try:
+        lr = float(info["drag_lr"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return lr if 0 < lr < 1 else None
+
+
+def _drag_config(params: dict, scale: float, model_lr: float | None = None) -> DragConfig:
     """Protocol params (layer pixels) → DragConfig (generator pixels)."""
     kw: dict[str, Any] = dict(lambda_mask=float(params.get("lambda_mask", 20.0)),
                               latent_space=params.get("space", "w+"),
@@ -403,6 +416,8 @@ def _drag_config(params: dict, scale: float) -> DragConfig:
                               max_steps=int(params.get("max_steps", 300)))
     if params.get("lr") is not None:
         kw["lr"] = float(params["lr"])
+    elif model_lr is not None:
+        kw["lr"] = model_lr
     for name in ("r1", "r2"):
         if params.get(name) is not None:
             kw[name] = max(1, int(round(float(params[name]) * scale)))

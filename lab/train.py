@@ -575,8 +575,8 @@ def train(preset: str | TrainConfig = "tiny", kimg: float = 1.0, out: str | Path
 
 
 def export(ckpt: str | Path, out_path: str | Path, with_d: bool = True,
-           dtype: torch.dtype = torch.float16, command: str | None = None,
-           log: Callable[[str], None] = print) -> dict:
+           dtype: torch.dtype = torch.float16, command: str | None = None, note: str | None = None,
+           drag_lr: float | None = None, log: Callable[[str], None] = print) -> dict:
     """Training checkpoint → native dragd safetensors (G_ema [+ D]) with the training facts."""
     from dragd.daemon.checkpoints import save_native
 
@@ -604,6 +604,10 @@ def export(ckpt: str | Path, out_path: str | Path, with_d: bool = True,
         "torch_version": torch.__version__,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    if note:
+        info["notes"] = note
+    if drag_lr is not None:
+        info["drag_lr"] = repr(float(drag_lr))   # the daemon's default Adam lr for this model
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_native(out_path, G, D, info=info, dtype=dtype)
@@ -679,8 +683,12 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("out")
         ap.add_argument("--no-d", action="store_true", help="export G_ema only")
         ap.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+        ap.add_argument("--note", help="free text stored as metadata 'notes' (e.g. how the run went)")
+        ap.add_argument("--drag-lr", type=float, help="default drag learning rate for this model, stored as "
+                        "metadata 'drag_lr' (the paper's 2e-3 suits 512-px FFHQ; small models want more)")
         args = ap.parse_args(argv[1:])
-        export(args.ckpt, args.out, with_d=not args.no_d, dtype=getattr(torch, args.dtype), command=command)
+        export(args.ckpt, args.out, with_d=not args.no_d, dtype=getattr(torch, args.dtype), command=command,
+               note=args.note, drag_lr=args.drag_lr)
         return
     if argv[:1] == ["samples"]:
         ap = argparse.ArgumentParser(prog="python -m dragd.lab.train samples",

@@ -474,7 +474,7 @@ def test_smoke_on_a_tiny_real_generator(tiny_real):
     hooks = [m.register_forward_hook(lambda *a: torgb.append(1))
              for name, m in G.named_modules() if name.endswith("torgb")]
     s = DragSession(G, w, [[20, 20], [40, 44]], [[30, 24], [36, 40]], lr=0.02)
-    assert s.feature_block == 5 and s.r1 == 1 and s.r2 == 2
+    assert s.feature_block == 4 and s.r1 == 1 and s.r2 == 2
     rs = [s.step() for _ in range(6)]
     assert torgb == []
     assert all(math.isfinite(v) for r in rs for v in r.losses.values())
@@ -500,3 +500,9 @@ def test_split_latent_generator_gives_the_same_drag(tiny_real):
         assert ra.losses["total"] == pytest.approx(rb.losses["total"], rel=1e-4, abs=1e-7)
     assert torch.allclose(a.latent, b.latent, atol=1e-6)
     assert not torch.equal(a.latent, G.to_wplus(w))
+
+
+def test_default_feature_block_is_the_papers_6th_but_never_the_last():
+    from dragd.daemon.drag import default_feature_block
+    # 512 and 1024: block 6 (128 px) as in the paper; smaller models: one block before the last.
+    assert [default_feature_block(r) for r in (1024, 512, 256, 128, 64, 32, 8)] == [6, 6, 6, 5, 4, 3, 1]
