@@ -6,6 +6,8 @@ its landmarks are known exactly, which makes drag accuracy measurable the way th
 face-landmark benchmark measures it.
 
 Everything is batched tensor math (no loops over pixels or images) and runs on any device.
+Small parts (eyes, brows, nose, mouth, ears, neck) are drawn in per-image windows cut out of
+the canvas, which is most of what makes the renderer fast.
 
 Coordinate frames, all with x to the right and y down:
   * image: normalised to [-1, 1] over the whole picture. The pixel with index (i, j) covers
@@ -15,8 +17,8 @@ Coordinate frames, all with x to the right and y down:
     the scale; the head outline spans roughly u in [-0.75, 0.75], v in [-1, 0.95].
   * face: where a pixel lands on the face surface once the yaw is undone. The face is modelled
     as a vertical cylinder of radius R, so a yaw shifts the features sideways and compresses
-    them towards the silhouette, while the silhouette itself stays put. The nose tip sits on a
-    wider cylinder (R + protrusion) so it moves further than the cheeks.
+    them towards the silhouette, while the silhouette itself stays put. The nose stands off
+    the cylinder, so it shifts further (by its depth times sin(yaw)).
 Landmarks are placed in the frame their feature is drawn in and pushed through the same
 (forward) transforms, so they land on the drawn features by construction.
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass, fields
-from functools import partial
+from functools import cached_property, partial
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +53,9 @@ LANDMARK_NAMES = (
 # outline's own shape, so they can be found from the visible jaw alone.
 _JAW_NORMALS = (155.0, 125.0, 90.0, 55.0, 25.0)
 _JAW_SAMPLES = 257
-# Pixels rendered per chunk: small enough that per-pixel maps stay in the CPU cache.
-_CHUNK_PIXELS = 16 * 128 * 128
+# Pixels rendered per chunk: on a CPU small enough that per-pixel maps stay in cache; on
+# a GPU large, so that each op launches once for many images.
+_CHUNK_PIXELS = {"cpu": 16 * 128 * 128, "accelerator": 256 * 128 * 128}
 
 
 # --------------------------------------------------------------------------------------
@@ -298,8 +301,8 @@ def sample_params(seeds, device="cpu") -> PortraitParams:
         hair_part=u(low=-0.3, high=0.3),
         hair_strands=torch.stack([torch.floor(u(low=36, high=64)), u(low=-4.0, high=4.0)], dim=1),
         skin=rng.pick(_SKIN, 0.04),
-        lips=torch.lerp(rng.pick(_SKIN, 0.0), torch.tensor([0.72, 0.28, 0.3], device=device),
-                        u(low=0.3, high=0.6)[:, None]),
+        lips=torch.lerp(rng.pick(_SKIN, 0.0), torch.tensor([0.7, 0.24, 0.27], device=device),
+                        u(low=0.45, high=0.75)[:, None]),
         hair=rng.pick(_HAIR, 0.1),
         iris=rng.pick(_IRIS, 0.1),
         clothes=_hsv(u(), u(low=0.15, high=0.8), u(low=0.2, high=0.85)),
@@ -355,6 +358,12 @@ def _face_to_head(fu: Tensor, p: PortraitParams) -> Tensor:
     shape = (-1,) + (1,) * (fu.dim() - 1)
     yaw, r = p.yaw.view(shape), _yaw_radius(p).view(shape)
     return fu * yaw.cos() + (r * r - fu * fu).clamp(min=0).sqrt() * yaw.sin()
+
+
+def _head_to_face(u: Tensor, p: PortraitParams) -> Tensor:
+    """Inverse yaw, per pixel: head-frame x [B, h, w] -> face-surface x."""
+    r, yaw = _col(_yaw_radius(p)), _col(p.yaw)
+    return u * yaw.cos() - (r * r - u * u).clamp_(min=0).sqrt_() * yaw.sin()
 
 
 def _head_to_image(u: Tensor, v: Tensor, p: PortraitParams) -> tuple[Tensor, Tensor]:
@@ -451,8 +460,9 @@ def landmarks(p: PortraitParams, resolution: int = 128) -> Tensor:
     """[B, L, 2] landmark positions in pixels (pixel centres at integer + 0.5)."""
     jaw_u, jaw_v = _jaw_points(p)
 
-    face = _reorder_for_side(_eye_brow_points(p, -1.0), -1.0) \
-        + _reorder_for_side(_eye_brow_points(p, 1.0), 1.0)
+    left = _reorder_for_side(_eye_brow_points(p, -1.0), -1.0)
+    right = _reorder_for_side(_eye_brow_points(p, 1.0), 1.0)
+    face = left[:3] + right[:3] + left[3:] + right[3:]            # brows, then eyes
     zero = torch.zeros_like(p.nose_y)
     shift = _nose_shift(p)
     face += [torch.stack([shift, p.nose_y], -1),
@@ -565,11 +575,10 @@ class _Frame:
         self.ppu = _col(p.scale) * (res / 2)         # pixels per head unit
         self.p = p
 
-    @property
+    @cached_property
     def fu(self) -> Tensor:
-        """Face-surface x: the yaw undone on the cylinder (inverse of _face_to_head)."""
-        r, yaw = _col(_yaw_radius(self.p)), _col(self.p.yaw)
-        return self.u * yaw.cos() - (r * r - self.u * self.u).clamp_(min=0).sqrt_() * yaw.sin()
+        """Face-surface x of every pixel."""
+        return _head_to_face(self.u, self.p)
 
 
 class _Canvas:
@@ -916,7 +925,8 @@ def render(p: PortraitParams, resolution: int = 128) -> tuple[Tensor, Tensor]:
     The batch is drawn in chunks so the per-pixel maps stay in cache; the windows are
     sized once for the whole batch (a window only has to hold its part: its size never
     changes a pixel)."""
-    chunk = max(1, _CHUNK_PIXELS // (resolution * resolution))
+    budget = _CHUNK_PIXELS["cpu" if p.scale.device.type == "cpu" else "accelerator"]
+    chunk = max(1, budget // (resolution * resolution))
     images = p.scale.new_empty(p.batch_size, 3, resolution, resolution)
     with torch.no_grad():
         wins = _windows(p, resolution)
@@ -930,3 +940,51 @@ def render(p: PortraitParams, resolution: int = 128) -> tuple[Tensor, Tensor]:
 def render_seeds(seeds, resolution: int = 128, device="cpu") -> tuple[Tensor, Tensor]:
     """sample_params + render: one portrait per seed."""
     return render(sample_params(seeds, device), resolution)
+
+
+# --------------------------------------------------------------------------------------
+# Sample grid
+# --------------------------------------------------------------------------------------
+
+_GROUP_COLOURS = {"jaw": (255, 210, 0), "chi": (255, 210, 0), "bro": (0, 200, 255),
+                  "eye": (0, 255, 80), "pup": (255, 40, 40), "nos": (255, 120, 255),
+                  "mou": (255, 255, 255), "lip": (255, 255, 255)}
+
+
+def save_grid(path: str, seeds=range(32), resolution: int = 128, columns: int = 8, zoom: int = 1):
+    """A PNG of renders in rows, each row followed by the same portraits with their
+    landmarks drawn (upscaled by `zoom` so the marks are visible)."""
+    from PIL import Image, ImageDraw
+
+    images, marks = render_seeds(list(seeds), resolution)
+    pixels = ((images + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    size = resolution * zoom
+    rows = math.ceil(len(pixels) / columns)
+    grid = Image.new("RGB", (columns * size, 2 * rows * size))
+    for k, (picture, points) in enumerate(zip(pixels, marks.tolist())):
+        face = Image.fromarray(picture).resize((size, size), Image.LANCZOS)
+        x0, y0 = (k % columns) * size, (k // columns) * 2 * size
+        grid.paste(face, (x0, y0))
+        draw = ImageDraw.Draw(face)
+        for name, (x, y) in zip(LANDMARK_NAMES, points):
+            x, y = x * zoom, y * zoom
+            draw.ellipse([x - 1, y - 1, x + 1, y + 1], fill=_GROUP_COLOURS[name[:3]])
+        grid.paste(face, (x0, y0 + size))
+    grid.save(path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Procedural portraits: save a sample grid.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    grid = sub.add_parser("grid", help="renders and their landmarks as one PNG")
+    grid.add_argument("--out", default="docs/portraits_grid.png")
+    grid.add_argument("--first-seed", type=int, default=0)
+    grid.add_argument("--count", type=int, default=32)
+    grid.add_argument("--resolution", type=int, default=128)
+    args = ap.parse_args(argv)
+    save_grid(args.out, range(args.first_seed, args.first_seed + args.count), args.resolution)
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
