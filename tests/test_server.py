@@ -384,9 +384,11 @@ def test_busy_when_queue_full(backend):
     cfg = ServerConfig(endpoint="tcp://127.0.0.1:0", limits=Limits(max_queue=2))
     with Server(backend, cfg) as srv, Client(srv.endpoint, timeout=3) as c:
         s = c.open_session(make_image(16, 16, 4))
-        jobs = [c.start_drag(s, [((1, 1), (15, 15))], max_steps=30) for _ in range(4)]
+        # Each job runs ≥ 10 s, so the first cannot finish (and free the queue) before the
+        # fourth request is read, however loaded the machine is.
+        jobs = [c.start_drag(s, [((1, 1), (15, 15))], max_steps=200) for _ in range(4)]
         t0 = time.monotonic()
-        while not jobs[3].done and time.monotonic() - t0 < 3:
+        while not jobs[3].done and time.monotonic() - t0 < 10:
             c.poll(20)
         assert jobs[3].error is not None and jobs[3].error.code == "busy"
         for j in jobs[:3]:
