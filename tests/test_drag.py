@@ -166,15 +166,6 @@ def test_mask_term_equals_resize_definition_when_change_keeps_sign():
 # ------------------------------------------------------------------ the session on the toy
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These tensors are tiny: extra threads only cost time on a shared machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def toy():
     return ToyBlobGenerator(resolution=64)

@@ -17,14 +17,6 @@ from dragd.daemon.inversion_cache import InversionCache, cache_key, invert_cache
 from dragd.daemon.stylegan2 import Discriminator, Generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a shared 2-core machine, 2 intra-op threads spin against each other (measured: up to
-    # 30× slower per step under load); a single thread is fastest for these tiny networks.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def small_generator(res: int, seed: int = 0) -> Generator:

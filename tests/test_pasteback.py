@@ -8,12 +8,6 @@ from dragd.daemon import pasteback as pb
 from dragd.daemon.image_prep import LayerError, prepare_target
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def random_layer(h, w, c=3, seed=0):

@@ -14,16 +14,6 @@ NAMES = P.LANDMARK_NAMES
 IDX = {n: i for i, n in enumerate(NAMES)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The renderer is many small elementwise ops: on two shared cores a second thread
-    mostly waits at barriers, so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def luminance(images: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] in [-1, 1] -> [B, H, W] in [0, 1]."""
     rgb = (images + 1) / 2

@@ -14,16 +14,6 @@ from dragd.daemon.stylegan2 import Generator
 from dragd.lab import train as T
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions gain nothing from a second thread and suffer badly when the two
-    cores are shared with other work, so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def standin_render(seeds, resolution=32, device="cpu"):
     """A coloured disc with two dark dots on a coloured background, one image per seed."""
     images = []
