@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,6 @@ class _Session:
     mask: np.ndarray | None = None     # layer-size float32 in [0, 1], of the last drag
     paste: str = "resample"            # paste-back mode of the last drag
     max_shift: float = 0.0             # longest arrow of the last drag, generator px
-    results: list[int] = field(default_factory=list)
 
     @property
     def geometry(self) -> CropGeometry:
