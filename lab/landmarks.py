@@ -48,7 +48,7 @@ class DetectorConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
-    steps: int = 4000
+    steps: int = 8000
     batch: int = 32
     lr: float = 2e-3
     warmup: int = 100
