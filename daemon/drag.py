@@ -53,6 +53,14 @@ their styles and skips the weight-gradient work of their modulated convolutions 
 of the step for StyleGAN2 at 512 px on CPU, see benchmarks/bench_drag.py). With one W+ tensor
 every row formally requires grad and that work is done and discarded.
 
+Feature windows (optional generator capability, `supports_feature_windows = True`): a step
+reads the features only near the handles (the tracking square, then the motion disc around
+where tracking lands), so when no mask term needs the whole map the generator is asked for
+just those windows, `feature_windows(w, block, centres, half)`: it runs the early blocks whole
+and the last ones on one crop per handle, with the same values as the whole map up to float
+summation order. This removes most of the work of the two largest blocks the step runs (see
+benchmarks/bench_drag.py); `DragConfig(windows=False)` turns it off.
+
 Coordinates are image pixels (x, y) with pixel (i, j) centred on (x=j, y=i), i.e. array
 indices; anything in −0.5…res−0.5 lies on the image.
 """
@@ -66,6 +74,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .stylegan2 import FeatureWindows
 
 __all__ = ["DragConfig", "DragInputError", "DragSession", "DragSnapshot", "StepResult",
            "motion_loss", "sample_features", "track_points"]
@@ -101,6 +111,8 @@ class DragConfig:
     r1: int | None = None                   # None → max(1, round(3/512·res))
     r2: int | None = None                   # None → max(1, round(12/512·res))
     stop_distance: float | None = None      # None → (1 px if ≤5 handles else 2 px)·res/512, ≥1
+    windows: bool = True                    # compute features only around the handles when no
+                                            # mask term needs the whole map (generator permitting)
 
 
 @dataclass(frozen=True)
@@ -133,22 +145,25 @@ class DragSnapshot:
 # Pure building blocks (unit-tested on hand-built feature maps).
 
 
-def _pixel_grid(xy: torch.Tensor, res: int) -> torch.Tensor:
-    """Integer image pixels → grid_sample coordinates at any feature resolution.
+def _sample_pixels(feat, xy: torch.Tensor, res: int) -> torch.Tensor:
+    """Integer image pixels xy [..., 2] inside the image → features [..., C].
 
-    With align_corners=False, image pixel x of a res-wide resize of an h-wide map reads source
-    position (x + 0.5)·h/res − 0.5, whose normalised coordinate is 2(x + 0.5)/res − 1 for
-    every h. Border padding reproduces the resize's clamping at both ends.
+    feat: the whole map [1, C, h, w], or FeatureWindows (then xy's leading dimension indexes
+    the windows: row i reads window i). Image pixel x of a res-wide resize of an h-wide map
+    (align_corners=False) reads map position (x + 0.5)·h/res − 0.5, clamped to the map as the
+    resize clamps; that position is sampled bilinearly.
     """
-    return (xy + 0.5) * (2.0 / res) - 1.0
-
-
-def _sample_pixels(feat: torch.Tensor, xy: torch.Tensor, res: int) -> torch.Tensor:
-    """feat [1, C, h, w]; xy [..., 2] integer-valued pixels inside the image → [..., C]."""
-    lead = xy.shape[:-1]
-    grid = _pixel_grid(xy.reshape(1, 1, -1, 2).to(feat.dtype), res)
-    out = F.grid_sample(feat, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out[0, :, 0].t().reshape(*lead, feat.shape[1])
+    windowed = isinstance(feat, FeatureWindows)
+    data = feat.data if windowed else feat
+    full = feat.full_size if windowed else data.shape[-1]
+    assert data.shape[-1] == data.shape[-2] and (windowed or data.shape[0] == 1), tuple(data.shape)
+    pos = ((xy.to(data.dtype) + 0.5) * (full / res) - 0.5).clamp(0, full - 1)
+    if windowed:
+        pos = pos - feat.origins.to(pos).reshape(-1, *[1] * (pos.ndim - 2), 2)
+    grid = pos * (2 / max(data.shape[-1] - 1, 1)) - 1
+    out = F.grid_sample(data, grid.reshape(data.shape[0], 1, -1, 2), mode="bilinear",
+                        padding_mode="border", align_corners=True)            # [B, C, 1, K]
+    return out[:, :, 0].transpose(1, 2).reshape(*xy.shape[:-1], data.shape[1])
 
 
 def sample_features(feat: torch.Tensor, xy: torch.Tensor, res: int) -> torch.Tensor:
@@ -165,11 +180,11 @@ def sample_features(feat: torch.Tensor, xy: torch.Tensor, res: int) -> torch.Ten
     x0, y0 = base[..., 0], base[..., 1]
     x1, y1 = (x0 + 1).clamp(max=res - 1), (y0 + 1).clamp(max=res - 1)
     corners = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1),
-                           torch.stack([x0, y1], -1), torch.stack([x1, y1], -1)])
-    vals = _sample_pixels(feat, corners, res)                     # [4, ..., C]
+                           torch.stack([x0, y1], -1), torch.stack([x1, y1], -1)], dim=-2)
+    vals = _sample_pixels(feat, corners, res)                     # [..., 4, C]
     fx, fy = frac[..., 0:1], frac[..., 1:2]
-    return ((1 - fx) * (1 - fy) * vals[0] + fx * (1 - fy) * vals[1]
-            + (1 - fx) * fy * vals[2] + fx * fy * vals[3])
+    return ((1 - fx) * (1 - fy) * vals[..., 0, :] + fx * (1 - fy) * vals[..., 1, :]
+            + (1 - fx) * fy * vals[..., 2, :] + fx * fy * vals[..., 3, :])
 
 
 @functools.lru_cache(maxsize=32)
@@ -342,8 +357,9 @@ def _check_config(cfg: DragConfig) -> None:
 class DragSession:
     """One image being dragged: generator + latent + points (+ mask), stepped on demand.
 
-    generator: anything with `resolution`, `num_ws`, `w_dim` and
-        `synthesize(w, noise_mode, stop_after_block, render) -> SynthesisOutput`.
+    generator: anything with `resolution`, `num_ws`, `w_dim`, `block_resolution(k)` and
+        `synthesize(w, noise_mode, stop_after_block, render) -> SynthesisOutput`; optionally
+        split latents and `feature_windows` (see the module docstring).
     latent: w [1, w_dim] / [w_dim] or W+ [1, num_ws, w_dim], on the generator's device or not.
     handles, targets: P (x, y) pairs (list, array or [P, 2] tensor) in image pixels.
     mask: None or [res, res] with 1 = may move: bool, float in [0, 1] (soft), or uint8
@@ -427,10 +443,13 @@ class DragSession:
         """One generator pass to the feature block: track, check stop, then (unless done) one
         Adam update. Never renders the image."""
         head, tail = self._split_ws()
-        if getattr(self.generator, "supports_split_latent", False):
-            feat = self._features((head, tail), grad=True)
+        ws = (head, tail) if getattr(self.generator, "supports_split_latent", False) \
+            else torch.cat([head, tail], dim=1)
+        if self._windowed():
+            with torch.enable_grad():
+                feat = self.generator.feature_windows(ws, self.feature_block, *self._window_boxes())
         else:
-            feat = self._features(torch.cat([head, tail], dim=1), grad=True)
+            feat = self._features(ws, grad=True)
         stats, total = self._measure(feat)
         self._last_ws = torch.cat([head, tail], dim=1).detach()
         handles, dist, losses = stats
@@ -556,6 +575,7 @@ class DragSession:
         self._delta = torch.zeros(1, rows, self.w_dim, device=self.device, requires_grad=True)
         self._optim = torch.optim.Adam([self._delta], lr=cfg.lr)
         self._handles = handles.to(self.device, torch.float32)
+        self._handles_host = handles.detach().to("cpu", torch.float32)
         self._targets = targets.to(self.device, torch.float32)
         p = self._handles.shape[0]
         if cfg.stop_distance is not None:
@@ -583,7 +603,23 @@ class DragSession:
                                     render=False)
         return out.features[self.feature_block - 1]
 
-    def _measure(self, feat: torch.Tensor):
+    def _windowed(self) -> bool:
+        """Whether this step can read the features in windows: nothing but the handles'
+        neighbourhoods is read unless the mask term is on."""
+        return (self.config.windows and getattr(self.generator, "supports_feature_windows", False)
+                and (self._mask_w is None or self.config.lambda_mask == 0))
+
+    def _window_boxes(self) -> tuple[list[tuple[int, int]], int]:
+        """(centres, half) at the feature block's resolution covering what a step reads around
+        each handle: the tracking square (±r2 around the rounded handle), then the motion disc
+        (±r1) around wherever tracking lands, shifted by ≤1 px, plus bilinear neighbours."""
+        scale = self.generator.block_resolution(self.feature_block) / self.res
+        half = math.ceil((self.r2 + self.r1 + 2) * scale) + 1
+        centres = [(math.floor((round(x) + 0.5) * scale), math.floor((round(y) + 0.5) * scale))
+                   for x, y in self._handles_host.tolist()]
+        return centres, half
+
+    def _measure(self, feat):
         """Track (if the latent moved), distances, losses; one host transfer."""
         if self._moved:
             with torch.no_grad():
@@ -602,6 +638,7 @@ class DragSession:
         packed = torch.cat([self._handles.reshape(-1), dist,
                             torch.stack([motion, mask, total]).detach()]).float().cpu()
         handles = packed[:2 * p].reshape(p, 2)
+        self._handles_host = handles
         distances = packed[2 * p:3 * p]
         m, k, tot = packed[3 * p:].tolist()
         return (handles, distances, {"motion": m, "mask": k, "total": tot}), total

@@ -6,8 +6,10 @@ from a real checkpoint loads with `strict=True`; the math and its order follow t
 same reference so a real checkpoint reproduces NVIDIA's images.
 
 What is added over the reference: the synthesis can stop after block k and return
-only the feature maps (the drag loop needs block 6 and nothing after it), and the
-whole network always runs in fp32 (fp16-trained layers are numerically fine in fp32).
+only the feature maps (the drag loop needs block 6 and nothing after it); it can compute
+block k's features only in small windows (`feature_windows`: the drag loop reads a few
+pixels around each handle); and the whole network always runs in fp32 (fp16-trained layers
+are numerically fine in fp32).
 """
 from __future__ import annotations
 
@@ -23,6 +25,12 @@ from .ops import (LRELU_GAIN, bias_act, conv2d_resample, modulated_conv2d,
                   normalize_2nd_moment, setup_filter, upsample2d)
 
 NOISE_MODES = ("const", "random", "none")
+
+# Pixels at each edge of a synthesis block's output that depend on input outside the window
+# the block was given (up-sampling transposed 3×3 conv + 4-tap FIR, then a 3×3 conv): 3.
+# After n windowed blocks: 3·(2^n − 1). tests/test_feature_windows.py checks that 3 suffices
+# and 2 does not.
+WINDOW_BLOCK_MARGIN = 3
 
 
 @dataclass(frozen=True)
@@ -148,14 +156,21 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros([out_channels]))
         self.register_buffer("resample_filter", setup_filter(), persistent=False)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const",
+                windows: list[tuple[int, int]] | None = None) -> torch.Tensor:
+        """windows: x is a batch of crops of the full input; windows[i] is the (x, y) origin of
+        crop i's output in the full output map (only with const or no noise)."""
         styles = self.affine(w)
         noise = None
         if noise_mode == "random":
+            assert windows is None, "random noise cannot be windowed"
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution],
                                 device=x.device) * self.noise_strength
         elif noise_mode == "const":
             noise = self.noise_const * self.noise_strength
+            if windows is not None:
+                size = x.shape[-1] * self.up
+                noise = torch.stack([noise[oy:oy + size, ox:ox + size] for ox, oy in windows])[:, None]
         x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
                              resample_filter=self.resample_filter, flip_weight=(self.up == 1))
         return bias_act(x, self.bias, act="lrelu", gain=LRELU_GAIN, clamp=self.conv_clamp)
@@ -196,20 +211,49 @@ class SynthesisBlock(nn.Module):
         self.register_buffer("resample_filter", setup_filter(), persistent=False)
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
-                noise_mode: str = "const", render: bool = True):
-        """ws: [N, num_conv + 1, w_dim] (the last row feeds toRGB). Returns (x, img)."""
+                noise_mode: str = "const", render: bool = True,
+                windows: list[tuple[int, int]] | None = None):
+        """ws: [N, num_conv + 1, w_dim] (the last row feeds toRGB). Returns (x, img).
+
+        windows: x holds N crops of the previous block's output and windows[i] is the (x, y)
+        origin of crop i's output at this block's resolution (twice the input crop's origin);
+        the outer WINDOW_BLOCK_MARGIN pixels of each output crop are not those of the full map,
+        except along the map's own border."""
         if self.in_channels == 0:
+            assert windows is None, "the first block has no input to window"
             x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
             x = self.conv1(x, ws[:, 0], noise_mode)
         else:
-            x = self.conv0(x, ws[:, 0], noise_mode)
-            x = self.conv1(x, ws[:, 1], noise_mode)
+            x = self.conv0(x, ws[:, 0], noise_mode, windows)
+            x = self.conv1(x, ws[:, 1], noise_mode, windows)
         if render:
             if img is not None:
                 img = upsample2d(img, self.resample_filter)
             y = self.torgb(x, ws[:, self.num_conv])
             img = y if img is None else img + y
         return x, img
+
+
+@dataclass
+class FeatureWindows:
+    """Square windows of one block's feature map, one per requested centre.
+
+    Inside the box each window was asked to cover, the values are the full map's (up to float
+    summation order); outside it they may not be."""
+    data: torch.Tensor        # [P, C, S, S]
+    origins: torch.Tensor     # [P, 2] int64 (x, y) of each window's top-left pixel in the full map
+    full_size: int            # side of the full map
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.data.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    def detach(self) -> "FeatureWindows":
+        return FeatureWindows(self.data.detach(), self.origins, self.full_size)
 
 
 @dataclass
@@ -264,6 +308,77 @@ class SynthesisNetwork(nn.Module):
             w_idx += block.num_conv
         return SynthesisOutput(image=img, features=features)
 
+    def feature_windows(self, ws, block: int, centres: list[tuple[int, int]], half: int,
+                        noise_mode: str = "const") -> "FeatureWindows | torch.Tensor":
+        """Block `block`'s features [1, C, r, r] in the boxes centre ± half (clipped to the map),
+        computing only what those boxes depend on.
+
+        ws: as `forward`, batch 1. centres: (x, y) pixels at block `block`'s resolution r.
+        Blocks 1…j run whole; windows of block j's output, one per centre, go through blocks
+        j+1…block as a batch. j is chosen by a FLOP estimate; when no j beats the whole map,
+        the whole map [1, C, r, r] is returned instead of FeatureWindows.
+        """
+        if noise_mode == "random":
+            raise ValueError("feature_windows needs noise_mode 'const' or 'none': random noise "
+                             "differs between a window and the full map")
+        n_blocks = len(self.block_resolutions)
+        if not 1 <= block <= n_blocks:
+            raise ValueError(f"block must be in 1…{n_blocks}, got {block}")
+        j, size = self._window_plan(block, half, len(centres))
+        out = self.forward(ws, noise_mode=noise_mode, stop_after_block=j, render=False)
+        x = out.features[-1]
+        assert x.shape[0] == 1, f"feature_windows takes one latent, got a batch of {x.shape[0]}"
+        if j == block:
+            return x
+        head, tail = ws if isinstance(ws, tuple) else (ws, ws[:, :0])
+        head, tail = head.to(torch.float32), tail.to(torch.float32)
+        scale = 2 ** (block - j)
+        margin = WINDOW_BLOCK_MARGIN * (scale - 1)
+        res_j = self.block_resolutions[j - 1]
+
+        def origin(c: int) -> int:
+            return min(max((c - half - margin) // scale, 0), res_j - size)
+
+        windows = [(origin(cx), origin(cy)) for cx, cy in centres]
+        x = torch.stack([x[0, :, oy:oy + size, ox:ox + size] for ox, oy in windows])  # [P, C, S, S]
+        w_idx = sum(getattr(self, f"b{r}").num_conv for r in self.block_resolutions[:j])
+        for res in self.block_resolutions[j:block]:
+            blk = getattr(self, f"b{res}")
+            windows = [(2 * ox, 2 * oy) for ox, oy in windows]
+            block_ws = _rows(head, tail, w_idx, blk.num_conv + 1).expand(len(windows), -1, -1)
+            x, _ = blk(x, None, block_ws, noise_mode=noise_mode, render=False, windows=windows)
+            w_idx += blk.num_conv
+        res_k, side = self.block_resolutions[block - 1], x.shape[-1]
+        for (ox, oy), (cx, cy) in zip(windows, centres):
+            for o, c in ((ox, cx), (oy, cy)):
+                lo = o + (margin if o > 0 else 0)
+                hi = o + side - 1 - (margin if o + side < res_k else 0)
+                assert lo <= max(c - half, 0) and min(c + half, res_k - 1) <= hi, \
+                    f"window at {o} (size {side}) does not cover {c} ± {half}"
+        return FeatureWindows(x, torch.tensor(windows, dtype=torch.int64), res_k)
+
+    def _window_plan(self, block: int, half: int, count: int) -> tuple[int, int]:
+        """(j, S): crop S-square windows from block j's output; (block, 0): no windows."""
+
+        def cost(k: int, side: int) -> float:          # multiply-adds of block k on a side² output
+            c_out = self.cfg.channels(self.block_resolutions[k - 1])
+            c_in = self.cfg.channels(self.block_resolutions[k - 2]) if k > 1 else 0
+            return side * side * (c_in * c_out / 4 + c_out * c_out)
+
+        res = self.block_resolutions
+        best = (sum(cost(k, res[k - 1]) for k in range(1, block + 1)), block, 0)
+        for j in range(1, block):
+            scale = 2 ** (block - j)
+            margin = WINDOW_BLOCK_MARGIN * (scale - 1)
+            # covers 2·half+1 plus the margin on both sides, whatever the rounding of the origin
+            size = -(-(2 * half + 1 + 2 * margin + scale - 1) // scale)
+            if size >= res[j - 1]:
+                continue
+            total = sum(cost(k, res[k - 1]) for k in range(1, j + 1)) + count * sum(
+                cost(k, size * 2 ** (k - j)) for k in range(j + 1, block + 1))
+            best = min(best, (total, j, size))
+        return best[1], best[2]
+
 
 def _rows(head: torch.Tensor, tail: torch.Tensor, start: int, count: int) -> torch.Tensor:
     """Rows start…start+count of cat([head, tail], 1) without building the concatenation."""
@@ -283,6 +398,7 @@ class Generator(nn.Module):
     """
 
     supports_split_latent = True      # synthesize() accepts (head, tail); see SynthesisNetwork
+    supports_feature_windows = True   # feature_windows(); see dragd.daemon.drag
 
     def __init__(self, cfg: GeneratorConfig | None = None, **overrides):
         super().__init__()
@@ -321,6 +437,12 @@ class Generator(nn.Module):
         ws = w if isinstance(w, tuple) else self.to_wplus(w)
         return self.synthesis(ws, noise_mode=noise_mode,
                               stop_after_block=stop_after_block, render=render)
+
+    def feature_windows(self, w, block: int, centres: list[tuple[int, int]], half: int,
+                        noise_mode: str = "const") -> "FeatureWindows | torch.Tensor":
+        """w: [1, w_dim], W+ [1, num_ws, w_dim] or a split W+; see SynthesisNetwork.feature_windows."""
+        ws = w if isinstance(w, tuple) else self.to_wplus(w)
+        return self.synthesis.feature_windows(ws, block, centres, half, noise_mode=noise_mode)
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
                 noise_mode: str = "const") -> torch.Tensor:
