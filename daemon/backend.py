@@ -151,7 +151,7 @@ class Backend:
         present, defaults filled): max_steps int, lr float | None (None: model
         default), lambda_mask float, space "w" | "w+", tracking "l1" | "l2",
         preview_every int (0 = no previews), preview_max_size int, r1 float | None,
-        r2 float | None, stop_distance float | None.
+        r2 float | None, stop_distance float | None, stall_steps int (0 = never).
 
         Returns ``{"image": Image (full layer size, the session's channels),
         "handles": [[x, y], ...], "steps": int, "stop": "converged" | "max_steps" |

@@ -82,7 +82,7 @@ __all__ = ["DragConfig", "DragInputError", "DragSession", "DragSnapshot", "StepR
 
 LATENT_SPACES = ("w", "w+")
 TRACKING_NORMS = ("l1", "l2")
-STOP_REASONS = ("converged", "max_steps", "cancelled")
+STOP_REASONS = ("converged", "max_steps", "cancelled", "stalled")
 MAX_HISTORY = 64
 
 
@@ -111,6 +111,10 @@ class DragConfig:
     r1: int | None = None                   # None → max(1, round(3/512·res))
     r2: int | None = None                   # None → max(1, round(12/512·res))
     stop_distance: float | None = None      # None → (1 px if ≤5 handles else 2 px)·res/512, ≥1
+    stall_steps: int = 60                   # stop ("stalled") when the summed handle-target
+                                            # distance has not dropped by half the stop distance
+                                            # in this many steps (× 2e-3/lr when lr < 2e-3: a
+                                            # slower drag pauses longer); 0: never
     windows: bool = True                    # compute features only around the handles when no
                                             # mask term needs the whole map (generator permitting)
 
@@ -346,6 +350,8 @@ def _check_config(cfg: DragConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and not (isinstance(v, int) and v >= 1):
             bad(f"{name} must be an integer ≥ 1 (or None for the default), got {v!r}")
+    if not (isinstance(cfg.stall_steps, int) and cfg.stall_steps >= 0):
+        bad(f"stall_steps must be an integer ≥ 0 (0: never stop as stalled), got {cfg.stall_steps!r}")
     sd = cfg.stop_distance
     if sd is not None and not (isinstance(sd, (int, float)) and math.isfinite(sd) and sd > 0):
         bad(f"stop_distance must be > 0 (or None for the default), got {sd!r}")
@@ -453,7 +459,7 @@ class DragSession:
         stats, total = self._measure(feat)
         self._last_ws = torch.cat([head, tail], dim=1).detach()
         handles, dist, losses = stats
-        stop = self._stop_reason(dist)
+        stop = self._stop_reason(dist) or self._stall_reason(dist)
         if stop is None:
             if total.requires_grad:
                 (grad,) = torch.autograd.grad(total, [self._delta])
@@ -586,6 +592,7 @@ class DragSession:
         self._refs = sample_features(self._f0, self._handles, self.res)       # [P, C]
         self._mask_w = None if self._mask is None else _mask_weights(self._mask, self._f0.shape[-2:])
         self._steps_taken = 0
+        self._best_total, self._best_step = math.inf, 0
         self._moved = False
         self._last_ws = self._base
 
@@ -648,6 +655,17 @@ class DragSession:
             return "converged"
         if self._steps_taken >= self.config.max_steps:
             return "max_steps"
+        return None
+
+    def _stall_reason(self, dist: torch.Tensor) -> str | None:
+        """Handles in texture-less regions can stop following the drag (the paper's §4.3); a user
+        waiting for the step limit would gain nothing, so such a drag ends as "stalled"."""
+        total = float(dist.sum())
+        window = self.config.stall_steps * max(1.0, 2e-3 / self.config.lr)
+        if total < self._best_total - 0.5 * self.stop_distance:
+            self._best_total, self._best_step = total, self._steps_taken
+        elif window and self._steps_taken - self._best_step >= window:
+            return "stalled"
         return None
 
     @torch.no_grad()

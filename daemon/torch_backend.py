@@ -261,9 +261,8 @@ class TorchBackend(Backend):
         s.paste = params.get("paste") or "resample"
         s.max_shift = float(np.max(np.linalg.norm(targets - handles, axis=1)))
         image = self._render_layer(s, last.image if last.image is not None else s.drag.render())
-        stop = last.reason if last.reason in ("converged", "max_steps", "cancelled") else "stalled"
         return {"image": image, "handles": to_layer(geo, last.handles.numpy()).tolist(),
-                "steps": last.step, "stop": stop, "distance": float(np.mean(last.distances.numpy())) / geo.scale,
+                "steps": last.step, "stop": last.reason, "distance": float(np.mean(last.distances.numpy())) / geo.scale,
                 "history": len(s.drag.history) - 1, "bytes": s.nbytes(),
                 "info": {"seconds": time.perf_counter() - t0}}
 
@@ -412,7 +411,8 @@ def _drag_config(params: dict, scale: float, model_lr: float | None = None) -> D
     kw: dict[str, Any] = dict(lambda_mask=float(params.get("lambda_mask", 20.0)),
                               latent_space=params.get("space", "w+"),
                               tracking_norm=params.get("tracking", "l1"),
-                              max_steps=int(params.get("max_steps", 300)))
+                              max_steps=int(params.get("max_steps", 300)),
+                              stall_steps=int(params.get("stall_steps", 60)))
     if params.get("lr") is not None:
         kw["lr"] = float(params["lr"])
     elif model_lr is not None:

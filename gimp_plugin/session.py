@@ -315,6 +315,6 @@ class JobModel(BaseJobModel):
             o = self.outcome
             text = "DragGAN: done"
             if o is not None:
-                text = "DragGAN: %s after %d steps" % (o.stop.replace("_", " "), o.steps)
+                text = "DragGAN: " + o.summary()
             return 1.0, text
         return 1.0, "DragGAN: %s" % (self.error or self.phase)

@@ -551,10 +551,7 @@ class JobModel(BaseJobModel):
             o = self.outcome
             text = "Done"
             if o is not None:
-                text = "Done: %s after %d step%s" % (o.stop.replace("_", " "), o.steps,
-                                                    "" if o.steps == 1 else "s")
-                if o.distance is not None:
-                    text += ", %.1f px from the targets" % o.distance
+                text = "Done: " + o.summary()
             return 1.0, text
         if self.phase == "cancelled":
             return 0.0, "Cancelled: %s" % (self.error or "the layer was not changed")

@@ -133,7 +133,9 @@ def run_benchmark(G, detector_net, pairs: int = 20, point_counts=(1, 5, None), m
             handles = lms[a].clamp(0, res - 1)
             idx = _dedupe(handles, idx)
             targets = lms[b].clamp(0, res - 1)[idx]
-            session = DragSession(G, ws[a:a + 1], handles[idx], targets, config=DragConfig(max_steps=max_steps))
+            # the paper's protocol: only the step limit ends a drag (no "stalled" stop)
+            cfg = DragConfig(max_steps=max_steps, stall_steps=0)
+            session = DragSession(G, ws[a:a + 1], handles[idx], targets, config=cfg)
             t0 = time.perf_counter()
             last = None
             for r in session.run(preview_every=track_every):

@@ -23,6 +23,17 @@ class Outcome:
     distance: Optional[float]
     handles: List[List[float]] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """'converged after 5 steps, 0.8 px from the targets', with what to do after a stall."""
+        text = "%s after %d step%s" % (self.stop.replace("_", " "), self.steps,
+                                       "" if self.steps == 1 else "s")
+        if self.distance is not None:
+            text += ", %.1f px from the targets" % self.distance
+        if self.stop == "stalled":
+            text += (" (the handles stopped following: put them on detailed areas, "
+                     "or drag a shorter way and continue)")
+        return text
+
 
 class BaseJobModel:
     """State of one run: ``phase`` goes connecting -> opening -> dragging -> ... Fed with

@@ -688,7 +688,8 @@ class Client:
                    on_event: Optional[Callable[[Event], Any]] = None,
                    **params: Any) -> Job:
         """Non-blocking drag. ``params``: max_steps, lr, lambda_mask, space ("w"/"w+"),
-        tracking ("l1"/"l2"), preview_every, preview_max_size, r1, r2, stop_distance."""
+        tracking ("l1"/"l2"), preview_every, preview_max_size, r1, r2, stop_distance,
+        stall_steps, paste (see docs/PROTOCOL.md)."""
         sid, s = self._sid(session)
         fields: Dict[str, Any] = {"session": sid, "points": normalise_points(points)}
         if params:

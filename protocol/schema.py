@@ -491,6 +491,7 @@ DRAG_PARAMS = Map({
     "r1": opt(Nullable(Float(0.0, 1024.0, lo_open=True)), None),   # None: scaled default
     "r2": opt(Nullable(Float(0.0, 1024.0, lo_open=True)), None),
     "stop_distance": opt(Nullable(Float(0.0, 1e4)), None),
+    "stall_steps": opt(Int(0, 1 << 20), 60),  # 0: run to max_steps even when handles stop moving
     # How the edit goes back into the full-size layer: "resample" scales the generated crop;
     # "detail" warps the original pixels along the generator's own correspondence.
     "paste": opt(Str(choices=("resample", "detail")), "resample"),

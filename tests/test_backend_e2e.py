@@ -136,6 +136,17 @@ def test_cancel_stops_a_running_drag_and_the_session_stays_usable(client):
     assert again["steps"] >= 1
 
 
+def test_a_drag_that_stops_closing_in_ends_as_stalled(client):
+    _, img = layer_image(seed=6)
+    session = client.open_session(img, invert={"method": "none"})
+    # A one-step stall window: the first step that does not gain half the stop distance ends it.
+    result = client.drag(session, [((10, 10), (40, 30))], max_steps=400, stall_steps=1)
+    assert result["stop"] == "stalled" and 1 <= result["steps"] < 400
+    assert result["distance"] > 1.0
+    again = client.drag(session, [((10, 10), (40, 30))], max_steps=3, stall_steps=0)
+    assert again["stop"] == "max_steps" and again["steps"] == 3
+
+
 def test_unknown_model_is_a_clear_error(client):
     _, img = layer_image(seed=5)
     with pytest.raises(RemoteError) as e:

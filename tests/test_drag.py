@@ -275,6 +275,34 @@ def test_step_limit(toy):
     assert again.done and torch.equal(again.handles, rs[-1].handles)
 
 
+def _far_from_blobs(G, w):
+    """The background pixel farthest from both blobs: the latent does not move it."""
+    c = G.centres(w)[0]
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    d = torch.stack([(xx - c[i, 0]) ** 2 + (yy - c[i, 1]) ** 2 for i in range(2)]).amin(0)
+    y, x = divmod(int(d.argmax()), 64)
+    return [float(x), float(y)]
+
+
+def test_a_handle_that_cannot_move_ends_as_stalled(toy):
+    w = torch.zeros(1, toy.w_dim)
+    h = _far_from_blobs(toy, w)
+    t = [h[0] + (8.0 if h[0] < 32 else -8.0), h[1]]
+    *_, last = DragSession(toy, w, [h], [t], stall_steps=12).run()
+    assert last.reason == "stalled" and last.step == 12
+    assert float(last.distances[0]) > 7                    # it really did not follow
+    *_, last = DragSession(toy, w, [h], [t], stall_steps=0, max_steps=30).run()
+    assert last.reason == "max_steps" and last.step == 30
+
+
+def test_a_slow_drag_that_keeps_closing_in_is_not_stalled(toy):
+    """At lr 1e-3 this drag pauses for up to 31 steps between tracked jumps (measured); the stall
+    window stretches with 2e-3/lr, so 20 becomes 40 and the drag reaches its target."""
+    w, c0, h, t = toy_drag(toy, offset=(12.0, 0.0))
+    *_, last = DragSession(toy, w, [h.tolist()], [t.tolist()], lr=1e-3, stall_steps=20).run()
+    assert last.reason == "converged" and last.step > 100
+
+
 # ------------------------------------------------------------------ run, cancel, previews
 
 
@@ -409,6 +437,7 @@ def _bad_cases(res):
         ("steps", dict(max_steps=0), "max_steps"),
         ("r1", dict(r1=0), "r1"),
         ("stop", dict(stop_distance=-1.0), "stop_distance"),
+        ("stall", dict(stall_steps=-1), "stall_steps"),
         ("unknown", dict(learning_rate=0.1), "unknown"),
         ("latent shape", dict(latent=torch.zeros(1, 3, 8)), "latent must be"),
         ("latent nan", dict(latent=torch.full((1, 8), nan)), "latent contains NaN"),
@@ -416,11 +445,11 @@ def _bad_cases(res):
     ], ok_h, ok_t
 
 
-@pytest.mark.parametrize("case", range(31))
+@pytest.mark.parametrize("case", range(32))
 def test_bad_input_is_refused_before_any_work(case):
     G = ToyBlobGenerator(resolution=64)
     cases, ok_h, ok_t = _bad_cases(64)
-    assert len(cases) == 31
+    assert len(cases) == 32
     name, kw, pattern = cases[case]
     args = dict(latent=torch.zeros(1, G.w_dim), handles=ok_h, targets=ok_t)
     args.update(kw)

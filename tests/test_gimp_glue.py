@@ -770,7 +770,7 @@ def test_runner_success_sends_points_mask_params_and_closes():
     texts = [t for _, t in ui.texts]
     assert texts[0].startswith("DragGAN: connecting")
     assert any("inverting" in t for t in texts) and any("step 2/50" in t for t in texts)
-    assert texts[-1] == "DragGAN: converged after 3 steps"
+    assert texts[-1] == "DragGAN: converged after 3 steps, 0.4 px from the targets"
     assert len(ui.previews) >= 1 and ui.pumps > 0
     assert r.model.phase == "done"
 

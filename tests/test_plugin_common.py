@@ -227,6 +227,14 @@ def test_base_job_model_follows_protocol_events():
     assert o.handles == [] and o.steps == 3
 
 
+def test_outcome_summary_words_each_stop_and_advises_after_a_stall():
+    assert Outcome(None, 1, "converged", 0.4).summary() == "converged after 1 step, 0.4 px from the targets"
+    assert Outcome(None, 300, "max_steps", None).summary() == "max steps after 300 steps"
+    stalled = Outcome(None, 61, "stalled", 12.25).summary()
+    assert stalled.startswith("stalled after 61 steps, 12.2 px from the targets")
+    assert "detailed areas" in stalled
+
+
 def test_errors():
     assert issubclass(Cancelled, UserError) and issubclass(UserError, Exception)
 

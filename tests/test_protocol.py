@@ -86,6 +86,7 @@ def test_defaults_are_filled():
     p = m["params"]
     assert p["max_steps"] == 300 and p["lambda_mask"] == 20.0 and p["space"] == "w+"
     assert p["tracking"] == "l1" and p["preview_every"] == 0 and p["lr"] is None
+    assert p["stall_steps"] == 60
     m = parse_request(encode("open_session", "x", {}, {"image": img()}))
     assert m["invert"]["method"] == "pti" and m["roi"] is None and m["model"] is None
     assert parse_request(encode("undo", "x", {"session": "s"}))["steps"] == 1
@@ -145,6 +146,7 @@ def test_wrong_types_and_bounds():
     assert code_of(raw(hdr("drag", **drag_fields(params={"max_steps": "10"})))) == "bad_message"
     assert code_of(raw(hdr("drag", **drag_fields(params={"max_steps": True})))) == "bad_message"
     assert code_of(raw(hdr("drag", **drag_fields(params={"max_steps": 0})))) == "bad_value"
+    assert code_of(raw(hdr("drag", **drag_fields(params={"stall_steps": -1})))) == "bad_value"
     assert code_of(raw(hdr("drag", **drag_fields(params={"lr": -1.0})))) == "bad_value"
     assert code_of(raw(hdr("drag", **drag_fields(params={"lr": 0.0})))) == "bad_value"
     assert code_of(raw(hdr("drag", **drag_fields(params={"lr": math.nan})))) == "bad_value"
