@@ -239,11 +239,12 @@ class InversionCache:
             return dataclasses.replace(inv, from_cache=True)
 
     def put(self, key: str, inv: Inversion, base: nn.Module, target: torch.Tensor | None = None,
-            weight: torch.Tensor | None = None) -> None:
-        """Store in memory and (if a directory is set) on disk. target/weight enable the fp16 check."""
+            weight: torch.Tensor | None = None, disk: bool = True) -> None:
+        """Store in memory and (if a directory is set and disk) on disk. target/weight enable the
+        fp16 check."""
         with self._lock:
             self._remember(key, inv)
-            path = self.path_for(key)
+            path = self.path_for(key) if disk else None
             if path is None:
                 return
             try:
@@ -278,6 +279,13 @@ def _read_metadata(data: bytes) -> dict:
     return header.get("__metadata__", {}) or {}
 
 
+def inversion_key(model_id: str, content_hash: str, geometry: CropGeometry,
+                  settings: InversionSettings, D: nn.Module | None = None) -> str:
+    """The cache key under which `invert_cached` looks up these pixels with these settings."""
+    return cache_key(model_id, content_hash, geometry, settings,
+                     perc.resolve_backend(settings.perceptual, D))
+
+
 def invert_cached(G: nn.Module, prepared: PreparedTarget, *, model_id: str,
                   cache: InversionCache | None = None, settings: InversionSettings | str | None = None,
                   D: nn.Module | None = None, progress: ProgressFn | None = None,
@@ -291,8 +299,7 @@ def invert_cached(G: nn.Module, prepared: PreparedTarget, *, model_id: str,
         settings = preset("balanced")
     elif isinstance(settings, str):
         settings = preset(settings)
-    backend = perc.resolve_backend(settings.perceptual, D)
-    key = cache_key(model_id, prepared.content_hash, prepared.geometry, settings, backend)
+    key = inversion_key(model_id, prepared.content_hash, prepared.geometry, settings, D)
     if cache is not None:
         hit = cache.get(key, G)
         if hit is not None:

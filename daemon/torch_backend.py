@@ -23,9 +23,10 @@ from . import model_registry
 from .backend import Backend, BackendError, Cancelled, CancelToken
 from .checkpoints import CheckpointError, LoadedModel, load_checkpoint
 from .drag import DragConfig, DragInputError, DragSession
-from .image_prep import CropGeometry, LayerError, PreparedTarget, prepare_target, tensor_to_uint8
-from .inversion import InversionCancelled, InversionSettings, preset
-from .inversion_cache import InversionCache, invert_cached
+from .image_prep import (CropGeometry, LayerError, PreparedTarget, content_hash, prepare_target,
+                         tensor_to_uint8, validate_layer)
+from .inversion import Inversion, InversionCancelled, InversionSettings, preset
+from .inversion_cache import InversionCache, inversion_key, invert_cached
 from .pasteback import generator_correspondence, paste_back
 
 log = logging.getLogger("dragd.backend")
@@ -72,6 +73,7 @@ class _Session:
     generator: torch.nn.Module         # the PTI-tuned private generator (or the base one)
     start_latent: torch.Tensor         # pivot, [1, w_dim] or [1, num_ws, w_dim]
     info: dict
+    inversion: Inversion | None = None  # None: opened without inversion (method "none")
     drag: DragSession | None = None
     mask: np.ndarray | None = None     # layer-size float32 in [0, 1], of the last drag
     paste: str = "resample"            # paste-back mode of the last drag
@@ -193,6 +195,7 @@ class TorchBackend(Backend):
             raise BackendError(ErrorCode.BAD_PIXELS, str(exc)) from None
         inv_settings = _inversion_settings(settings.get("invert") or {})
         t0 = time.perf_counter()
+        inv = None
         if inv_settings is None:                     # method "none": edit the mean face
             generator, latent, info = G, G.mean_w().unsqueeze(0), {"inversion": "none"}
         else:
@@ -208,7 +211,8 @@ class TorchBackend(Backend):
             except InversionCancelled:
                 raise Cancelled(cancel.reason or "cancelled") from None
             generator, latent, info = inv.generator, inv.w, inv.summary()
-        session = _Session(model, layer, prepared, generator, latent, info)
+            info["continues_edit"] = bool(inv.meta.get("continues_edit"))
+        session = _Session(model, layer, prepared, generator, latent, info, inversion=inv)
         with self._lock:
             self._sessions[session_id] = session
         recon = self._render_layer(session, generator.synthesize(latent, noise_mode="const").image)
@@ -261,6 +265,7 @@ class TorchBackend(Backend):
         s.paste = params.get("paste") or "resample"
         s.max_shift = float(np.max(np.linalg.norm(targets - handles, axis=1)))
         image = self._render_layer(s, last.image if last.image is not None else s.drag.render())
+        self._remember_result(s, image)
         return {"image": image, "handles": to_layer(geo, last.handles.numpy()).tolist(),
                 "steps": last.step, "stop": last.reason, "distance": float(np.mean(last.distances.numpy())) / geo.scale,
                 "history": len(s.drag.history) - 1, "bytes": s.nbytes(),
@@ -278,6 +283,7 @@ class TorchBackend(Backend):
                                "back at the image it was opened with") from None
         target = len(s.drag.history) - 1
         image = self._render_layer(s, s.drag.render())
+        self._remember_result(s, image)
         return {"image": image, "history": target,
                 "handles": to_layer(s.geometry, snap.handles.numpy()).tolist(), "bytes": s.nbytes()}
 
@@ -325,6 +331,21 @@ class TorchBackend(Backend):
                                        f"handles {j + 1} ({xj:.0f}, {yj:.0f}) and {i + 1} ({xi:.0f}, {yi:.0f}) "
                                        f"fall on the same pixel of the {res}-px working image; they are a "
                                        f"duplicate: remove one, or move them at least {1 / geo.scale:.0f} px apart")
+
+    def _remember_result(self, s: _Session, image: Image) -> None:
+        """Let a later open_session on exactly these pixels (the host's result layer, same region
+        and inversion settings) continue from this state: no inversion to wait for, and no
+        inversion error piling up edit after edit. In memory only: the entry shares the tuned
+        generator with this session."""
+        inv = s.inversion
+        if inv is None or s.drag is None:
+            return
+        arr = _bytes_to_array(image.data, image.width, image.height, image.channels)
+        key = inversion_key(s.model.model_id, content_hash(validate_layer(arr), s.geometry), s.geometry,
+                            inv.settings, s.model.loaded.D)
+        edited = dataclasses.replace(inv, w=s.drag.latent, space="w+",
+                                     meta={**inv.meta, "cache_key": key, "continues_edit": True})
+        self.cache.put(key, edited, s.model.loaded.G, disk=False)
 
     def _render_layer(self, s: _Session, gen_image: torch.Tensor) -> Image:
         """The generated crop composited into the full-size layer (the session's paste mode)."""

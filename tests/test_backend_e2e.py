@@ -102,6 +102,37 @@ def test_pti_session_is_cached_second_time(client):
     assert second.info["info"]["from_cache"] is True and first.info["info"]["from_cache"] is False
 
 
+def test_opening_a_result_layer_continues_that_edit_without_inverting(client):
+    """The host's next run on the layer a drag produced (same pixels, region and settings)
+    starts from the drag's latent and tuned generator: no inversion, nothing re-fitted."""
+    invert = {"method": "pti", "quality": "fast", "w_steps": 10, "tune_steps": 10}
+    _, img = layer_image(seed=7, channels=3)
+    first = client.open_session(img, invert=invert)
+    dragged = client.drag(first, [((20.0, 20.0), (27.0, 22.0))], max_steps=4, stall_steps=0)
+    result = dragged.images["image"]
+
+    steps = []
+    job = client.start_open_session(result, invert=invert,
+                                    on_event=lambda e: steps.append(e) if e.kind == "progress" else None)
+    client.wait(job, 30)
+    opened = job.get()
+    assert steps == [] and opened["info"]["continues_edit"] is True
+    # What it reopened is what the drag left: rendering it again gives the result's pixels.
+    assert bytes(opened.images["image"].data) == bytes(result.data)
+    # The drag's state carries on: a further drag starts where the first one ended.
+    more = client.drag(job.session, [((27.0, 22.0), (30.0, 22.0))], max_steps=2, stall_steps=0)
+    assert more["steps"] >= 1
+
+    # Other settings, or other pixels, are a fresh inversion.
+    other = client.open_session(result, invert={**invert, "w_steps": 11})
+    assert other.info["info"]["continues_edit"] is False and other.info["info"]["from_cache"] is False
+    changed = bytearray(result.data)
+    changed[0] ^= 0xFF
+    fresh = client.open_session(Image(bytes(changed), result.width, result.height, result.channels),
+                                invert=invert)
+    assert fresh.info["info"]["continues_edit"] is False
+
+
 @pytest.mark.parametrize("points, mask_kind, code, words", [
     ([((47.9, 5), (70, 5))], None, "bad_points", "outside"),
     ([((5, 5), (9, 5))], "empty", "bad_value", "empty"),
