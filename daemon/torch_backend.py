@@ -212,6 +212,8 @@ class TorchBackend(Backend):
                 raise Cancelled(cancel.reason or "cancelled") from None
             generator, latent, info = inv.generator, inv.w, inv.summary()
             info["continues_edit"] = bool(inv.meta.get("continues_edit"))
+            if info["continues_edit"]:
+                log.info("session %s continues an earlier edit of this layer: no inversion", session_id)
         session = _Session(model, layer, prepared, generator, latent, info, inversion=inv)
         with self._lock:
             self._sessions[session_id] = session

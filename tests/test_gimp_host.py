@@ -111,6 +111,7 @@ def build(variant=""):
 
 R = {"calls": []}
 image, art = build()
+kept = None
 mask = bytes(image.get_selection().get_buffer().get(
     Gegl.Rectangle.new(OX, OY, LW, LH), 1.0, "Y u8", Gegl.AbyssPolicy.NONE))
 R["layer"] = {"width": LW, "height": LH, "offsets": [OX, OY]}
@@ -131,7 +132,8 @@ if proc is not None:
         cfg.set_property("run-mode", getattr(Gimp.RunMode,
                                              call.get("run_mode", "NONINTERACTIVE")))
         cfg.set_property("image", image)
-        cfg.set_core_object_array("drawables", [art])
+        source = kept if call.get("on") == "result" else art
+        cfg.set_core_object_array("drawables", [source])
         for k, v in call.get("args", {}).items():
             cfg.set_property(k, v)
         before = [lyr.get_id() for lyr in image.get_layers()]
@@ -161,7 +163,10 @@ if proc is not None:
                         Gegl.AbyssPolicy.CLAMP))
             c["new_layer_ids"] = [i for i in (lyr.get_id() for lyr in image.get_layers())
                                   if i not in before]
-            image.remove_layer(new)          # the next call starts from the same stack
+            if call.get("keep_result"):      # the next call with "on": "result" edits it
+                kept = new
+            else:
+                image.remove_layer(new)      # the next call starts from the same stack
         elif res.length() > 1:
             c["message"] = res.index(1)
         R["calls"].append(c)
@@ -352,12 +357,14 @@ def test_real_daemon_drag_and_daemon_down(running_daemon, home):
     """The whole path with the real `dragd serve` (tiny model, real PTI and drag on the
     CPU): a new layer, the source untouched, one undo group; then the daemon down."""
     down = "tcp://127.0.0.1:%d" % free_port()
+    args = {"daemon": running_daemon.endpoint, "inversion": "fast", "max-steps": 20,
+            "live-preview": True, "time-limit": 300}
     calls = [
-        {"label": "drag", "args": {"daemon": running_daemon.endpoint, "inversion": "fast",
-                                   "max-steps": 20, "live-preview": True,
-                                   "time-limit": 300}},
+        {"label": "drag", "args": args, "keep_result": True},
+        {"label": "again", "args": args, "on": "result"},      # a second drag on its result
         {"label": "down", "args": {"daemon": down}},
     ]
+    log_before = len(running_daemon.log())
     r = run_calls(home, calls, trace=True, timeout=400)
     res = r.result
     assert res["registered"] is True, r.log()
@@ -366,15 +373,21 @@ def test_real_daemon_drag_and_daemon_down(running_daemon, home):
                                 "daemon", "time-limit", "live-preview"]
     assert res["menu_paths"] == ["<Image>/Filters/Generative"]
     assert res["menu_label"] == "_Drag (DragGAN)..."
-    drag, fail = res["calls"]
+    drag, again, fail = res["calls"]
 
     assert drag["status"] == "success", (drag, r.log(), running_daemon.log()[-3000:])
     assert drag["stop"] in ("converged", "max_steps", "stalled") and drag["steps"] <= 20
     changed = check_result_layer(res, drag, min_changed=0.5)   # a GAN's output, not a filter
     assert len(drag["new_layer_ids"]) == 1
 
+    # The second run, on the layer the first one made, continued that edit: the daemon found
+    # GIMP's pixels byte for byte as it returned them and inverted nothing.
+    assert again["status"] == "success", (again, r.log(), running_daemon.log()[-3000:])
+    assert again["stack"] == ["art (dragged) (dragged)", "art (dragged)", "art", "bg"]
+    assert "continues an earlier edit" in running_daemon.log()[log_before:]
+
     procs = plugin_processes(r)
-    assert len(procs) == 1, procs                      # the failing call changed nothing
+    assert len(procs) == 2, procs                      # the failing call changed nothing
     names = check_one_undo_group(procs[0])
     # previews shown in a temporary layer (at layer size here: no scaling), then removed
     assert names.count("Image.insert_layer") >= 2 and "Image.remove_layer" in names, names
@@ -385,11 +398,11 @@ def test_real_daemon_drag_and_daemon_down(running_daemon, home):
     assert "dragd serve" in fail["message"] and down in fail["message"]
     assert fail["last_error"] == fail["message"]
     assert fail["elapsed"] < 9.0, fail["elapsed"]
-    assert fail["stack"] == ["art", "bg"]
+    assert fail["stack"] == ["art (dragged)", "art", "bg"]
     print("\nGIMP batch run %.1f s: real drag call %.1f s (%d steps, %s, %.0f%% of the "
-          "selected pixels changed), daemon-down call %.1f s" % (
+          "selected pixels changed), again on its result %.1f s, daemon-down call %.1f s" % (
               r.elapsed, drag["elapsed"], drag["steps"], drag["stop"], 100 * changed,
-              fail["elapsed"]))
+              again["elapsed"], fail["elapsed"]))
 
 
 def test_request_contents_and_preview_layer(daemon, home):
