@@ -40,6 +40,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_endpoint() -> str:
+    """A loopback endpoint nothing listens on (yet)."""
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
 @dataclass
 class DaemonProcess:
     endpoint: str

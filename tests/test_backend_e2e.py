@@ -5,7 +5,6 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
 from dragd.daemon.checkpoints import load_checkpoint
 from dragd.daemon.drag import DragConfig, DragSession

@@ -17,12 +17,13 @@ from __future__ import annotations
 import base64
 import json
 import random
-import socket
 import time
 
 import pytest
 
+from daemon_fixture import free_port
 from dragd.daemon.plugin_install import install_gimp
+from stub_backend import RecordingBackend, serving
 from hosts.chroot import (GIMP_PLUGIN_DIR, HostResult, ensure_chroot, new_home,
                           run_gimp_script, run_in_chroot)
 
@@ -181,69 +182,15 @@ image.delete()
 # ---------------------------------------------------------------------------
 
 
-def _stub_backend_class():
-    from dragd.daemon.backend import NullBackend
-    from dragd.protocol.schema import Image
-
-    class PaintBackend(NullBackend):
-        """Stand-in daemon backend for the plug-in tests: a drag runs min(max_steps, 6)
-        steps of 0.25 s (240 when max_steps >= 1000), streams progress with an 8x6 preview
-        per step, honours cancel (returning the drag so far) and returns the layer with RGB
-        inverted, so pixels visibly change. Records what it was sent and how it ended."""
-
-        def __init__(self):
-            super().__init__(device="stub", models=("stub",))
-            self.opened, self.drags = [], []
-            self.previews = 0
-
-        def open_session(self, session_id, image, width, height, channels, settings,
-                         progress, cancel):
-            self.opened.append({"width": width, "height": height, "channels": channels,
-                                "invert": settings.get("invert")})
-            for s in range(2):
-                progress({"stage": "invert", "step": s, "total": 2})
-            return super().open_session(session_id, image, width, height, channels,
-                                        settings, progress, cancel)
-
-        def drag(self, session_id, points, mask, params, progress, cancel):
-            img = self._get(session_id)
-            self.drags.append({"points": [[list(h), list(t)] for h, t in points],
-                               "mask": None if mask is None else bytes(mask),
-                               "params": dict(params)})
-            data = bytearray(bytes(img.data))
-            for c in range(3):
-                data[c::img.channels] = bytes(255 - b for b in data[c::img.channels])
-            # max_steps >= 1000: a long drag (up to 60 s) for the cancellation test.
-            n = 240 if params["max_steps"] >= 1000 else min(int(params["max_steps"]), 6)
-            steps = 0
-            for s in range(n):
-                if cancel.cancelled:
-                    break
-                prev = Image(bytes([40 * s % 256, 90, 160, 255]) * 48, 8, 6, 4)
-                progress({"stage": "drag", "step": s, "total": params["max_steps"],
-                          "distance": max(0.0, 6.0 - s)}, {"preview": prev})
-                self.previews += 1
-                steps = s + 1
-                time.sleep(0.25)
-            self.drags[-1].update(ended=time.monotonic(), cancel_reason=cancel.reason)
-            return {"image": Image(bytes(data), img.width, img.height, img.channels),
-                    "handles": [list(t) for _, t in points], "steps": steps,
-                    "stop": "cancelled" if cancel.cancelled else "converged",
-                    "distance": 0.5, "history": 1}
-
-    return PaintBackend
-
-
 @pytest.fixture(scope="module")
 def daemon():
-    """A dragd server on 127.0.0.1 with the stand-in backend. Yields (endpoint, backend)."""
-    from dragd.daemon.server import Server, ServerConfig
-
-    backend = _stub_backend_class()()
-    srv = Server(backend, ServerConfig(endpoint="tcp://127.0.0.1:0",
-                                       shutdown_timeout=3.0)).start()
-    yield srv.endpoint, backend
-    srv.stop()
+    """A dragd server on 127.0.0.1 with the recording stand-in backend: six 0.25-s steps per
+    drag (240 for a long one), an 8x6 preview per step. Yields (endpoint, backend)."""
+    backend = RecordingBackend(models=("stub",), invert_steps=2, invert_wait=0.0, drag_steps=6,
+                               step_wait=0.25, long_drag_steps=240, long_step_wait=0.25,
+                               preview_size=(8, 6))
+    with serving(backend) as endpoint:
+        yield endpoint, backend
 
 
 @pytest.fixture(scope="module")
@@ -260,14 +207,6 @@ def home(chroot_root):
         assert (root / "dragd" / "protocol" / "client.py").is_file()
         assert (root / "dragd" / "gimp_plugin" / "plugin.py").is_file()
         yield h
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def unb64(s):
@@ -427,7 +366,7 @@ def test_request_contents_and_preview_layer(daemon, home):
     assert p["lr"] is None and p["preview_every"] > 0
     assert sent["mask"] == unb64(res["mask"])
     assert backend.opened[-1]["invert"]["quality"] == "fast"
-    assert backend.opened[-1]["channels"] == 4
+    assert backend.opened[-1]["size"][2] == 4
     (proc,) = plugin_processes(r)
     names = check_one_undo_group(proc)
     assert "Layer.scale" in names and "Image.remove_layer" in names, names

@@ -24,7 +24,9 @@ from dragd.krita_plugin.session import (Affine, Arrow, DragSettings, JobModel, L
                                         bgra_to_rgba, composite_through_mask, make_mask,
                                         parse_path_data, parse_transform, rgba_to_bgra,
                                         splice_by_mask, svg_subpaths)
+from daemon_fixture import free_endpoint
 from dragd.protocol import Image
+from stub_backend import RecordingBackend, serving
 
 # What Krita 5.2.9 wrote (144 dpi: one local unit = 0.5 pt = 1 px).
 SVG_LINE = ('<path id="shape0" transform="matrix(0.5 0 0 0.5 10 5)" fill="#000000" '
@@ -638,78 +640,11 @@ def test_preview_layer_is_locked_above_the_source_then_removed():
 # ---------------------------------------------------------------------------
 
 
-def _backend_class():
-    from dragd.daemon.backend import BackendError, NullBackend
-
-    class InvertBackend(NullBackend):
-        """Inversion in 3 progress steps; a drag of ``steps`` steps (0.05 s each, or 0.3 s
-        when max_steps >= 1000), a preview per step, the RGB inverted EVERYWHERE (it
-        ignores the mask: the plug-in must keep unselected pixels itself); honours
-        cancel. Records what it received."""
-
-        def __init__(self):
-            super().__init__(device="test", models=("toy",))
-            self.opened, self.drags = [], []
-
-        def open_session(self, session_id, image, width, height, channels, settings,
-                         progress, cancel):
-            self.opened.append({"size": (width, height, channels),
-                                "invert": settings.get("invert"), "model": settings["model"]})
-            for i in range(3):
-                cancel.check()
-                progress({"stage": "invert", "step": i, "total": 3})
-                cancel.wait(0.05 if settings.get("model") != "slow" else 0.5)
-            return super().open_session(session_id, image, width, height, channels,
-                                        settings, progress, cancel)
-
-        def drag(self, session_id, points, mask, params, progress, cancel):
-            img = self._get(session_id)
-            self.drags.append({"points": [[list(h), list(t)] for h, t in points],
-                               "mask": None if mask is None else bytes(mask),
-                               "params": dict(params)})
-            data = bytearray(bytes(img.data))
-            for c in range(3):
-                data[c::img.channels] = bytes(255 - b for b in data[c::img.channels])
-            long = params["max_steps"] >= 1000
-            n = 100 if long else min(5, params["max_steps"])
-            steps = 0
-            for s in range(n):
-                if cancel.cancelled:
-                    break
-                prev = Image(bytes([40 * s % 256, 90, 160, 255]) * 12, 4, 3, 4)
-                progress({"stage": "drag", "step": s, "total": params["max_steps"],
-                          "distance": 5.0 - s}, {"preview": prev})
-                steps = s + 1
-                cancel.wait(0.3 if long else 0.05)
-            if img.width == 13:
-                raise BackendError("out_of_memory", "too big for the test")
-            return {"image": Image(bytes(data), img.width, img.height, img.channels),
-                    "handles": [list(t) for _, t in points], "steps": steps,
-                    "stop": "cancelled" if cancel.cancelled else "converged",
-                    "distance": 0.5, "history": 1}
-
-    return InvertBackend
-
-
 @pytest.fixture(scope="module")
 def server():
-    from dragd.daemon.server import Server, ServerConfig
-
-    backend = _backend_class()()
-    srv = Server(backend, ServerConfig(endpoint="tcp://127.0.0.1:0",
-                                       shutdown_timeout=3.0)).start()
-    yield srv.endpoint, backend
-    srv.stop()
-
-
-def free_endpoint():
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return "tcp://127.0.0.1:%d" % port
+    backend = RecordingBackend()
+    with serving(backend) as endpoint:
+        yield endpoint, backend
 
 
 def drive(task, timeout=20.0, on_tick=None):

@@ -23,12 +23,13 @@ DRAGD_REQUIRE_HOSTS=1 (then a failure).
 from __future__ import annotations
 
 import base64
-import socket
 import textwrap
 
 import pytest
 
+from daemon_fixture import free_endpoint
 from dragd.daemon.plugin_install import build_krita_zip, install_krita
+from stub_backend import RecordingBackend, serving
 from hosts.chroot import ensure_chroot, new_home, run_krita_gui, run_krita_module
 
 pytestmark = pytest.mark.hosts
@@ -336,24 +337,11 @@ def chroot_root():
 
 @pytest.fixture(scope="module")
 def stub_daemon():
-    """A dragd server on 127.0.0.1 with the recording stand-in backend of
-    test_krita_glue (inverts RGB everywhere, ignoring the mask; previews every step)."""
-    from dragd.daemon.server import Server, ServerConfig
-    from test_krita_glue import _backend_class
-
-    backend = _backend_class()()
-    srv = Server(backend, ServerConfig(endpoint="tcp://127.0.0.1:0",
-                                       shutdown_timeout=3.0)).start()
-    yield srv.endpoint, backend
-    srv.stop()
-
-
-def free_endpoint():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return "tcp://127.0.0.1:%d" % port
+    """A dragd server on 127.0.0.1 with the recording stand-in backend (inverts RGB
+    everywhere, ignoring the mask; previews every step)."""
+    backend = RecordingBackend()
+    with serving(backend) as endpoint:
+        yield endpoint, backend
 
 
 def unb64(s):

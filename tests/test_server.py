@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import msgpack
 import pytest
 import zmq
 
+from daemon_fixture import free_port
 from dragd.daemon import keys as dkeys
 from dragd.daemon.backend import Backend, BackendError, CancelToken, NullBackend
 from dragd.daemon.server import (ConfigError, Server, ServerConfig, SessionTable,
@@ -189,14 +189,6 @@ def client(server):
     c = Client(server.endpoint, timeout=3.0, heartbeat=0.5)
     yield c
     c.close()
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Raw:
