@@ -261,10 +261,13 @@ def __main__(args):
 # Full GUI: press the docker's Run button (main(window, app) runs once the window exists).
 GUI_TEST = SCENE + r'''
 
-def press_run(app, window, docker, label, endpoint, timeout, via_action=False):
-    doc = build(app, label)
-    window.addView(doc)
+def press_run(app, window, docker, label, endpoint, timeout, via_action=False, doc=None):
+    """Run on a fresh document, or again on doc (whose active layer is then the last result)."""
+    if doc is None:
+        doc = build(app, label)
+        window.addView(doc)
     spin(100)
+    press_run.doc = doc
     x0, y0, w, h = ART
     before = b64(node(doc, "art").pixelData(x0, y0, w, h))
     mask = b64(doc.selection().pixelData(x0, y0, w, h))
@@ -316,9 +319,11 @@ def main(window, app):
     wait_until(lambda: d._probe is None, 15)
     R["models"] = [d.model_box.itemText(i) for i in range(d.model_box.count())]
     R["probe_status"] = d.status_label.text()
-    R["runs"] = [press_run(app, window, d, "real", os.environ["DRAGD_ENDPOINT"], 400),
-                 press_run(app, window, d, "down", os.environ["DRAGD_DOWN"], 60,
-                           via_action=True)]
+    real = press_run(app, window, d, "real", os.environ["DRAGD_ENDPOINT"], 400)
+    again = press_run(app, window, d, "again", os.environ["DRAGD_ENDPOINT"], 400,
+                      doc=press_run.doc)
+    R["runs"] = [real, again, press_run(app, window, d, "down", os.environ["DRAGD_DOWN"], 60,
+                                        via_action=True)]
     R["saved_max_steps"] = app.readSetting("dragd", "max_steps", "")
     R["saved_inversion"] = app.readSetting("dragd", "inversion", "")
     return R
@@ -462,6 +467,7 @@ def test_docker_run_button_in_the_krita_gui_with_the_real_daemon(chroot_root, ru
     down = free_endpoint()
     test_file = tmp_path / "krita_gui_drag.py"
     test_file.write_text(GUI_TEST)
+    log_before = len(running_daemon.log())
     with new_home("krita-gui") as home:
         install_krita(home.path(".local/share/krita/pykrita"), home.path(".config/kritarc"))
         r = run_krita_gui(test_file, timeout=600, home=home,
@@ -476,7 +482,7 @@ def test_docker_run_button_in_the_krita_gui_with_the_real_daemon(chroot_root, ru
     assert res["models"][0] == "" and len(res["models"]) >= 2, res   # "" = the loaded model
     assert res["probe_status"].startswith("Daemon at %s" % running_daemon.endpoint)
     assert res["saved_max_steps"] == "20" and res["saved_inversion"] == "fast"
-    real, dead = res["runs"]
+    real, again, dead = res["runs"]
 
     assert real["state"] == "done", (real.get("message"), real.get("statuses"),
                                      running_daemon.log()[-3000:])
@@ -491,15 +497,23 @@ def test_docker_run_button_in_the_krita_gui_with_the_real_daemon(chroot_root, ru
     changed = check_pixels(real, min_changed=0.5)          # a GAN's output, not a filter
     assert real["watch"]["max_gap"] < 2.0, real["watch"]
 
+    # Run again: it drags the layer the first run made (the plug-in made it the active one),
+    # and the daemon, finding Krita's pixels byte for byte as it returned them, continued
+    # that edit instead of inverting.
+    assert again["state"] == "done", (again.get("message"), running_daemon.log()[-3000:])
+    assert again["stack"] == ["bg", "art", "art (dragged)", "art (dragged) (dragged)", "drag"]
+    assert "continues an earlier edit" in running_daemon.log()[log_before:]
+
     assert dead["state"] == "failed" and down in dead["message"]
     assert "dragd serve" in dead["final_status"] and dead["elapsed"] < 9.0
     assert dead["stack"] == ["bg", "art", "drag"] and dead["run_enabled_after"]
     assert dead["watch"]["max_gap"] < 0.5, dead["watch"]
     print("\nKrita GUI %.1f s: Run with the real daemon %.1f s (%s; %.0f%% of the selected "
-          "pixels changed; timings %s; max event-loop gap %.0f ms), daemon down reported "
-          "after %.1f s" % (r.elapsed, real["elapsed"], real["message"], 100 * changed,
-                            {k: round(v, 2) for k, v in real["timings"].items()},
-                            1000 * real["watch"]["max_gap"], dead["elapsed"]))
+          "pixels changed; timings %s; max event-loop gap %.0f ms), again on its result %.1f s, "
+          "daemon down reported after %.1f s" % (
+              r.elapsed, real["elapsed"], real["message"], 100 * changed,
+              {k: round(v, 2) for k, v in real["timings"].items()},
+              1000 * real["watch"]["max_gap"], again["elapsed"], dead["elapsed"]))
 
 
 ZIP_MODULE = r'''
