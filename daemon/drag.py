@@ -49,9 +49,10 @@ Split latents (optional generator capability): a generator with `supports_split_
 receives `w = (head, tail)` in the optimisation pass — head [1, n, w_dim] the optimised rows
 (requiring grad), tail [1, num_ws − n, w_dim] the frozen ones — and must treat it as their
 concatenation. Autograd then knows that layers fed only by frozen rows need no gradient for
-their styles and skips the weight-gradient work of their modulated convolutions (about a third
-of the step for StyleGAN2 at 512 px on CPU, see benchmarks/bench_drag.py). With one W+ tensor
-every row formally requires grad and that work is done and discarded.
+their styles and skips that work. With one W+ tensor every row formally requires grad and the
+work is done and discarded. (It saved about a third of the step while modulated convolutions
+modulated their weights under autograd; since they scale activations instead, bench_drag.py
+shows no difference at 512 px on CPU.)
 
 Feature windows (optional generator capability, `supports_feature_windows = True`): a step
 reads the features only near the handles (the tracking square, then the motion disc around
