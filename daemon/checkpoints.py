@@ -35,6 +35,7 @@ import pickle
 import re
 import struct
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1034,16 +1035,27 @@ def rosinality_generator_config(g: dict, what: str = "rosinality checkpoint") ->
         raise CheckpointError(f"{what}: unsupported generator ({exc})") from None
 
 
+class _WeightReader:
+    """Reads a foreign state dict key by key, remembering what it read, so that a converter can
+    refuse a file with weights it did not use (`unread`)."""
+
+    def __init__(self, weights: dict, missing: Callable[[str], str]):
+        self.weights, self.missing, self.read = weights, missing, set()
+
+    def __call__(self, key: str):
+        if key not in self.weights:
+            raise CheckpointError(self.missing(key))
+        self.read.add(key)
+        return self.weights[key]
+
+    def unread(self) -> list[str]:
+        return sorted(set(self.weights) - self.read)
+
+
 def rosinality_to_ours(g: dict, cfg: GeneratorConfig, latent_avg: torch.Tensor | None = None,
                        what: str = "rosinality checkpoint") -> dict:
     """rosinality `Generator.state_dict()` → our Generator's state dict (strictly: all keys used)."""
-    used: set[str] = set()
-
-    def take(key):
-        if key not in g:
-            raise CheckpointError(f"{what}: {key} is missing")
-        used.add(key)
-        return g[key]
+    take = _WeightReader(g, lambda key: f"{what}: {key} is missing")
 
     sd = {}
     for i in range(cfg.mapping_layers):
@@ -1077,7 +1089,7 @@ def rosinality_to_ours(g: dict, cfg: GeneratorConfig, latent_avg: torch.Tensor |
         up = take(f"to_rgbs.{j}.upsample.kernel")
         _require(_rosinality_kernel_ok(blur, 4) and _rosinality_kernel_ok(up, 4),
                  f"{what}: blur kernel is not [1,3,3,1]")
-    leftover = sorted(set(g) - used)
+    leftover = take.unread()
     if leftover:
         raise CheckpointError(f"{what}: unexpected generator weights {leftover[:4]} (not a StyleGAN2 config-F "
                               "generator?)")
@@ -1086,13 +1098,7 @@ def rosinality_to_ours(g: dict, cfg: GeneratorConfig, latent_avg: torch.Tensor |
 
 def rosinality_discriminator_to_ours(d: dict, resolution: int, what: str = "rosinality checkpoint"
                                      ) -> tuple[DiscriminatorConfig, dict]:
-    used: set[str] = set()
-
-    def take(key):
-        if key not in d:
-            raise CheckpointError(f"{what}: discriminator weight {key} is missing")
-        used.add(key)
-        return d[key]
+    take = _WeightReader(d, lambda key: f"{what}: discriminator weight {key} is missing")
 
     log2 = int(math.log2(resolution))
     channels = {resolution: int(take("convs.0.0.weight").shape[0])}
@@ -1120,7 +1126,7 @@ def rosinality_discriminator_to_ours(d: dict, resolution: int, what: str = "rosi
     sd["b4.fc.bias"] = take("final_linear.0.bias")
     sd["b4.out.weight"] = take("final_linear.1.weight")
     sd["b4.out.bias"] = take("final_linear.1.bias")
-    leftover = sorted(set(d) - used)
+    leftover = take.unread()
     if leftover:
         raise CheckpointError(f"{what}: unexpected discriminator weights {leftover[:4]}")
     return cfg, sd
