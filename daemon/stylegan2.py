@@ -286,7 +286,7 @@ class SynthesisNetwork(nn.Module):
         early no toRGB layer runs at all.
         """
         n_blocks = len(self.block_resolutions)
-        head, tail = ws if isinstance(ws, tuple) else (ws, ws[:, :0])
+        head, tail = _head_tail(ws)
         assert head.ndim == 3 and tail.ndim == 3 and head.shape[1] + tail.shape[1] == self.num_ws \
             and head.shape[2] == tail.shape[2] == self.cfg.w_dim, \
             f"ws must be [N, {self.num_ws}, {self.cfg.w_dim}], got {tuple(head.shape)} + {tuple(tail.shape)}"
@@ -296,7 +296,6 @@ class SynthesisNetwork(nn.Module):
         if not 1 <= last <= n_blocks:
             raise ValueError(f"stop_after_block must be in 1…{n_blocks}, got {stop_after_block}")
         render = render and last == n_blocks
-        head, tail = head.to(torch.float32), tail.to(torch.float32)
         x = img = None
         features = []
         w_idx = 0
@@ -330,10 +329,9 @@ class SynthesisNetwork(nn.Module):
         assert x.shape[0] == 1, f"feature_windows takes one latent, got a batch of {x.shape[0]}"
         if j == block:
             return x
-        head, tail = ws if isinstance(ws, tuple) else (ws, ws[:, :0])
-        head, tail = head.to(torch.float32), tail.to(torch.float32)
+        head, tail = _head_tail(ws)
         scale = 2 ** (block - j)
-        margin = WINDOW_BLOCK_MARGIN * (scale - 1)
+        margin, _ = _window_size(half, scale)
         res_j = self.block_resolutions[j - 1]
 
         def origin(c: int) -> int:
@@ -368,16 +366,27 @@ class SynthesisNetwork(nn.Module):
         res = self.block_resolutions
         best = (sum(cost(k, res[k - 1]) for k in range(1, block + 1)), block, 0)
         for j in range(1, block):
-            scale = 2 ** (block - j)
-            margin = WINDOW_BLOCK_MARGIN * (scale - 1)
-            # covers 2·half+1 plus the margin on both sides, whatever the rounding of the origin
-            size = -(-(2 * half + 1 + 2 * margin + scale - 1) // scale)
+            _, size = _window_size(half, 2 ** (block - j))
             if size >= res[j - 1]:
                 continue
             total = sum(cost(k, res[k - 1]) for k in range(1, j + 1)) + count * sum(
                 cost(k, size * 2 ** (k - j)) for k in range(j + 1, block + 1))
             best = min(best, (total, j, size))
         return best[1], best[2]
+
+
+def _head_tail(ws) -> tuple[torch.Tensor, torch.Tensor]:
+    """W+ [N, num_ws, w_dim] or a split (head, tail) → (head, tail) in fp32."""
+    head, tail = ws if isinstance(ws, tuple) else (ws, ws[:, :0])
+    return head.to(torch.float32), tail.to(torch.float32)
+
+
+def _window_size(half: int, scale: int) -> tuple[int, int]:
+    """(margin, S) for windows that go through log2(scale) blocks: the margin lost at each edge
+    of the final window, and the side S of the first-block window whose final window covers
+    2·half + 1 pixels plus that margin on both sides, whatever the rounding of its origin."""
+    margin = WINDOW_BLOCK_MARGIN * (scale - 1)
+    return margin, -(-(2 * half + 1 + 2 * margin + scale - 1) // scale)
 
 
 def _rows(head: torch.Tensor, tail: torch.Tensor, start: int, count: int) -> torch.Tensor:

@@ -47,9 +47,7 @@ def _max_box_error(full, fw, centres, half):
 
 
 def _plan_size(j, half):
-    scale = 2 ** (BLOCK - j)
-    margin = sg.WINDOW_BLOCK_MARGIN * (scale - 1)
-    return -(-(2 * half + 1 + 2 * margin + scale - 1) // scale)
+    return sg._window_size(half, 2 ** (BLOCK - j))[1]
 
 
 CENTRES = [(0, 0), (63, 63), (0, 63), (5, 60), (31, 32), (17, 2), (61, 40)]
