@@ -33,6 +33,15 @@ NOISE_MODES = ("const", "random", "none")
 WINDOW_BLOCK_MARGIN = 3
 
 
+def _config_from_json(cls, text: str, what: str):
+    """A config dataclass from its to_json() text; ValueError names fields it does not know."""
+    data = json.loads(text)
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what} config fields: {sorted(unknown)}")
+    return cls(**data)
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     """Everything needed to rebuild a generator; stored in checkpoint metadata."""
@@ -74,12 +83,7 @@ class GeneratorConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "GeneratorConfig":
-        data = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown generator config fields: {sorted(unknown)}")
-        return cls(**data)
+        return _config_from_json(cls, text, "generator")
 
 
 class FullyConnectedLayer(nn.Module):
@@ -491,7 +495,7 @@ class DiscriminatorConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "DiscriminatorConfig":
-        return cls(**json.loads(text))
+        return _config_from_json(cls, text, "discriminator")
 
 
 class Conv2dLayer(nn.Module):

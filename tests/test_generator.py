@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dragd.daemon.ops import setup_filter, upfirdn2d, upsample2d
-from dragd.daemon.stylegan2 import (Discriminator, Generator, GeneratorConfig,
+from dragd.daemon.stylegan2 import (Discriminator, DiscriminatorConfig, Generator, GeneratorConfig,
                                     MinibatchStdLayer)
 
 
@@ -114,6 +114,10 @@ def test_config_roundtrip_and_validation():
             GeneratorConfig(resolution=bad)
     with pytest.raises(ValueError, match="unknown generator config"):
         GeneratorConfig.from_json('{"resolution": 64, "colour": "blue"}')
+    dcfg = DiscriminatorConfig(resolution=64)
+    assert DiscriminatorConfig.from_json(dcfg.to_json()) == dcfg
+    with pytest.raises(ValueError, match="unknown discriminator config"):
+        DiscriminatorConfig.from_json('{"resolution": 64, "colour": "blue"}')
 
 
 def test_conv_clamp_bounds_activations():
