@@ -42,8 +42,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import zmq
 
 from .curvekeys import normalise_key, read_key_file
-from .schema import (DEFAULT_LIMITS, ErrorCode, Image, Limits, Message, ProtocolError,
-                     encode, parse_reply, parse_request, peek_id, unpack_header)
+from .codec import Message, encode, parse_reply, parse_request, peek_id, unpack_header
+from .errors import ErrorCode, ProtocolError
+from .image import Image
+from .limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger("dragd.client")
 
