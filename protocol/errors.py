@@ -52,21 +52,24 @@ ERROR_SENTENCES: Dict[str, str] = {
                  "a region of interest, or fewer points.",
     "unknown_session": "The daemon no longer has this editing session; open the "
                        "layer again.",
-    "unknown_job": "There is no such job (it may have finished already).",
-    "unknown_model": "The daemon has no model of that name; run 'dragd models' to "
-                     "see the installed ones.",
-    "no_model": "No model is loaded; load one first (dragd load MODEL).",
-    "bad_state": "That is not possible in the session's current state.",
+    "unknown_job": "The job is neither queued nor running (it may have finished "
+                   "already); wait for its result, or start it again.",
+    "unknown_model": "The daemon has no model of that name; see the known models and "
+                     "which are downloaded with: dragd models list.",
+    "no_model": "No model is loaded; start the daemon with one: dragd serve --model NAME.",
+    "bad_state": "That is not possible in the session's current state (e.g. there is "
+                 "nothing to undo); run a drag first, or open the layer again.",
     "busy": "The daemon is busy with other jobs; try again in a moment.",
-    "cancelled": "The job was cancelled.",
+    "cancelled": "The job was cancelled; run it again to get its result.",
     "model_error": "The model failed; see the daemon log for details.",
     "out_of_memory": "The daemon ran out of memory; close other sessions, use a "
                      "smaller layer or region of interest, and try again.",
     "internal": "The daemon hit an internal error; see the daemon log and report "
                 "a bug.",
-    "shutting_down": "The daemon is shutting down; start it again with: dragd serve",
-    "unavailable": "The dragd daemon is not reachable; start it with: dragd serve",
-    "timeout": "The daemon did not finish the job in time.",
+    "shutting_down": "The daemon is shutting down; start it again with: dragd serve.",
+    "unavailable": "The dragd daemon is not reachable; start it with: dragd serve.",
+    "timeout": "The daemon did not finish the job in time; try again with fewer steps "
+               "or a smaller layer or region of interest.",
 }
 
 # Derived from the class, not from the sentences, so a code without a sentence is caught

@@ -1,20 +1,19 @@
-"""The message schema: encoding, decoding and validation (no sockets needed)."""
+"""The message tables and codec: encoding, decoding and validation (no sockets needed)."""
 from __future__ import annotations
 
 import ast
 import math
 import pathlib
+import re
 import sys
 
 import msgpack
 import pytest
 
-from dragd.protocol import curvekeys
+from dragd.protocol import (ERROR_CODES, ERROR_SENTENCES, EVENTS, PROTOCOL_VERSION, REQUESTS,
+                            RESULTS, ErrorCode, Image, Limits, ProtocolError, check_event,
+                            check_result, curvekeys, encode, parse_reply, parse_request)
 from dragd.protocol.client import CurveConfig, normalise_points
-from dragd.protocol.schema import (ERROR_CODES, ERROR_SENTENCES, EVENTS, PROTOCOL_VERSION,
-                                   REQUESTS, RESULTS, ErrorCode, Image, Limits,
-                                   ProtocolError, check_event, check_result, encode,
-                                   parse_reply, parse_request)
 
 PROTOCOL_DIR = pathlib.Path(__file__).resolve().parents[1] / "protocol"
 
@@ -266,15 +265,54 @@ def test_check_result_and_event_catch_backend_bugs():
     check_event("progress", {"job": "j", "stage": "invert", "step": 2, "total": 10})
 
 
-def test_error_codes_have_sentences():
+# The imperative verbs the error sentences open their action clause with; a sentence
+# whose second half is not an instruction (e.g. "The job was cancelled.") fails.
+ACTION_VERBS = {"check", "close", "open", "redraw", "run", "see", "start", "try", "update",
+                "use", "wait"}
+# Words that follow "dragd" in prose ("the same dragd release"), not as a command.
+DRAGD_PROSE = {"daemon", "protocol", "release"}
+DRAGD_COMMAND = re.compile(r"\bdragd((?: (?:--?[a-z][\w-]*|[a-z][\w-]*|[A-Z][A-Z_]*))+)")
+
+
+def test_every_error_code_has_a_sentence_that_says_what_to_do():
     assert set(ERROR_SENTENCES) == ERROR_CODES
-    for code in ("bad_message", "version_mismatch", "unknown_field", "bad_pixels",
-                 "too_large", "unknown_session", "busy", "cancelled", "model_error",
-                 "internal", "shutting_down"):
-        assert code in ERROR_CODES
-        e = ProtocolError(code)
-        assert e.message.endswith(".") or e.message.endswith("serve")
+    for code, sentence in ERROR_SENTENCES.items():
+        assert sentence[0].isupper() and sentence.endswith("."), code
+        assert sentence.count("; ") == 1, (code, "want 'what happened; what to do.'")
+        action = sentence.split("; ")[1]
+        assert action.split()[0].strip(",") in ACTION_VERBS, (code, action)
+        assert ProtocolError(code).message == sentence
     assert ProtocolError("made_up").code == ErrorCode.INTERNAL
+
+
+def _user_facing_strings():
+    """Every string literal in protocol/ except docstrings: the messages users can see."""
+    for path in sorted(PROTOCOL_DIR.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef))
+                      and n.body and isinstance(n.body[0], ast.Expr)}
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) \
+                    and id(n) not in docstrings:
+                yield path.name, n.value
+
+
+def test_dragd_commands_named_in_messages_exist():
+    from dragd.daemon.cli import build_parser
+    parser = build_parser()
+    named = set()
+    for where, text in _user_facing_strings():
+        for m in DRAGD_COMMAND.finditer(text):
+            argv = m.group(1).split()
+            if argv[0] not in DRAGD_PROSE:
+                named.add((where, " ".join(argv)))
+    assert ("errors.py", "serve") in named        # the scan does find the commands
+    for where, command in sorted(named):
+        try:
+            parser.parse_args(command.split())
+        except SystemExit:
+            pytest.fail("%s names 'dragd %s', which the dragd CLI rejects" % (where, command))
 
 
 def test_limits_round_trip():
