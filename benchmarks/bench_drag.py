@@ -26,8 +26,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dragd.daemon.drag import DragSession
-from dragd.daemon.stylegan2 import Generator
+from dragd.daemon.edit.drag import DragSession
+from dragd.daemon.model.stylegan2 import Generator
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 

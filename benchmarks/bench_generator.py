@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from dragd.daemon.stylegan2 import Generator
+from dragd.daemon.model.stylegan2 import Generator
 
 
 def median_ms(fn, repeats: int, device: str) -> float:

@@ -21,11 +21,11 @@ import time
 
 import torch
 
-from dragd.daemon import inversion as inv
-from dragd.daemon.image_prep import prepare_target, tensor_to_uint8
-from dragd.daemon.inversion_cache import InversionCache, invert_cached
-from dragd.daemon.perceptual import psnr
-from dragd.daemon.stylegan2 import Generator
+from dragd.daemon.edit import inversion as inv
+from dragd.daemon.edit.image_prep import prepare_target, tensor_to_uint8
+from dragd.daemon.edit.inversion_cache import InversionCache, invert_cached
+from dragd.daemon.edit.perceptual import psnr
+from dragd.daemon.model.stylegan2 import Generator
 
 
 def make_generator(res: int, channel_max: int, device: str) -> Generator:

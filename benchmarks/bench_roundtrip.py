@@ -48,8 +48,8 @@ def _raw_echo(ctx, ready) -> None:
 def _serve(conn) -> None:
     import threading
     import zmq
-    from dragd.daemon.backend import NullBackend
-    from dragd.daemon.server import Server, ServerConfig
+    from dragd.daemon.service.backend import NullBackend
+    from dragd.daemon.service.server import Server, ServerConfig
     srv = Server(NullBackend(), ServerConfig(endpoint="tcp://127.0.0.1:0")).start()
     ctx = zmq.Context()
     ready: list = []
@@ -101,8 +101,8 @@ def main(argv=None) -> int:
     proc = srv = None
     raw_ep = None
     if args.inproc:
-        from dragd.daemon.backend import NullBackend
-        from dragd.daemon.server import Server, ServerConfig
+        from dragd.daemon.service.backend import NullBackend
+        from dragd.daemon.service.server import Server, ServerConfig
         srv = Server(NullBackend(), ServerConfig(endpoint="tcp://127.0.0.1:0")).start()
         endpoint = srv.endpoint
     else:

@@ -64,8 +64,8 @@ def bench_training(preset: str, device: str, steps: int, warmup: int = 2, batch:
 
 
 def exported_sizes(preset: str) -> dict:
-    from dragd.daemon.checkpoints import save_native
-    from dragd.daemon.stylegan2 import Discriminator, Generator
+    from dragd.daemon.model.checkpoints import save_native
+    from dragd.daemon.model.stylegan2 import Discriminator, Generator
 
     cfg = get_preset(preset)
     G, D = Generator(cfg.generator_config()), Discriminator(cfg.discriminator_config())
@@ -79,8 +79,8 @@ def exported_sizes(preset: str) -> dict:
 
 
 def drag_step_ms(preset: str, blocks=DRAG_BLOCKS, steps: int = 10, **overrides) -> dict:
-    from dragd.daemon.drag import DragSession
-    from dragd.daemon.stylegan2 import Generator
+    from dragd.daemon.edit.drag import DragSession
+    from dragd.daemon.model.stylegan2 import Generator
 
     cfg = get_preset(preset, **overrides)
     torch.manual_seed(0)

@@ -33,6 +33,16 @@ For rosinality: their Generator/Discriminator saved as a training checkpoint, lo
 
 Exit status 0 when every difference is within tolerance (1e-5 NVIDIA, 1e-4 rosinality, whose
 operation order differs slightly) and every structural check passes.
+
+With --write-golden FILE it instead writes small golden tensors made by NVIDIA's own code alone
+(tiny fixed-weight networks: their weights, inputs and outputs; nothing of ours runs), which
+tests/test_nvidia_golden.py compares our modules with in CI, where no reference checkout is at
+hand. The committed tests/golden/nvidia_ada.safetensors was written by
+
+    git clone https://github.com/NVlabs/stylegan2-ada-pytorch /tmp/ref/stylegan2-ada-pytorch
+    git -C /tmp/ref/stylegan2-ada-pytorch checkout d72cc7d041b42ec8e806021a205ed9349f87c6a4
+    .venv/bin/python benchmarks/verify_reference.py --stylegan2-ada /tmp/ref/stylegan2-ada-pytorch \\
+        --write-golden tests/golden/nvidia_ada.safetensors
 """
 from __future__ import annotations
 
@@ -52,6 +62,8 @@ import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+GOLDEN_COMMAND = ("python benchmarks/verify_reference.py --stylegan2-ada /tmp/ref/stylegan2-ada-pytorch "
+                  "--write-golden tests/golden/nvidia_ada.safetensors")
 
 # =============================================================================================
 # Driver
@@ -63,10 +75,21 @@ def main(argv=None) -> int:
     ap.add_argument("--stylegan3", metavar="DIR", help="checkout of NVlabs/stylegan3")
     ap.add_argument("--rosinality", metavar="DIR", help="checkout of rosinality/stylegan2-pytorch")
     ap.add_argument("--keep", metavar="DIR", help="keep the reference-made checkpoints here")
+    ap.add_argument("--write-golden", metavar="FILE",
+                    help="with --stylegan2-ada: only write golden tensors made by NVIDIA's code to FILE "
+                         "(.safetensors) for tests/test_nvidia_golden.py; the committed file was made by "
+                         f"`{GOLDEN_COMMAND}`")
     ap.add_argument("--worker", nargs=2, metavar=("KIND", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args.worker[0], Path(args.worker[1]), args.keep)
+    if args.write_golden:
+        if not args.stylegan2_ada:
+            ap.error("--write-golden needs --stylegan2-ada")
+        # Its own process, as every worker: their top-level packages go on sys.path there only.
+        cmd = [sys.executable, __file__, "--worker", "golden", str(Path(args.stylegan2_ada).resolve()),
+               "--keep", str(Path(args.write_golden).resolve())]
+        return subprocess.run(cmd, env=dict(os.environ, PYTHONWARNINGS="ignore")).returncode
     jobs = [(k, d) for k, d in (("ada", args.stylegan2_ada), ("sg3", args.stylegan3),
                                 ("rosinality", args.rosinality)) if d]
     if not jobs:
@@ -173,10 +196,14 @@ def worker(kind: str, ref: Path, keep: str | None) -> int:
     import torch
 
     torch.set_num_threads(min(4, os.cpu_count() or 1))
-    out_dir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="dragd-verify-"))
+    if kind == "golden":
+        torch.set_num_threads(1)     # the tests' setting: same reduction order as in CI
+    out_dir = Path(keep) if keep and kind != "golden" else Path(tempfile.mkdtemp(prefix="dragd-verify-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     if kind in ("ada", "sg3"):
         nvidia_worker(kind, ref, out_dir)
+    elif kind == "golden":          # --keep carries the output file
+        write_nvidia_golden(ref, Path(keep))
     elif kind == "rosinality":
         rosinality_worker(ref, out_dir)
     else:
@@ -210,7 +237,7 @@ def _their_generator(N, kind, c):
 
 
 def _our_config(c):
-    from dragd.daemon.stylegan2 import GeneratorConfig
+    from dragd.daemon.model.stylegan2 import GeneratorConfig
 
     return GeneratorConfig(resolution=c["res"], z_dim=c["z"], w_dim=c["w"], channel_base=c["channel_base"],
                            channel_max=c["channel_max"], mapping_layers=c["map"],
@@ -236,8 +263,8 @@ def _block_outputs(net, names):
 def nvidia_worker(kind: str, ref: Path, out_dir: Path) -> None:
     import torch
 
-    from dragd.daemon.checkpoints import load_checkpoint
-    from dragd.daemon.stylegan2 import Discriminator, DiscriminatorConfig, Generator
+    from dragd.daemon.model.checkpoints import load_checkpoint
+    from dragd.daemon.model.stylegan2 import Discriminator, DiscriminatorConfig, Generator
 
     N = importlib.import_module("training.networks" if kind == "ada" else "training.networks_stylegan2")
     print(f"reference module: {N.__file__}")
@@ -366,7 +393,7 @@ def nvidia_worker(kind: str, ref: Path, out_dir: Path) -> None:
     # -- 4. TensorFlow layout through their legacy.py --------------------------------------------
     if nf is not None:
         legacy = importlib.import_module("legacy")
-        from dragd.daemon.stylegan2 import DiscriminatorConfig, GeneratorConfig
+        from dragd.daemon.model.stylegan2 import DiscriminatorConfig, GeneratorConfig
 
         torch.manual_seed(13)
         gcfg = GeneratorConfig(resolution=32, z_dim=16, w_dim=16, channel_base=512, channel_max=32, mapping_layers=3)
@@ -406,7 +433,7 @@ def nvidia_worker(kind: str, ref: Path, out_dir: Path) -> None:
         if getattr(sys.modules.get("scipy"), "__dragd_stub__", False):
             verdict("StyleGAN3 pickle refused with a clear error", True, "skipped: needs scipy")
         else:
-            from dragd.daemon.checkpoints import CheckpointError
+            from dragd.daemon.model.checkpoints import CheckpointError
             N3 = importlib.import_module("training.networks_stylegan3")
             G3 = N3.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3, channel_base=512,
                               channel_max=32, mapping_kwargs=dnnlib.EasyDict(num_layers=2)).eval()
@@ -420,9 +447,104 @@ def nvidia_worker(kind: str, ref: Path, out_dir: Path) -> None:
                 verdict("StyleGAN3 pickle refused with a clear error", "StyleGAN3" in str(exc), str(exc)[:90])
 
 
+# ---------------------------------------------------------------------------------------------
+# Golden tensors from NVIDIA's code alone (--write-golden), for tests/test_nvidia_golden.py.
+# Two tiny configs at 16 px: the same code paths as a 1024-px network (const first block,
+# 2x-up blocks, skip toRGB, residual D blocks, minibatch stddev), a few hundred KB in all.
+
+_GOLDEN_CONFIGS = {
+    "plain": dict(res=16, z=12, w=16, map=2, channel_base=192, channel_max=12, conv_clamp=None,
+                  num_fp16_res=0),
+    # channels change between blocks (16, 16, 8), a hidden mapping width, clamping that
+    # bites (activations of these random weights reach ~5), fp16 layers run in fp32
+    "clamp": dict(res=16, z=16, w=12, map=3, layer_features=20, channel_base=128, channel_max=16,
+                  conv_clamp=1.0, num_fp16_res=2),
+}
+
+
+def write_nvidia_golden(ref: Path, out: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    N = importlib.import_module("training.networks")
+    print(f"reference module: {N.__file__}")
+    tensors = {}
+    for ci, (tag, c) in enumerate(_GOLDEN_CONFIGS.items()):
+        def put(name, t, tag=tag):
+            tensors[f"{tag}/{name}"] = t.detach().to(torch.float32).contiguous().clone()
+
+        torch.manual_seed(1000 + ci)                 # noise_const buffers
+        G = _their_generator(N, "ada", c).eval()
+        _randomize(G, 1100 + ci)
+        with torch.no_grad():
+            G.mapping.w_avg.copy_(torch.randn(c["w"]) * 0.5)
+        gen = torch.Generator().manual_seed(1200 + ci)
+        z = torch.randn(3, c["z"], generator=gen)
+        ws = torch.randn(2, G.num_ws, c["w"], generator=gen)
+        for k, v in _state_without_filters(G).items():
+            put(f"G/{k}", v)
+        put("in/z", z)
+        put("in/ws", ws)
+        names = [f"b{r}" for r in G.synthesis.block_resolutions]
+        with torch.no_grad():
+            for psi, cutoff in ((1.0, None), (0.7, None), (0.5, 2)):
+                put(f"mapping/psi{psi}_cutoff{cutoff}", G.mapping(z, None, truncation_psi=psi,
+                                                                   truncation_cutoff=cutoff))
+            store, handles = _block_outputs(G.synthesis, names)
+            put("synthesis/image", G.synthesis(ws, noise_mode="const", force_fp32=True))
+            for h in handles:
+                h.remove()
+            for n in names:
+                put(f"synthesis/{n}", store[n])
+            put("synthesis/image_noise_none", G.synthesis(ws, noise_mode="none", force_fp32=True))
+            put("G/image_psi0.7", G(z, None, truncation_psi=0.7, noise_mode="const", force_fp32=True))
+        # d(sum(image * proj))/d(ws) through their (eval, fused) path: our autograd path differs
+        proj = torch.randn(2, 3, c["res"], c["res"], generator=gen)
+        ws_g = ws.clone().requires_grad_(True)
+        (G.synthesis(ws_g, noise_mode="const", force_fp32=True) * proj).sum().backward()
+        put("in/proj", proj)
+        put("synthesis/grad_ws", ws_g.grad)
+
+        img = torch.randn(4, 3, c["res"], c["res"], generator=gen)
+        put("in/d_img", img)
+        d_names = None
+        for gs in (4, 2):
+            D = N.Discriminator(c_dim=0, img_resolution=c["res"], img_channels=3, channel_base=c["channel_base"],
+                                channel_max=c["channel_max"], num_fp16_res=c["num_fp16_res"],
+                                conv_clamp=c["conv_clamp"], epilogue_kwargs=dict(mbstd_group_size=gs)).eval()
+            if gs == 4:
+                _randomize(D, 1300 + ci)
+                d_state = D.state_dict()
+                for k, v in _state_without_filters(D).items():
+                    put(f"D/{k}", v)
+                d_names = [f"b{r}" for r in D.block_resolutions]
+            else:                                    # the same weights, another group size
+                D.load_state_dict(d_state, strict=True)
+            with torch.no_grad():
+                store, handles = _block_outputs(D, d_names)
+                put(f"D/logits_group{gs}", D(img, None, force_fp32=True))
+                for h in handles:
+                    h.remove()
+            if gs == 4:
+                for n in d_names:
+                    put(f"D/features/{n}", store[n])
+    commit = subprocess.run(["git", "-C", str(ref), "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    meta = {
+        "configs": json.dumps(_GOLDEN_CONFIGS, sort_keys=True),
+        "reference": f"NVlabs/stylegan2-ada-pytorch {commit} training/networks.py",
+        "command": GOLDEN_COMMAND,
+        "torch": torch.__version__,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata=meta)
+    print(f"wrote {len(tensors)} tensors ({sum(t.numel() for t in tensors.values())} floats, "
+          f"{out.stat().st_size} bytes) to {out}; reference {commit}")
+
+
 def _skeleton(data: bytes):
     """Globals named and the persistent-object tree of a network pickle, read without executing it."""
-    from dragd.daemon import checkpoints as ck
+    from dragd.daemon.model import checkpoints as ck
 
     names = []
 
@@ -499,7 +621,7 @@ def rosinality_worker(ref: Path, out_dir: Path) -> None:
     torch.utils.cpp_extension.load = lambda *a, **k: types.SimpleNamespace()   # CPU paths never use it
     model = importlib.import_module("model")
     print(f"reference module: {model.__file__}")
-    from dragd.daemon.checkpoints import load_checkpoint
+    from dragd.daemon.model.checkpoints import load_checkpoint
 
     tol = 1e-4
     for size, style_dim, n_mlp, cm in ((32, 64, 3, 2), (64, 32, 2, 1)):

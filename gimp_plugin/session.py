@@ -37,7 +37,7 @@ MENU_LABEL = "_Drag (DragGAN)..."
 MENU_PATH = "<Image>/Filters/Generative"
 PREVIEW_PARASITE = "dragd-preview"
 
-# Inversion presets: the daemon owns what each means (daemon/inversion.py PRESETS).
+# Inversion presets: the daemon owns what each means (daemon/edit/inversion.py PRESETS).
 INVERSION_PRESETS: Dict[str, Dict[str, Any]] = {
     name: {"method": "pti", "quality": name} for name in INVERSION_QUALITIES
 }

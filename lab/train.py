@@ -48,7 +48,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from dragd.daemon.stylegan2 import (Discriminator, DiscriminatorConfig, Generator,
+from dragd.daemon.model.stylegan2 import (Discriminator, DiscriminatorConfig, Generator,
                                     GeneratorConfig)
 
 DEFAULT_DATA = "dragd.lab.portraits:render_seeds"
@@ -578,7 +578,7 @@ def export(ckpt: str | Path, out_path: str | Path, with_d: bool = True,
            dtype: torch.dtype = torch.float16, command: str | None = None, note: str | None = None,
            drag_lr: float | None = None, log: Callable[[str], None] = print) -> dict:
     """Training checkpoint → native dragd safetensors (G_ema [+ D]) with the training facts."""
-    from dragd.daemon.checkpoints import save_native
+    from dragd.daemon.model.checkpoints import save_native
 
     state = load_training_checkpoint(ckpt)
     cfg = TrainConfig.from_dict(state["train_config"])
@@ -633,7 +633,7 @@ def sample_sheet(model_path: str | Path, out_png: str | Path, n: int = 16, colum
         G = Generator(TrainConfig.from_dict(state["train_config"]).generator_config()).eval()
         G.load_state_dict(state["G_ema"])
     else:
-        from dragd.daemon.checkpoints import load_checkpoint
+        from dragd.daemon.model.checkpoints import load_checkpoint
 
         G = load_checkpoint(path).G.float().eval()
     z = torch.stack([torch.randn(G.cfg.z_dim, generator=torch.Generator().manual_seed(seed0 + i))

@@ -11,7 +11,7 @@ from .errors import UserError
 
 def keys_dir() -> str:
     """Where the daemon's public key and this machine's client keypair live (the same
-    default as ``dragd.daemon.keys``): $DRAGD_KEYS_DIR, else $XDG_CONFIG_HOME/dragd/keys,
+    default as ``dragd.daemon.service.keys``): $DRAGD_KEYS_DIR, else $XDG_CONFIG_HOME/dragd/keys,
     else ~/.config/dragd/keys."""
     env = os.environ.get("DRAGD_KEYS_DIR")
     if env:

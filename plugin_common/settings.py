@@ -16,7 +16,7 @@ STOP_GRACE = 20.0
 #: How long to wait for close_session at the end (best effort).
 CLOSE_TIMEOUT = 2.0
 
-#: Inversion qualities: the daemon owns what each means (daemon/inversion.py PRESETS).
+#: Inversion qualities: the daemon owns what each means (daemon/edit/inversion.py PRESETS).
 INVERSION_QUALITIES = ("fast", "balanced", "quality")
 SPACES = ("w+", "w")
 

@@ -14,7 +14,7 @@ def pytest_configure(config):
 @pytest.fixture
 def tiny_generator():
     """A 32-px generator with small channels and fixed random weights."""
-    from dragd.daemon.stylegan2 import Generator
+    from dragd.daemon.model.stylegan2 import Generator
 
     torch.manual_seed(1234)
     return Generator(resolution=32, z_dim=32, w_dim=32, channel_base=256, channel_max=32,

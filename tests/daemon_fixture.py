@@ -19,8 +19,8 @@ import torch
 
 def build_tiny_model(path: Path, resolution: int = 32, seed: int = 0) -> Path:
     """A small random-weight generator (+ discriminator) saved in our native format."""
-    from dragd.daemon.checkpoints import save_native
-    from dragd.daemon.stylegan2 import Discriminator, Generator
+    from dragd.daemon.model.checkpoints import save_native
+    from dragd.daemon.model.stylegan2 import Discriminator, Generator
 
     torch.manual_seed(seed)
     G = Generator(resolution=resolution, z_dim=32, w_dim=32, channel_base=16 * resolution,

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dragd.daemon.ops import setup_filter
-from dragd.daemon.stylegan2 import Discriminator, Generator
+from dragd.daemon.model.ops import setup_filter
+from dragd.daemon.model.stylegan2 import Discriminator, Generator
 
 # ---------------------------------------------------------------------------------------------
 # Signature-only module sources (constructor argument names and defaults of the two NVIDIA

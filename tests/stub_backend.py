@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import time
 
-from dragd.daemon.backend import BackendError, NullBackend
-from dragd.daemon.server import Server, ServerConfig
+from dragd.daemon.service.backend import BackendError, NullBackend
+from dragd.daemon.service.server import Server, ServerConfig
 from dragd.protocol.schema import Image
 
 LONG_DRAG = 1000          # a drag with max_steps >= this runs long_drag_steps (cancellation tests)

@@ -6,11 +6,11 @@ import threading
 import numpy as np
 import pytest
 
-from dragd.daemon.checkpoints import load_checkpoint
-from dragd.daemon.drag import DragConfig, DragSession
-from dragd.daemon.image_prep import make_geometry
-from dragd.daemon.server import Server, ServerConfig
-from dragd.daemon.torch_backend import TorchBackend, _mask_to_generator, to_generator, to_layer
+from dragd.daemon.model.checkpoints import load_checkpoint
+from dragd.daemon.edit.drag import DragConfig, DragSession
+from dragd.daemon.edit.image_prep import make_geometry
+from dragd.daemon.service.server import Server, ServerConfig
+from dragd.daemon.service.torch_backend import TorchBackend, _mask_to_generator, to_generator, to_layer
 from dragd.protocol.client import Client, RemoteError
 from dragd.protocol.schema import Image
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import nvidia_fixtures as nf
-from dragd.daemon.checkpoints import CheckpointError, load_checkpoint, save_native, sniff_format
-from dragd.daemon.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from dragd.daemon.model.checkpoints import CheckpointError, load_checkpoint, save_native, sniff_format
+from dragd.daemon.model.stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 
 
 def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -391,7 +391,7 @@ def test_rosinality_standard_channel_layout_is_inferred(tmp_path):
         cfg = GeneratorConfig(resolution=128, z_dim=8, w_dim=8, channel_base=16384 * cm, channel_max=512,
                               mapping_layers=1)
         g, _ = nf.rosinality_state_dicts(Generator(cfg))
-        from dragd.daemon.checkpoints import rosinality_generator_config
+        from dragd.daemon.model.checkpoints import rosinality_generator_config
         got = rosinality_generator_config(g)
         assert (got.channel_base, got.channel_max) == (16384 * cm, 512)
 
@@ -444,11 +444,11 @@ def test_native_newer_format_version(tmp_path, G):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_models_convert_cli(tmp_path, G, D, dtype):
-    from dragd.daemon import cli_models
+    from dragd.daemon import cli
 
     src = _write(tmp_path, "in.pkl", nf.network_pickle_bytes(G, D))
     out = tmp_path / "out" / "model.safetensors"
-    assert cli_models.main(["convert", str(src), str(out), "--dtype", dtype]) == 0
+    assert cli.main(["models", "convert", str(src), str(out), "--dtype", dtype]) == 0
     m = load_checkpoint(out)
     assert m.info["source_format"] == "nvidia-pickle" and m.D is not None
     if dtype == "float32":
@@ -459,15 +459,15 @@ def test_models_convert_cli(tmp_path, G, D, dtype):
 
 
 def test_models_convert_cli_reports_bad_input(tmp_path, capsys):
-    from dragd.daemon import cli_models
+    from dragd.daemon import cli
 
     src = _write(tmp_path, "bad.pkl", b"\x89PNG\r\n\x1a\n0000")
-    assert cli_models.main(["convert", str(src), str(tmp_path / "o.safetensors")]) == 2
+    assert cli.main(["models", "convert", str(src), str(tmp_path / "o.safetensors")]) == 2
     assert "PNG image" in capsys.readouterr().err
 
 
 def test_models_parser_hooks_into_a_cli():
-    from dragd.daemon import cli_models
+    from dragd.daemon.cli import models as cli_models
 
     ap = argparse.ArgumentParser()
     cli_models.add_parser(ap.add_subparsers(dest="command"))

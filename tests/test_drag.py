@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dragd.daemon.drag import (DragConfig, DragInputError, DragSession, _mask_weights,
+from dragd.daemon.edit.drag import (DragConfig, DragInputError, DragSession, _mask_weights,
                                _sample_pixels, motion_loss, sample_features, track_points)
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -173,7 +173,7 @@ def toy():
 
 @pytest.fixture
 def tiny_real():
-    from dragd.daemon.stylegan2 import Generator
+    from dragd.daemon.model.stylegan2 import Generator
 
     torch.manual_seed(0)
     return Generator(resolution=64, z_dim=32, w_dim=32, channel_base=1024, channel_max=32,
@@ -523,6 +523,6 @@ def test_split_latent_generator_gives_the_same_drag(tiny_real):
 
 
 def test_default_feature_block_is_the_papers_6th_but_never_the_last():
-    from dragd.daemon.drag import default_feature_block
+    from dragd.daemon.edit.drag import default_feature_block
     # 512 and 1024: block 6 (128 px) as in the paper; smaller models: one block before the last.
     assert [default_feature_block(r) for r in (1024, 512, 256, 128, 64, 32, 8)] == [6, 6, 6, 5, 4, 3, 1]

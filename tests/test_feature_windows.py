@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import dragd.daemon.stylegan2 as sg
-from dragd.daemon.drag import DragSession, sample_features
-from dragd.daemon.stylegan2 import FeatureWindows, Generator
+import dragd.daemon.model.stylegan2 as sg
+from dragd.daemon.edit.drag import DragSession, sample_features
+from dragd.daemon.model.stylegan2 import FeatureWindows, Generator
 
 RES, BLOCK = 128, 5                      # block 5 of a 128-px generator: 64×64 features
 

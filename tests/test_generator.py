@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from dragd.daemon.ops import setup_filter, upfirdn2d, upsample2d
-from dragd.daemon.stylegan2 import (Discriminator, DiscriminatorConfig, Generator, GeneratorConfig,
+from dragd.daemon.model.ops import setup_filter, upfirdn2d, upsample2d
+from dragd.daemon.model.stylegan2 import (Discriminator, DiscriminatorConfig, Generator, GeneratorConfig,
                                     MinibatchStdLayer)
 
 

@@ -953,8 +953,8 @@ def test_flow_removes_stale_previews_inside_the_group():
 
 @pytest.fixture
 def null_server():
-    from dragd.daemon.backend import NullBackend
-    from dragd.daemon.server import Server, ServerConfig
+    from dragd.daemon.service.backend import NullBackend
+    from dragd.daemon.service.server import Server, ServerConfig
 
     srv = Server(NullBackend(), ServerConfig(endpoint="tcp://127.0.0.1:0",
                                              shutdown_timeout=3.0)).start()

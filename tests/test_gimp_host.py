@@ -22,7 +22,7 @@ import time
 import pytest
 
 from daemon_fixture import free_port
-from dragd.daemon.plugin_install import install_gimp
+from dragd.daemon.cli.install_plugins import install_gimp
 from stub_backend import RecordingBackend, serving
 from hosts.chroot import (GIMP_PLUGIN_DIR, HostResult, ensure_chroot, new_home,
                           run_gimp_script, run_in_chroot)

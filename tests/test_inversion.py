@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from dragd.daemon import inversion as inv
-from dragd.daemon import perceptual as perc
-from dragd.daemon.image_prep import (LayerError, make_geometry, prepare_target, square_box,
+from dragd.daemon.edit import inversion as inv
+from dragd.daemon.edit import perceptual as perc
+from dragd.daemon.edit.image_prep import (LayerError, make_geometry, prepare_target, square_box,
                                      tensor_to_uint8, validate_layer)
-from dragd.daemon.inversion_cache import InversionCache, cache_key, invert_cached
-from dragd.daemon.stylegan2 import Discriminator, Generator
+from dragd.daemon.edit.inversion_cache import InversionCache, cache_key, invert_cached
+from dragd.daemon.model.stylegan2 import Discriminator, Generator
 
 
 
@@ -293,7 +293,7 @@ def test_corrupt_cache_file_is_ignored_and_rebuilt(G32, layer32, tmp_path, caplo
     path.write_bytes(data[: len(data) // 2])          # truncated
     steps, progress = counting()
     fresh = InversionCache(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="dragd.daemon.inversion_cache"):
+    with caplog.at_level(logging.WARNING, logger="dragd.daemon.edit.inversion_cache"):
         result = invert_cached(G32, prep, model_id="tiny", cache=fresh, settings=CACHE_SETTINGS, progress=progress)
     assert any("corrupt" in rec.message for rec in caplog.records)
     assert len(steps) == 14 and not result.from_cache and fresh.stats["corrupt"] == 1
@@ -304,7 +304,7 @@ def test_corrupt_cache_file_is_ignored_and_rebuilt(G32, layer32, tmp_path, caplo
     assert steps == []
     # Garbage is handled the same way.
     path.write_bytes(b"not a safetensors file at all")
-    with caplog.at_level(logging.WARNING, logger="dragd.daemon.inversion_cache"):
+    with caplog.at_level(logging.WARNING, logger="dragd.daemon.edit.inversion_cache"):
         assert InversionCache(tmp_path).get(path.stem, G32) is None
     assert not path.exists()
 

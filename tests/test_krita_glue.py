@@ -874,7 +874,7 @@ def test_krita_plugin_core_imports_nothing_from_krita_qt_or_zmq():
 def test_installed_layout_and_zip_match_what_krita_loads_and_imports(tmp_path):
     import zipfile
 
-    from dragd.daemon.plugin_install import build_krita_zip, install_krita, uninstall_krita
+    from dragd.daemon.cli.install_plugins import build_krita_zip, install_krita, uninstall_krita
 
     rc = tmp_path / "kritarc"
     rc.write_text("TopLevelKey=1\nweird:key=a:b\n\n[python]\nenable_other=true\n\n[x]\ny=\\\\0\n")
@@ -909,7 +909,7 @@ def test_entry_module_puts_its_folder_first_and_site_packages_last(tmp_path):
     import subprocess
     import sys
 
-    from dragd.daemon.plugin_install import install_krita
+    from dragd.daemon.cli.install_plugins import install_krita
 
     root = install_krita(tmp_path / "pykrita", tmp_path / "kritarc")
     (root / "dragd_krita" / "site-packages").mkdir()

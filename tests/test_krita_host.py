@@ -28,7 +28,7 @@ import textwrap
 import pytest
 
 from daemon_fixture import free_endpoint
-from dragd.daemon.plugin_install import build_krita_zip, install_krita
+from dragd.daemon.cli.install_plugins import build_krita_zip, install_krita
 from stub_backend import RecordingBackend, serving
 from hosts.chroot import ensure_chroot, new_home, run_krita_gui, run_krita_module
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from dragd.daemon import pasteback as pb
-from dragd.daemon.image_prep import LayerError, prepare_target
+from dragd.daemon.edit import pasteback as pb
+from dragd.daemon.edit.image_prep import LayerError, prepare_target
 
 
 

@@ -334,7 +334,7 @@ def test_installed_layouts_and_zip_vendor_plugin_common(tmp_path):
     import sys
     import zipfile
 
-    from dragd.daemon.plugin_install import (build_krita_zip, install_gimp, install_krita,
+    from dragd.daemon.cli.install_plugins import (build_krita_zip, install_gimp, install_krita,
                                              uninstall_gimp, uninstall_krita)
 
     groot = install_gimp(tmp_path / "gimp")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from dragd.daemon import model_registry as reg
+from dragd.daemon.model import registry as reg
 
 PAYLOAD = b"\x80\x04fake model bytes " * 5000
 
@@ -145,11 +145,11 @@ def test_resolve_model(tmp_path):
 
 
 def test_models_list_cli(tmp_path, monkeypatch, capsys):
-    from dragd.daemon import cli_models
+    from dragd.daemon import cli
 
     monkeypatch.setenv("DRAGD_CACHE", str(tmp_path))
     (tmp_path / "stylegan2-ffhq-512x512.pkl").write_bytes(b"x" * 2048)
-    assert cli_models.main(["list"]) == 0
+    assert cli.main(["models", "list"]) == 0
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if "stylegan2-ffhq-512x512" in l)
     assert "present" in line
@@ -157,11 +157,11 @@ def test_models_list_cli(tmp_path, monkeypatch, capsys):
 
 
 def test_models_fetch_cli_unreachable(tmp_path, monkeypatch, capsys):
-    from dragd.daemon import cli_models
+    from dragd.daemon import cli
 
     monkeypatch.setenv("DRAGD_CACHE", str(tmp_path))
     port = _closed_port()
     monkeypatch.setitem(reg.REGISTRY, "stylegan2-ffhq-512x512",
                         _entry("stylegan2-ffhq-512x512", [f"http://127.0.0.1:{port}/x.pkl"], None))
-    assert cli_models.main(["fetch", "stylegan2-ffhq-512x512", "--timeout", "2"]) == 2
+    assert cli.main(["models", "fetch", "stylegan2-ffhq-512x512", "--timeout", "2"]) == 2
     assert "could not download" in capsys.readouterr().err

@@ -20,9 +20,9 @@ import pytest
 import zmq
 
 from daemon_fixture import free_port
-from dragd.daemon import keys as dkeys
-from dragd.daemon.backend import Backend, BackendError, CancelToken, NullBackend
-from dragd.daemon.server import (ConfigError, Server, ServerConfig, SessionTable,
+from dragd.daemon.service import keys as dkeys
+from dragd.daemon.service.backend import Backend, BackendError, CancelToken, NullBackend
+from dragd.daemon.service.server import (ConfigError, Server, ServerConfig, SessionTable,
                                  is_loopback_endpoint)
 from dragd.protocol import (SESSION_LOST, Client, CurveConfig, DaemonUnavailable, Image,
                             JobTimeout, Limits, RemoteError)
@@ -783,8 +783,8 @@ def test_cancel_token():
 def test_serve_stops_cleanly_on_sigterm():
     port = free_port()
     code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
-            "from dragd.daemon.backend import NullBackend;"
-            "from dragd.daemon.server import serve, ServerConfig;"
+            "from dragd.daemon.service.backend import NullBackend;"
+            "from dragd.daemon.service.server import serve, ServerConfig;"
             "serve(NullBackend(), ServerConfig(endpoint='tcp://127.0.0.1:%d'));"
             "print('clean exit')" % port)
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,

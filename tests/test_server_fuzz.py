@@ -15,8 +15,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dragd.daemon.backend import NullBackend
-from dragd.daemon.server import Server, ServerConfig
+from dragd.daemon.service.backend import NullBackend
+from dragd.daemon.service.server import Server, ServerConfig
 from dragd.protocol import Client, Image
 from dragd.protocol.schema import ERROR_CODES, PROTOCOL_VERSION, parse_reply
 

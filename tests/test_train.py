@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from dragd.daemon.stylegan2 import Generator
+from dragd.daemon.model.stylegan2 import Generator
 from dragd.lab import train as T
 
 
@@ -137,7 +137,7 @@ def test_style_mixing_switches_latents_at_a_cutoff():
 
 
 def test_export_loads_back_and_matches_the_ema_generator(tmp_path):
-    checkpoints = pytest.importorskip("dragd.daemon.checkpoints")
+    checkpoints = pytest.importorskip("dragd.daemon.model.checkpoints")
     run = tmp_path / "run"
     tr = T.train(tiny(), kimg=1, out=run, data_fn=standin_render, max_steps=3, log=quiet)
     ws = tr.G_ema.mapping(torch.randn(2, tr.cfg.z_dim, generator=torch.Generator().manual_seed(5)))
@@ -180,7 +180,7 @@ def test_cli_trains_and_exports(tmp_path, monkeypatch):
     T.main(["--preset", "tiny", "--kimg", "0.008", "--out", str(tmp_path / "cli")])
     state = T.load_training_checkpoint(tmp_path / "cli" / T.CKPT_NAME)
     assert state["step"] == 2 and state["commands"][0].startswith("python -m dragd.lab.train --preset tiny")
-    pytest.importorskip("dragd.daemon.checkpoints", reason="export needs daemon/checkpoints.py")
+    pytest.importorskip("dragd.daemon.model.checkpoints", reason="export needs dragd.daemon.model.checkpoints")
     T.main(["export", str(tmp_path / "cli" / T.CKPT_NAME), str(tmp_path / "cli.safetensors"), "--no-d"])
     assert (tmp_path / "cli.safetensors").is_file()
 

@@ -10,7 +10,7 @@ same analytic feature channels evaluated on its own pixel grid:
   the blob distinguishable, so tracking has something to lock onto);
 * background plane waves in image coordinates, faded out under the blobs.
 
-Same duck-typed interface as `dragd.daemon.stylegan2.Generator`: `resolution`, `num_ws`,
+Same duck-typed interface as `dragd.daemon.model.stylegan2.Generator`: `resolution`, `num_ws`,
 `w_dim`, `block_resolution(k)`, `synthesize(w, noise_mode, stop_after_block, render)`, and it
 accepts split latents `(head, tail)` (`supports_split_latent`).
 `centres(w)` gives the true blob centres for measuring what moved.
@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from dragd.daemon.stylegan2 import SynthesisOutput
+from dragd.daemon.model.stylegan2 import SynthesisOutput
 
 
 class ToyBlobGenerator:
@@ -54,7 +54,7 @@ class ToyBlobGenerator:
         self.render_calls = 0
         self.feature_calls = 0
         self.split_calls = 0
-        self.supports_split_latent = True             # see dragd.daemon.drag
+        self.supports_split_latent = True             # see dragd.daemon.edit.drag
 
     # -- the interface the drag engine uses --
 

@@ -16,7 +16,8 @@
 set -euo pipefail
 
 ROOT=${DRAGD_HOSTS_CHROOT:-/var/cache/dragd/trixie-hosts}
-MIRROR=${DRAGD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# Empty: debootstrap's own default mirror (the repository names no mirror host).
+MIRROR=${DRAGD_DEBIAN_MIRROR:-}
 SUITE=trixie
 # Bump when the recipe below changes in a way the package list does not show.
 RECIPE_VERSION=1
@@ -107,13 +108,23 @@ build() {
     mkdir -p "$(dirname "$ROOT")"
 
     t=$(now)
-    log "debootstrap --variant=minbase $SUITE from $MIRROR"
     local keyring=()
     [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] &&
         keyring=(--keyring=/usr/share/keyrings/debian-archive-keyring.gpg)
-    local script=()
-    [ -e "/usr/share/debootstrap/scripts/$SUITE" ] || script=(/usr/share/debootstrap/scripts/sid)
-    debootstrap --variant=minbase "${keyring[@]}" "$SUITE" "$part" "$MIRROR" "${script[@]}" \
+    local where=()
+    if [ ! -e "/usr/share/debootstrap/scripts/$SUITE" ]; then
+        # An older debootstrap without a trixie script: sid's serves, but a script can only be
+        # named after a mirror, so take debootstrap's own default when none is set.
+        local mirror=$MIRROR
+        [ -n "$mirror" ] ||
+            mirror=$(sed -n 's/^DEF_MIRROR="\(.*\)"$/\1/p' "$(command -v debootstrap)" | head -n 1)
+        [ -n "$mirror" ] || die "debootstrap has no $SUITE script and no default mirror: set DRAGD_DEBIAN_MIRROR"
+        where=("$mirror" /usr/share/debootstrap/scripts/sid)
+    elif [ -n "$MIRROR" ]; then
+        where=("$MIRROR")
+    fi
+    log "debootstrap --variant=minbase $SUITE ${where[*]:-(default mirror)}"
+    debootstrap --variant=minbase "${keyring[@]}" "$SUITE" "$part" "${where[@]}" \
         >"$part.debootstrap.log" 2>&1 ||
         { tail -n 30 "$part.debootstrap.log" >&2; die "debootstrap failed (log: $part.debootstrap.log)"; }
     rm -f "$part.debootstrap.log"

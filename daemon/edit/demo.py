@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from .checkpoints import CheckpointError, load_checkpoint
+from ..model.checkpoints import CheckpointError, load_checkpoint
+from ..model.device import DeviceError, describe_device, pick_device
+from ..model.registry import ModelError, resolve_model
 from .drag import DragConfig, DragSession
 from .image_prep import tensor_to_uint8
-from .model_registry import ModelError, resolve_model
-from .torch_backend import describe_device, model_drag_lr, pick_device
 
 # Handle → target pairs in fractions of the image side: widen the face at cheek height, an
 # edit that needs the generator to re-synthesise geometry rather than shift pixels.
@@ -31,10 +31,10 @@ class DemoError(Exception):
 def run_demo(output: Path, seed: int = 3, model: str = "default", device: str = "auto",
              max_steps: int = 300, lr: float | None = None, lambda_mask: float = 20.0,
              space: str = "w+", tracking: str = "l1", points=DEMO_POINTS) -> str:
-    dev = pick_device(device)
     try:
+        dev = pick_device(device)
         loaded = load_checkpoint(resolve_model(model), device=dev)
-    except (ModelError, CheckpointError) as exc:
+    except (DeviceError, ModelError, CheckpointError) as exc:
         raise DemoError(str(exc)) from None
     G = loaded.G
     res = G.resolution
@@ -44,7 +44,7 @@ def run_demo(output: Path, seed: int = 3, model: str = "default", device: str = 
         w = G.mapping(z, truncation_psi=0.7)[:, 0]
     handles = [(hx * res, hy * res) for (hx, hy), _ in points]
     targets = [(tx * res, ty * res) for _, (tx, ty) in points]
-    lr = lr if lr is not None else model_drag_lr(loaded.info)
+    lr = lr if lr is not None else loaded.drag_lr
     cfg = DragConfig(max_steps=max_steps, lambda_mask=lambda_mask, latent_space=space,
                      tracking_norm=tracking, **({"lr": lr} if lr is not None else {}))
     session = DragSession(G, w, handles, targets, config=cfg)

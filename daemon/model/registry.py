@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "assets" / "default.safetensors"
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "assets" / "default.safetensors"
 CONNECT_TIMEOUT_S = 10.0
 USER_AGENT = "dragd-model-fetch/1"
 

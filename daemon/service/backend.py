@@ -1,6 +1,6 @@
 """The interface between the ZeroMQ server and whatever does the GPU work.
 
-The server (``dragd.daemon.server``) knows nothing about torch: it hands a
+The server (``dragd.daemon.service.server``) knows nothing about torch: it hands a
 :class:`Backend` plain Python values, bytes-like pixel buffers and ints, and gets plain
 values and :class:`~dragd.protocol.schema.Image` objects back. All methods except
 ``hello_info``, ``list_models`` and ``status`` run on the server's single worker thread
@@ -41,7 +41,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..protocol.schema import ErrorCode, Image, ProtocolError
+from ...protocol.schema import ErrorCode, Image, ProtocolError
 
 Point = Tuple[float, float]
 PointPair = Tuple[Point, Point]            # (handle, target), layer pixel coordinates

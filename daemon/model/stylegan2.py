@@ -411,7 +411,7 @@ class Generator(nn.Module):
     """
 
     supports_split_latent = True      # synthesize() accepts (head, tail); see SynthesisNetwork
-    supports_feature_windows = True   # feature_windows(); see dragd.daemon.drag
+    supports_feature_windows = True   # feature_windows(); see dragd.daemon.edit.drag
 
     def __init__(self, cfg: GeneratorConfig | None = None, **overrides):
         super().__init__()

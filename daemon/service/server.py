@@ -6,7 +6,7 @@ Threads:
   answers ``hello``, ``ping``, ``status``, ``list_models`` and ``cancel`` at once (so a
   long job never hides the daemon), and queues the others (``load_model``,
   ``open_session``, ``drag``, ``undo``, ``reset_points``, ``close_session``);
-* the **worker thread** owns the GPU (calls the :class:`~dragd.daemon.backend.Backend`),
+* the **worker thread** owns the GPU (calls the :class:`~dragd.daemon.service.backend.Backend`),
   one job at a time in arrival order. Its replies and progress events travel to the
   socket thread over an inproc PUSH/PULL pair (zero-copy), because a ZeroMQ socket
   must only be used by one thread.
@@ -18,7 +18,7 @@ out of the socket thread; every bad request gets an ``error`` reply.
 
 Start in-process::
 
-    from dragd.daemon.server import Server, ServerConfig
+    from dragd.daemon.service.server import Server, ServerConfig
     srv = Server(backend, ServerConfig(endpoint="tcp://127.0.0.1:5557")).start()
     srv.serve_forever()       # returns after srv.stop() (e.g. from a signal handler)
 """
@@ -36,11 +36,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import zmq
 
-from ..protocol.schema import (JOB_TYPES, PROGRESS_FIELDS, PROTOCOL_VERSION, ErrorCode,
+from ...protocol.schema import (JOB_TYPES, PROGRESS_FIELDS, PROTOCOL_VERSION, ErrorCode,
                                Image, Limits, Message, ProtocolError, check_event,
                                check_result, encode, encode_error, parse_request,
                                split_images)
-from ..protocol.endpoint import is_loopback_endpoint
+from ...protocol.endpoint import is_loopback_endpoint
 from .backend import Backend, CancelToken, Cancelled
 
 log = logging.getLogger("dragd.server")
@@ -358,7 +358,7 @@ class Server:
                         "with: dragd keys --init, or pass insecure=True (--insecure) to "
                         "allow anyone who can reach the port" % cfg.endpoint)
             if want:
-                from ..protocol.curvekeys import normalise_key
+                from ...protocol.curvekeys import normalise_key
                 secret = normalise_key(secret, "server secret key")
                 public = (normalise_key(public, "server public key") if public
                           else zmq.curve_public(secret))

@@ -20,7 +20,7 @@ from typing import List, Optional, Union
 
 import zmq
 
-from ..protocol.curvekeys import format_key_file, normalise_key, read_key_file
+from ...protocol.curvekeys import format_key_file, normalise_key, read_key_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 

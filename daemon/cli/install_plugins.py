@@ -1,4 +1,4 @@
-"""Install the GIMP 3 and Krita 5 plug-ins into a user's profile, protocol vendored.
+"""`dragd install-plugins`: install the GIMP 3 and Krita 5 plug-ins into a user's profile, protocol vendored.
 
 Installed layouts keep the repository's import names, so the plug-in code imports
 `dragd.protocol` and `dragd.gimp_plugin` / `dragd.krita_plugin` the same way in the
@@ -26,6 +26,8 @@ import sys
 import zipfile
 from importlib import resources
 from pathlib import Path
+
+from .errors import UserFacingError
 
 GIMP_NAME = "dragd-gimp"
 KRITA_NAME = "dragd_krita"
@@ -182,3 +184,37 @@ def build_krita_zip(out: Path) -> Path:
                 if path.is_file() or path.is_dir():
                     zf.write(path, path.relative_to(staging).as_posix())
     return out
+
+
+def add_parser(sub) -> None:
+    ip = sub.add_parser("install-plugins", help="install the GIMP 3 / Krita 5 plug-ins")
+    ip.add_argument("--gimp", action="store_true")
+    ip.add_argument("--krita", action="store_true")
+    ip.add_argument("--krita-zip", type=Path, metavar="OUT.zip",
+                    help="build a zip for Krita's Tools ▸ Scripts ▸ Import Python Plugin from File…")
+    ip.add_argument("--uninstall", action="store_true")
+    ip.add_argument("--dest", type=Path, help="plug-ins folder (GIMP) or pykrita folder (Krita) "
+                    "instead of the user's default")
+    ip.set_defaults(handler=cmd_install_plugins)
+
+
+def cmd_install_plugins(args) -> int:
+    if not (args.gimp or args.krita or args.krita_zip):
+        raise UserFacingError("say which: --gimp, --krita and/or --krita-zip OUT.zip")
+    if args.gimp:
+        if args.uninstall:
+            print(f"removed the GIMP plug-in from {uninstall_gimp(args.dest)}")
+        else:
+            where = install_gimp(args.dest)
+            print(f"installed the GIMP plug-in in {where}; restart GIMP, then use "
+                  "Filters ▸ Generative ▸ Drag (DragGAN)… (GIMP's Python needs pyzmq and msgpack: see docs/GIMP.md)")
+    if args.krita:
+        if args.uninstall:
+            print(f"removed the Krita plug-in from {uninstall_krita(args.dest)}")
+        else:
+            where = install_krita(args.dest)
+            print(f"installed and enabled the Krita plug-in in {where}; restart Krita "
+                  "(Krita's Python needs pyzmq and msgpack: see docs/KRITA.md)")
+    if args.krita_zip:
+        print(f"wrote {build_krita_zip(args.krita_zip)}")
+    return 0

@@ -9,10 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def _user_error(msg: str) -> Exception:
-    from .cli import UserFacingError
-    return UserFacingError(msg)
+from .errors import UserFacingError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -44,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_list(args) -> int:
-    from . import model_registry as reg
+    from ..model import registry as reg
 
     rows = reg.list_models()
     print(f"cache: {reg.cache_dir()}")
@@ -58,13 +55,13 @@ def cmd_list(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from . import model_registry as reg
+    from ..model import registry as reg
 
     try:
         path = reg.fetch(args.name, progress=reg.text_progress(), timeout=args.timeout,
                          force=getattr(args, "force", False), log=lambda m: print(m, file=sys.stderr))
     except reg.ModelError as exc:
-        raise _user_error(str(exc)) from None
+        raise UserFacingError(str(exc)) from None
     print(path)
     return 0
 
@@ -72,17 +69,17 @@ def cmd_fetch(args) -> int:
 def cmd_convert(args) -> int:
     import torch
 
-    from . import model_registry as reg
-    from .checkpoints import CheckpointError, load_checkpoint, save_native
+    from ..model import registry as reg
+    from ..model.checkpoints import CheckpointError, load_checkpoint, save_native
 
     try:
         src = reg.resolve_model(args.input)
         loaded = load_checkpoint(src)
     except (reg.ModelError, CheckpointError) as exc:
-        raise _user_error(str(exc)) from None
+        raise UserFacingError(str(exc)) from None
     out = Path(args.output)
     if out.resolve() == Path(src).resolve():
-        raise _user_error("OUT must differ from IN")
+        raise UserFacingError("OUT must differ from IN")
     out.parent.mkdir(parents=True, exist_ok=True)
     info = loaded.info
     meta = {"source": str(src), "source_format": info.get("format", "?"), "source_name": info.get("name", "?")}
@@ -101,21 +98,3 @@ def cmd_convert(args) -> int:
     print(f"{out}: {loaded.G.cfg.resolution}px generator{' + discriminator' if D is not None else ''}, "
           f"{args.dtype}, from {info.get('format')} {src}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m dragd.daemon.cli_models …`), the same as `dragd models …`."""
-    ap = argparse.ArgumentParser(prog="dragd")
-    add_parser(ap.add_subparsers(dest="command", required=True))
-    args = ap.parse_args(["models", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.handler(args) or 0)
-    except Exception as exc:                       # UserFacingError without importing the CLI module
-        if type(exc).__name__ == "UserFacingError":
-            print(f"dragd: {exc}", file=sys.stderr)
-            return 2
-        raise
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """The real backend: models, PTI inversion, the drag loop and paste-back, on one device.
 
-It implements :class:`dragd.daemon.backend.Backend` for the ZeroMQ server and is used
+It implements :class:`dragd.daemon.service.backend.Backend` for the ZeroMQ server and is used
 directly (in-process) by `dragd edit` when no daemon answers. All heavy methods run on
 the server's single worker thread; the cheap ones read cached state under a lock.
 """
@@ -18,39 +18,19 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from ..protocol.schema import ErrorCode, Image
-from . import model_registry
+from ...protocol.schema import ErrorCode, Image
+from ..model import registry as model_registry
 from .backend import Backend, BackendError, Cancelled, CancelToken
-from .checkpoints import CheckpointError, LoadedModel, load_checkpoint
-from .drag import DragConfig, DragInputError, DragSession
-from .image_prep import (CropGeometry, LayerError, PreparedTarget, content_hash, prepare_target,
+from ..model.device import DeviceError, describe_device, pick_device
+from ..model.checkpoints import CheckpointError, LoadedModel, load_checkpoint
+from ..edit.drag import DragConfig, DragInputError, DragSession
+from ..edit.image_prep import (CropGeometry, LayerError, PreparedTarget, content_hash, prepare_target,
                          tensor_to_uint8, validate_layer)
-from .inversion import Inversion, InversionCancelled, InversionSettings, preset
-from .inversion_cache import InversionCache, inversion_key, invert_cached
-from .pasteback import generator_correspondence, paste_back
+from ..edit.inversion import Inversion, InversionCancelled, InversionSettings, preset
+from ..edit.inversion_cache import InversionCache, inversion_key, invert_cached
+from ..edit.pasteback import generator_correspondence, paste_back
 
 log = logging.getLogger("dragd.backend")
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' → cuda, then mps, then cpu; anything else is taken as given (and checked)."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BackendError(ErrorCode.MODEL_ERROR, "--device cuda was asked for but this torch build "
-                           "sees no CUDA GPU; use --device cpu or install a CUDA build of torch")
-    return dev
-
-
-def describe_device(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return f"cuda:{dev.index or 0} ({torch.cuda.get_device_name(dev.index or 0)})"
-    return dev.type
 
 
 @dataclass
@@ -62,7 +42,7 @@ class _Model:
 
     @property
     def drag_lr(self) -> float | None:
-        return model_drag_lr(self.loaded.info)
+        return self.loaded.drag_lr
 
 
 @dataclass
@@ -99,7 +79,10 @@ class TorchBackend(Backend):
     def __init__(self, model: str = "default", device: str = "auto",
                  cache_dir: Path | None = None, cache_memory_bytes: int = 2 << 30,
                  cache_disk_bytes: int = 8 << 30, preload: bool = True):
-        self.device = pick_device(device)
+        try:
+            self.device = pick_device(device)
+        except DeviceError as exc:
+            raise BackendError(ErrorCode.MODEL_ERROR, str(exc)) from None
         self.device_name = describe_device(self.device)
         self.default_model = model
         self._lock = threading.Lock()
@@ -418,15 +401,6 @@ def _inversion_settings(inv: dict) -> InversionSettings | None:
     if inv.get("seed") is not None:
         overrides["seed"] = int(inv["seed"])
     return dataclasses.replace(s, **overrides) if overrides else s
-
-
-def model_drag_lr(info: dict) -> float | None:
-    """The model's own default drag learning rate (metadata 'drag_lr'), if it has one."""
-    try:
-        lr = float(info["drag_lr"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return lr if 0 < lr < 1 else None
 
 
 def _drag_config(params: dict, scale: float, model_lr: float | None = None) -> DragConfig:

@@ -1,0 +1,1 @@
+"""The editing algorithms: drag, inversion, image preparation, paste-back (uses model/)."""

@@ -1,0 +1,1 @@
+"""The generator and everything that reads checkpoints into it (torch, nothing above)."""

@@ -1,0 +1,1 @@
+"""The daemon: ZeroMQ server, sessions, security, job dispatch and backends (uses edit/, model/)."""
