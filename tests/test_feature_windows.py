@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import dragd.daemon.model.stylegan2 as sg
+import dragd.daemon.model.windows as wn
 from dragd.daemon.edit.drag import DragSession, sample_features
-from dragd.daemon.model.stylegan2 import FeatureWindows, Generator
+from dragd.daemon.model.stylegan2 import Generator
+from dragd.daemon.model.windows import FeatureWindows
 
 RES, BLOCK = 128, 5                      # block 5 of a 128-px generator: 64×64 features
 
@@ -25,8 +26,8 @@ def gen():
     return G, ws
 
 
-def _force_plan(monkeypatch, G, j, size):
-    monkeypatch.setattr(G.synthesis, "_window_plan", lambda block, half, count: (j, size))
+def _force_plan(monkeypatch, j, size):
+    monkeypatch.setattr(wn, "window_plan", lambda cfg, block, half, count: (j, size))
 
 
 def _box(c, half, r):
@@ -47,7 +48,7 @@ def _max_box_error(full, fw, centres, half):
 
 
 def _plan_size(j, half):
-    return sg._window_size(half, 2 ** (BLOCK - j))[1]
+    return wn.window_size(half, 2 ** (BLOCK - j))[1]
 
 
 CENTRES = [(0, 0), (63, 63), (0, 63), (5, 60), (31, 32), (17, 2), (61, 40)]
@@ -56,7 +57,7 @@ CENTRES = [(0, 0), (63, 63), (0, 63), (5, 60), (31, 32), (17, 2), (61, 40)]
 @pytest.mark.parametrize("j,half", [(4, 2), (4, 6), (3, 3), (3, 8)])
 def test_windows_equal_the_whole_map_inside_their_boxes(gen, monkeypatch, j, half):
     G, ws = gen
-    _force_plan(monkeypatch, G, j, _plan_size(j, half))
+    _force_plan(monkeypatch, j, _plan_size(j, half))
     with torch.no_grad():
         full = G.synthesize(ws, stop_after_block=BLOCK, render=False).features[-1]
         fw = G.feature_windows(ws, BLOCK, CENTRES, half)
@@ -70,8 +71,8 @@ def test_margin_of_three_pixels_per_block_is_needed(gen, monkeypatch):
     """With a margin one pixel short, interior windows read wrong values: the constant is tight."""
     G, ws = gen
     half = 4
-    monkeypatch.setattr(sg, "WINDOW_BLOCK_MARGIN", 2)
-    _force_plan(monkeypatch, G, 4, _plan_size(4, half))
+    monkeypatch.setattr(wn, "WINDOW_BLOCK_MARGIN", 2)
+    _force_plan(monkeypatch, 4, _plan_size(4, half))
     centres = [(31, 32), (20, 45)]                  # away from the map's border
     with torch.no_grad():
         full = G.synthesize(ws, stop_after_block=BLOCK, render=False).features[-1]
@@ -82,7 +83,7 @@ def test_margin_of_three_pixels_per_block_is_needed(gen, monkeypatch):
 def test_window_gradients_equal_whole_map_gradients(gen, monkeypatch):
     G, ws = gen
     half = 5
-    _force_plan(monkeypatch, G, 3, _plan_size(3, half))
+    _force_plan(monkeypatch, 3, _plan_size(3, half))
     centres = [(22, 23), (61, 3)]                  # feature px; covers pts below (image px ÷ 2)
     pts = torch.tensor([[[40.0, 50.0], [47.5, 43.25]], [[120.0, 10.0], [125.0, 2.0]]])  # image px
     grads = []
@@ -104,9 +105,9 @@ def test_window_gradients_equal_whole_map_gradients(gen, monkeypatch):
 
 def test_plan_picks_windows_for_few_handles_and_the_whole_map_for_many():
     G = Generator(resolution=512)                   # FFHQ channels; the plan only reads the config
-    j, size = G.synthesis._window_plan(6, 6, 2)
+    j, size = wn.window_plan(G.cfg, 6, 6, 2)
     assert j < 6 and 0 < size < G.block_resolution(j)
-    assert G.synthesis._window_plan(6, 6, 5000) == (6, 0)
+    assert wn.window_plan(G.cfg, 6, 6, 5000) == (6, 0)
 
 
 def test_whole_map_comes_back_when_windows_do_not_pay(gen):

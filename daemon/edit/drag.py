@@ -76,7 +76,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..model.stylegan2 import FeatureWindows
+from ..model.windows import FeatureWindows
 
 __all__ = ["DragConfig", "DragInputError", "DragSession", "DragSnapshot", "StepResult",
            "motion_loss", "sample_features", "track_points"]

@@ -6,10 +6,11 @@ from a real checkpoint loads with `strict=True`; the math and its order follow t
 same reference so a real checkpoint reproduces NVIDIA's images.
 
 What is added over the reference: the synthesis can stop after block k and return
-only the feature maps (the drag loop needs block 6 and nothing after it); it can compute
-block k's features only in small windows (`feature_windows`: the drag loop reads a few
-pixels around each handle); and the whole network always runs in fp32 (fp16-trained layers
-are numerically fine in fp32).
+only the feature maps (the drag loop needs block 6 and nothing after it); it takes W+ split
+in two parts (the drag loop optimises only the first rows); `Generator.feature_windows`
+computes block k's features only in small windows (the drag loop reads a few pixels around
+each handle; the machinery is in windows.py); and the whole network always runs in fp32
+(fp16-trained layers are numerically fine in fp32).
 """
 from __future__ import annotations
 
@@ -21,16 +22,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import windows
 from .ops import (LRELU_GAIN, bias_act, conv2d_resample, modulated_conv2d,
                   normalize_2nd_moment, setup_filter, upsample2d)
 
 NOISE_MODES = ("const", "random", "none")
-
-# Pixels at each edge of a synthesis block's output that depend on input outside the window
-# the block was given (up-sampling transposed 3×3 conv + 4-tap FIR, then a 3×3 conv): 3.
-# After n windowed blocks: 3·(2^n − 1). tests/test_feature_windows.py checks that 3 suffices
-# and 2 does not.
-WINDOW_BLOCK_MARGIN = 3
 
 
 def _config_from_json(cls, text: str, what: str):
@@ -73,7 +69,7 @@ class GeneratorConfig:
 
     @property
     def num_ws(self) -> int:
-        return 2 * int(math.log2(self.resolution)) - 2
+        return 2 * self.num_blocks          # b4: one conv; later blocks: two; plus the last toRGB
 
     def channels(self, res: int) -> int:
         return min(self.channel_base // res, self.channel_max)
@@ -161,20 +157,18 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("resample_filter", setup_filter(), persistent=False)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const",
-                windows: list[tuple[int, int]] | None = None) -> torch.Tensor:
-        """windows: x is a batch of crops of the full input; windows[i] is the (x, y) origin of
-        crop i's output in the full output map (only with const or no noise)."""
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [N, I, H, W], w: [N, w_dim] → [N, O, H·up, W·up].
+
+        noise: unit noise broadcastable to the output, used instead of noise_mode's
+        (windows.py passes crops of noise_const)."""
         styles = self.affine(w)
-        noise = None
-        if noise_mode == "random":
-            assert windows is None, "random noise cannot be windowed"
-            noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution],
-                                device=x.device) * self.noise_strength
-        elif noise_mode == "const":
-            noise = self.noise_const * self.noise_strength
-            if windows is not None:
-                size = x.shape[-1] * self.up
-                noise = torch.stack([noise[oy:oy + size, ox:ox + size] for ox, oy in windows])[:, None]
+        if noise is None and noise_mode == "random":
+            noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device)
+        elif noise is None and noise_mode == "const":
+            noise = self.noise_const
+        if noise is not None:
+            noise = noise * self.noise_strength
         x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
                              resample_filter=self.resample_filter, flip_weight=(self.up == 1))
         return bias_act(x, self.bias, act="lrelu", gain=LRELU_GAIN, clamp=self.conv_clamp)
@@ -215,49 +209,21 @@ class SynthesisBlock(nn.Module):
         self.register_buffer("resample_filter", setup_filter(), persistent=False)
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
-                noise_mode: str = "const", render: bool = True,
-                windows: list[tuple[int, int]] | None = None):
-        """ws: [N, num_conv + 1, w_dim] (the last row feeds toRGB). Returns (x, img).
-
-        windows: x holds N crops of the previous block's output and windows[i] is the (x, y)
-        origin of crop i's output at this block's resolution (twice the input crop's origin);
-        the outer WINDOW_BLOCK_MARGIN pixels of each output crop are not those of the full map,
-        except along the map's own border."""
+                noise_mode: str = "const", render: bool = True):
+        """x: [N, C_in, res/2, res/2] (None for b4), img: [N, img_channels, res/2, res/2] or None,
+        ws: [N, num_conv + 1, w_dim] (the last row feeds toRGB). Returns (x [N, C, res, res], img)."""
         if self.in_channels == 0:
-            assert windows is None, "the first block has no input to window"
             x = self.const.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
             x = self.conv1(x, ws[:, 0], noise_mode)
         else:
-            x = self.conv0(x, ws[:, 0], noise_mode, windows)
-            x = self.conv1(x, ws[:, 1], noise_mode, windows)
+            x = self.conv0(x, ws[:, 0], noise_mode)
+            x = self.conv1(x, ws[:, 1], noise_mode)
         if render:
             if img is not None:
                 img = upsample2d(img, self.resample_filter)
             y = self.torgb(x, ws[:, self.num_conv])
             img = y if img is None else img + y
         return x, img
-
-
-@dataclass
-class FeatureWindows:
-    """Square windows of one block's feature map, one per requested centre.
-
-    Inside the box each window was asked to cover, the values are the full map's (up to float
-    summation order); outside it they may not be."""
-    data: torch.Tensor        # [P, C, S, S]
-    origins: torch.Tensor     # [P, 2] int64 (x, y) of each window's top-left pixel in the full map
-    full_size: int            # side of the full map
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.data.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.data.device
-
-    def detach(self) -> "FeatureWindows":
-        return FeatureWindows(self.data.detach(), self.origins, self.full_size)
 
 
 @dataclass
@@ -270,7 +236,7 @@ class SynthesisNetwork(nn.Module):
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
         self.cfg = cfg
-        self.block_resolutions = [2 ** i for i in range(2, int(math.log2(cfg.resolution)) + 1)]
+        self.block_resolutions = [2 ** (k + 1) for k in range(1, cfg.num_blocks + 1)]   # 4, 8, …, res
         for res in self.block_resolutions:
             in_ch = cfg.channels(res // 2) if res > 4 else 0
             block = SynthesisBlock(in_ch, cfg.channels(res), cfg.w_dim, res, cfg.img_channels,
@@ -278,22 +244,36 @@ class SynthesisNetwork(nn.Module):
             setattr(self, f"b{res}", block)
         self.num_ws = cfg.num_ws
 
+    def block_ws(self, ws) -> list[torch.Tensor]:
+        """W+ [N, num_ws, w_dim] → each block's rows [N, num_conv + 1, w_dim] in fp32 (consecutive
+        blocks share one row: toRGB's and the next conv0's).
+
+        ws may be split, (head [N, n, w_dim], tail [N, num_ws − n, w_dim]), taken as their
+        concatenation: each block reads its rows from whichever part holds them, so autograd
+        skips the style gradients of layers fed only by a frozen tail (the drag loop optimises
+        a head of 6 rows)."""
+        head, tail = ws if isinstance(ws, tuple) else (ws, ws[:, :0])
+        head, tail = head.to(torch.float32), tail.to(torch.float32)
+        assert head.ndim == 3 and tail.ndim == 3 and head.shape[1] + tail.shape[1] == self.num_ws \
+            and head.shape[2] == tail.shape[2] == self.cfg.w_dim, \
+            f"ws must be [N, {self.num_ws}, {self.cfg.w_dim}], got {tuple(head.shape)} + {tuple(tail.shape)}"
+        out, w_idx = [], 0
+        for res in self.block_resolutions:
+            block = getattr(self, f"b{res}")
+            out.append(_rows(head, tail, w_idx, block.num_conv + 1))
+            w_idx += block.num_conv
+        return out
+
     def forward(self, ws, noise_mode: str = "const",
                 stop_after_block: int | None = None, render: bool = True) -> SynthesisOutput:
-        """ws: [N, num_ws, w_dim], or a split latent (head [N, n, w_dim], tail [N, num_ws − n, w_dim])
-        taken as their concatenation. Split, each block reads its rows from whichever part holds
-        them, so autograd skips the style gradients of layers fed only by a frozen tail (the
-        drag loop optimises a head of 6 rows). stop_after_block k (1-based: 1 = b4) skips
-        everything later.
+        """ws: W+ [N, num_ws, w_dim] or split (head, tail), see `block_ws`. stop_after_block k
+        (1-based: 1 = b4) skips everything later.
 
         The image is rendered only when the last block runs and render=True; when stopping
         early no toRGB layer runs at all.
         """
-        n_blocks = len(self.block_resolutions)
-        head, tail = _head_tail(ws)
-        assert head.ndim == 3 and tail.ndim == 3 and head.shape[1] + tail.shape[1] == self.num_ws \
-            and head.shape[2] == tail.shape[2] == self.cfg.w_dim, \
-            f"ws must be [N, {self.num_ws}, {self.cfg.w_dim}], got {tuple(head.shape)} + {tuple(tail.shape)}"
+        n_blocks = self.cfg.num_blocks
+        block_ws = self.block_ws(ws)
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         last = n_blocks if stop_after_block is None else stop_after_block
@@ -302,95 +282,10 @@ class SynthesisNetwork(nn.Module):
         render = render and last == n_blocks
         x = img = None
         features = []
-        w_idx = 0
-        for res in self.block_resolutions[:last]:
-            block = getattr(self, f"b{res}")
-            block_ws = _rows(head, tail, w_idx, block.num_conv + 1)
-            x, img = block(x, img, block_ws, noise_mode=noise_mode, render=render)
+        for res, w in zip(self.block_resolutions[:last], block_ws):
+            x, img = getattr(self, f"b{res}")(x, img, w, noise_mode=noise_mode, render=render)
             features.append(x)
-            w_idx += block.num_conv
         return SynthesisOutput(image=img, features=features)
-
-    def feature_windows(self, ws, block: int, centres: list[tuple[int, int]], half: int,
-                        noise_mode: str = "const") -> "FeatureWindows | torch.Tensor":
-        """Block `block`'s features [1, C, r, r] in the boxes centre ± half (clipped to the map),
-        computing only what those boxes depend on.
-
-        ws: as `forward`, batch 1. centres: (x, y) pixels at block `block`'s resolution r.
-        Blocks 1…j run whole; windows of block j's output, one per centre, go through blocks
-        j+1…block as a batch. j is chosen by a FLOP estimate; when no j beats the whole map,
-        the whole map [1, C, r, r] is returned instead of FeatureWindows.
-        """
-        if noise_mode == "random":
-            raise ValueError("feature_windows needs noise_mode 'const' or 'none': random noise "
-                             "differs between a window and the full map")
-        n_blocks = len(self.block_resolutions)
-        if not 1 <= block <= n_blocks:
-            raise ValueError(f"block must be in 1…{n_blocks}, got {block}")
-        j, size = self._window_plan(block, half, len(centres))
-        out = self.forward(ws, noise_mode=noise_mode, stop_after_block=j, render=False)
-        x = out.features[-1]
-        assert x.shape[0] == 1, f"feature_windows takes one latent, got a batch of {x.shape[0]}"
-        if j == block:
-            return x
-        head, tail = _head_tail(ws)
-        scale = 2 ** (block - j)
-        margin, _ = _window_size(half, scale)
-        res_j = self.block_resolutions[j - 1]
-
-        def origin(c: int) -> int:
-            return min(max((c - half - margin) // scale, 0), res_j - size)
-
-        windows = [(origin(cx), origin(cy)) for cx, cy in centres]
-        x = torch.stack([x[0, :, oy:oy + size, ox:ox + size] for ox, oy in windows])  # [P, C, S, S]
-        w_idx = sum(getattr(self, f"b{r}").num_conv for r in self.block_resolutions[:j])
-        for res in self.block_resolutions[j:block]:
-            blk = getattr(self, f"b{res}")
-            windows = [(2 * ox, 2 * oy) for ox, oy in windows]
-            block_ws = _rows(head, tail, w_idx, blk.num_conv + 1).expand(len(windows), -1, -1)
-            x, _ = blk(x, None, block_ws, noise_mode=noise_mode, render=False, windows=windows)
-            w_idx += blk.num_conv
-        res_k, side = self.block_resolutions[block - 1], x.shape[-1]
-        for (ox, oy), (cx, cy) in zip(windows, centres):
-            for o, c in ((ox, cx), (oy, cy)):
-                lo = o + (margin if o > 0 else 0)
-                hi = o + side - 1 - (margin if o + side < res_k else 0)
-                assert lo <= max(c - half, 0) and min(c + half, res_k - 1) <= hi, \
-                    f"window at {o} (size {side}) does not cover {c} ± {half}"
-        return FeatureWindows(x, torch.tensor(windows, dtype=torch.int64), res_k)
-
-    def _window_plan(self, block: int, half: int, count: int) -> tuple[int, int]:
-        """(j, S): crop S-square windows from block j's output; (block, 0): no windows."""
-
-        def cost(k: int, side: int) -> float:          # multiply-adds of block k on a side² output
-            c_out = self.cfg.channels(self.block_resolutions[k - 1])
-            c_in = self.cfg.channels(self.block_resolutions[k - 2]) if k > 1 else 0
-            return side * side * (c_in * c_out / 4 + c_out * c_out)
-
-        res = self.block_resolutions
-        best = (sum(cost(k, res[k - 1]) for k in range(1, block + 1)), block, 0)
-        for j in range(1, block):
-            _, size = _window_size(half, 2 ** (block - j))
-            if size >= res[j - 1]:
-                continue
-            total = sum(cost(k, res[k - 1]) for k in range(1, j + 1)) + count * sum(
-                cost(k, size * 2 ** (k - j)) for k in range(j + 1, block + 1))
-            best = min(best, (total, j, size))
-        return best[1], best[2]
-
-
-def _head_tail(ws) -> tuple[torch.Tensor, torch.Tensor]:
-    """W+ [N, num_ws, w_dim] or a split (head, tail) → (head, tail) in fp32."""
-    head, tail = ws if isinstance(ws, tuple) else (ws, ws[:, :0])
-    return head.to(torch.float32), tail.to(torch.float32)
-
-
-def _window_size(half: int, scale: int) -> tuple[int, int]:
-    """(margin, S) for windows that go through log2(scale) blocks: the margin lost at each edge
-    of the final window, and the side S of the first-block window whose final window covers
-    2·half + 1 pixels plus that margin on both sides, whatever the rounding of its origin."""
-    margin = WINDOW_BLOCK_MARGIN * (scale - 1)
-    return margin, -(-(2 * half + 1 + 2 * margin + scale - 1) // scale)
 
 
 def _rows(head: torch.Tensor, tail: torch.Tensor, start: int, count: int) -> torch.Tensor:
@@ -432,6 +327,10 @@ class Generator(nn.Module):
     def w_dim(self) -> int:
         return self.cfg.w_dim
 
+    @property
+    def num_blocks(self) -> int:
+        return self.cfg.num_blocks
+
     def block_resolution(self, k: int) -> int:
         """Spatial size of the features of block k (1-based)."""
         return self.synthesis.block_resolutions[k - 1]
@@ -452,10 +351,11 @@ class Generator(nn.Module):
                               stop_after_block=stop_after_block, render=render)
 
     def feature_windows(self, w, block: int, centres: list[tuple[int, int]], half: int,
-                        noise_mode: str = "const") -> "FeatureWindows | torch.Tensor":
-        """w: [1, w_dim], W+ [1, num_ws, w_dim] or a split W+; see SynthesisNetwork.feature_windows."""
+                        noise_mode: str = "const") -> "windows.FeatureWindows | torch.Tensor":
+        """Block `block`'s features in the boxes centre ± half only; see windows.feature_windows.
+        w: [1, w_dim], W+ [1, num_ws, w_dim] or a split W+."""
         ws = w if isinstance(w, tuple) else self.to_wplus(w)
-        return self.synthesis.feature_windows(ws, block, centres, half, noise_mode=noise_mode)
+        return windows.feature_windows(self.synthesis, ws, block, centres, half, noise_mode=noise_mode)
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
                 noise_mode: str = "const") -> torch.Tensor:
