@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from dragd.daemon.model.ops import setup_filter, upfirdn2d, upsample2d
+import torch.nn.functional as F
+
+from dragd.daemon.model.ops import conv2d_resample, setup_filter, upfirdn2d, upsample2d
 from dragd.daemon.model.stylegan2 import (Discriminator, DiscriminatorConfig, Generator, GeneratorConfig,
                                     MinibatchStdLayer)
 
@@ -140,6 +142,24 @@ def test_upsample_preserves_constants_and_filter_is_normalised():
     d[0, 0, 1, 1] = 1
     z = upfirdn2d(d, k, pad=(1, 0, 1, 0))
     assert torch.equal(z[0, 0, 1:3, 1:3], k)
+
+
+
+def test_resampling_without_a_filter_drops_or_spreads_samples():
+    """f=None is the 1-tap filter: down-sampling keeps every other sample, up-sampling leaves
+    the zeros of zero insertion (gain up² as with a filter)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    w3, w1 = torch.randn(4, 3, 3, 3), torch.randn(4, 3, 1, 1)
+    assert torch.allclose(conv2d_resample(x, w3, down=2, padding=1), F.conv2d(x, w3, stride=2, padding=1),
+                          atol=1e-6)
+    assert torch.allclose(conv2d_resample(x, w1, down=2), F.conv2d(x[:, :, ::2, ::2], w1), atol=1e-6)
+    up = conv2d_resample(x, w1, up=2)
+    spread = torch.zeros(2, 4, 16, 16)
+    spread[:, :, 1::2, 1::2] = 4 * F.conv2d(x, w1)
+    assert torch.allclose(up, spread, atol=1e-5)
+    assert conv2d_resample(x, w3, up=2, padding=1).shape == (2, 4, 16, 16)
+    assert torch.equal(upfirdn2d(x, None, down=2), x[:, :, ::2, ::2])
 
 
 def test_discriminator_shapes_and_features():

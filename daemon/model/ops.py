@@ -44,9 +44,12 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, down: int = 1,
               pad: tuple[int, int, int, int] = (0, 0, 0, 0), gain: float = 1.0) -> torch.Tensor:
     """Upsample by zero insertion, pad (or crop if negative), FIR filter, downsample.
 
-    x: [N, C, H, W]; f: [fh, fw]; pad = (x0, x1, y0, y1).
+    x: [N, C, H, W]; f: [fh, fw], or None for no filter (the 1-tap [[1]], as the reference);
+    pad = (x0, x1, y0, y1).
     """
     n, c, h, w = x.shape
+    if f is None:
+        f = torch.ones([1, 1], device=x.device)
     px0, px1, py0, py1 = pad
     if up > 1:
         x = x.reshape(n, c, h, 1, w, 1)
@@ -74,13 +77,16 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None = N
                     flip_weight: bool = True) -> torch.Tensor:
     """2-D convolution with optional 2× up- or down-sampling through filter f.
 
-    Only the paths StyleGAN2 uses are implemented: plain, transposed-conv up (k>1),
-    strided down (k>1) and 1×1 down. flip_weight=False makes it a true convolution.
+    Only the paths StyleGAN2 uses are implemented: plain, transposed-conv up, strided down
+    (k>1) and 1×1 down. flip_weight=False makes it a true convolution. f=None means no filter
+    (the 1-tap [[1]], as the reference): up-sampling then leaves the transposed conv's zeros
+    (scaled by up²), down-sampling just drops samples.
     """
     out_ch, in_per_group, kh, kw = w.shape
     px0 = px1 = py0 = py1 = padding
-    if f is not None:
-        fh, fw = f.shape
+    if f is None:
+        f = torch.ones([1, 1], device=x.device)
+    fh, fw = f.shape
     if up > 1:
         px0 += (fw + up - 1) // 2
         px1 += (fw - up) // 2
