@@ -478,6 +478,9 @@ def write_nvidia_golden(ref: Path, out: Path) -> None:
         _randomize(G, 1100 + ci)
         with torch.no_grad():
             G.mapping.w_avg.copy_(torch.randn(c["w"]) * 0.5)
+            for name, p in G.mapping.named_parameters():
+                if name.endswith("weight"):     # stored ÷ lr_multiplier 0.01, as trained ones are;
+                    p.mul_(100)                 # else w hardly depends on z (|w − w_avg| ~ 0.01)
         gen = torch.Generator().manual_seed(1200 + ci)
         z = torch.randn(3, c["z"], generator=gen)
         ws = torch.randn(2, G.num_ws, c["w"], generator=gen)
@@ -530,12 +533,14 @@ def write_nvidia_golden(ref: Path, out: Path) -> None:
                     put(f"D/features/{n}", store[n])
     commit = subprocess.run(["git", "-C", str(ref), "rev-parse", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
-    meta = {
-        "configs": json.dumps(_GOLDEN_CONFIGS, sort_keys=True),
+    # one metadata key: safetensors writes several in hash order, and the same tensors should
+    # give the same bytes (regenerating leaves git with nothing to show)
+    meta = {"golden": json.dumps({
+        "configs": _GOLDEN_CONFIGS,
         "reference": f"NVlabs/stylegan2-ada-pytorch {commit} training/networks.py",
         "command": GOLDEN_COMMAND,
         "torch": torch.__version__,
-    }
+    }, sort_keys=True)}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata=meta)
     print(f"wrote {len(tensors)} tensors ({sum(t.numel() for t in tensors.values())} floats, "
