@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..daemon.drag import DragConfig, DragSession
+from ..daemon.edit.drag import DragConfig, DragSession
 from . import landmarks
 
 
@@ -166,9 +166,9 @@ def run_benchmark(G, detector_net, pairs: int = 20, point_counts=(1, 5, None), m
 
 
 def main(argv=None) -> int:
-    from ..daemon.checkpoints import load_checkpoint
-    from ..daemon.model_registry import resolve_model
-    from ..daemon.torch_backend import describe_device, pick_device
+    from ..daemon.model.checkpoints import load_checkpoint
+    from ..daemon.model.registry import resolve_model
+    from ..daemon.model.device import describe_device, pick_device
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")

@@ -10,9 +10,9 @@ from dragd.daemon.model.checkpoints import load_checkpoint
 from dragd.daemon.edit.drag import DragConfig, DragSession
 from dragd.daemon.edit.image_prep import make_geometry
 from dragd.daemon.service.server import Server, ServerConfig
-from dragd.daemon.service.torch_backend import TorchBackend, _mask_to_generator, to_generator, to_layer
-from dragd.protocol.client import Client, RemoteError
-from dragd.protocol.schema import Image
+from dragd.daemon.edit.session import _mask_to_generator, to_generator, to_layer
+from dragd.daemon.service.torch_backend import TorchBackend
+from dragd.protocol import Client, Image, RemoteError
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,12 @@ import zmq
 from daemon_fixture import free_port
 from dragd.daemon.service import keys as dkeys
 from dragd.daemon.service.backend import Backend, BackendError, CancelToken, NullBackend
-from dragd.daemon.service.server import (ConfigError, Server, ServerConfig, SessionTable,
-                                 is_loopback_endpoint)
-from dragd.protocol import (SESSION_LOST, Client, CurveConfig, DaemonUnavailable, Image,
-                            JobTimeout, Limits, RemoteError)
-from dragd.protocol.schema import PROTOCOL_VERSION, encode, parse_reply
+from dragd.daemon.service.server import ConfigError, Server, ServerConfig
+from dragd.daemon.service.sessions import SessionTable
+from dragd.protocol.endpoint import is_loopback_endpoint
+from dragd.protocol import (PROTOCOL_VERSION, SESSION_LOST, Client, CurveConfig,
+                            DaemonUnavailable, Image, JobTimeout, Limits, RemoteError, encode,
+                            parse_reply)
 
 
 # ---------------------------------------------------------------------------

@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 
 from dragd.daemon.service.backend import NullBackend
 from dragd.daemon.service.server import Server, ServerConfig
-from dragd.protocol import Client, Image
-from dragd.protocol.schema import ERROR_CODES, PROTOCOL_VERSION, parse_reply
+from dragd.protocol import ERROR_CODES, PROTOCOL_VERSION, Client, Image, parse_reply
 
 FUZZ = settings(max_examples=500, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow,

@@ -63,8 +63,7 @@ def cmd_edit(args) -> int:
     import numpy as np
     from PIL import Image as PILImage
 
-    from ...protocol.client import Client, DaemonUnavailable, RemoteError
-    from ...protocol.schema import Image
+    from ...protocol import Client, DaemonUnavailable, Image, RemoteError
 
     if not args.input.is_file():
         raise UserFacingError(f"input image {args.input} does not exist")

@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
                    "a non-loopback address needs CurveZMQ keys, see `dragd keys`)")
     s.add_argument("--model", default="default", help="model name or checkpoint path (default: embedded model)")
     s.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    s.add_argument("--keys-dir", help="CurveZMQ keys folder (server.key_secret, clients/*.key)")
+    s.add_argument("--keys-dir", help="CurveZMQ keys folder (server.key_secret, clients/*.key; default: the one `dragd keys init` uses)")
     s.add_argument("--insecure", action="store_true", help="allow a non-loopback bind WITHOUT encryption "
                    "or authentication (anyone on the network can use the daemon)")
     s.add_argument("--session-budget-gb", type=float, default=4.0,
@@ -23,10 +23,14 @@ def add_parser(sub) -> None:
 
 
 def cmd_serve(args) -> int:
+    from ..service import keys
     from ..service.server import ConfigError, ServerConfig, serve
 
+    keys_dir = args.keys_dir
+    if keys_dir is None and (keys.default_keys_dir() / "server.key_secret").is_file():
+        keys_dir = keys.default_keys_dir()      # where `dragd keys init` put them
     backend = make_backend(args.model, args.device, args.cache_dir)
-    cfg = ServerConfig(endpoint=args.bind, keys_dir=args.keys_dir, insecure=args.insecure,
+    cfg = ServerConfig(endpoint=args.bind, keys_dir=keys_dir, insecure=args.insecure,
                        session_budget_bytes=int(args.session_budget_gb * (1 << 30)))
     try:
         srv = serve(backend, cfg)

@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_status(args) -> int:
-    from ...protocol.client import Client, DaemonUnavailable
+    from ...protocol import Client, DaemonUnavailable
 
     with Client(args.connect, timeout=2.0) as client:
         try:

@@ -2,7 +2,7 @@
 
 The server (``dragd.daemon.service.server``) knows nothing about torch: it hands a
 :class:`Backend` plain Python values, bytes-like pixel buffers and ints, and gets plain
-values and :class:`~dragd.protocol.schema.Image` objects back. All methods except
+values and :class:`~dragd.protocol.Image` objects back. All methods except
 ``hello_info``, ``list_models`` and ``status`` run on the server's single worker thread
 (the one that owns the GPU), one job at a time, so the backend needs no locking for
 them. ``hello_info``, ``list_models`` and ``status`` are called from the socket thread
@@ -30,7 +30,7 @@ Cancellation: long methods receive a :class:`CancelToken`; check ``cancel.cancel
 that state, as if the user had stopped the drag there); other methods raise Cancelled.
 
 Errors: raise :class:`BackendError(code, message)` with a code from
-``dragd.protocol.schema.ErrorCode`` (``unknown_model``, ``no_model``, ``model_error``,
+``dragd.protocol.ErrorCode`` (``unknown_model``, ``no_model``, ``model_error``,
 ``bad_state``, ``bad_points``, ``out_of_memory``, ``unknown_session`` ...) and a
 sentence the user can act on. Any other exception becomes an ``internal`` error (with
 the traceback in the daemon log); ``MemoryError`` and torch's OutOfMemoryError become
@@ -41,7 +41,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ...protocol.schema import ErrorCode, Image, ProtocolError
+from ...protocol import ErrorCode, Image, ProtocolError
 
 Point = Tuple[float, float]
 PointPair = Tuple[Point, Point]            # (handle, target), layer pixel coordinates

@@ -80,7 +80,7 @@ def load_keypair(directory: PathLike, name: str = "server") -> KeyPair:
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise KeyFileError("no keypair %s; create one with: dragd keys --init" % path)
+        raise KeyFileError("no keypair %s; create one with: dragd keys init" % path)
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError("%s is accessible by other users; run: chmod 600 %s"
                            % (path, path))

@@ -25,266 +25,28 @@ Start in-process::
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import secrets
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import zmq
 
-from ...protocol.schema import (JOB_TYPES, PROGRESS_FIELDS, PROTOCOL_VERSION, ErrorCode,
-                               Image, Limits, Message, ProtocolError, check_event,
-                               check_result, encode, encode_error, parse_request,
-                               split_images)
-from ...protocol.endpoint import is_loopback_endpoint
-from .backend import Backend, CancelToken, Cancelled
+from ...protocol import (JOB_TYPES, PROGRESS_FIELDS, PROTOCOL_VERSION, ErrorCode, Image, Message,
+                         ProtocolError, check_event, check_result, encode, encode_error, parse_request,
+                         split_images)
+from .backend import Backend, Cancelled
+from .config import ConfigError, ServerConfig
+from .jobs import Dispatcher, Job, is_oom, plain
+from .logfmt import kv, peer_id
+from .security import AllowList, CurveKeys, curve_keys_for
+from .sessions import SessionTable
 
 log = logging.getLogger("dragd.server")
 
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
-DAEMON_VERSION = "0.1.0"
-
-__all__ = ["Server", "ServerConfig", "ConfigError", "SessionTable", "is_loopback_endpoint",
-           "DEFAULT_ENDPOINT", "serve", "kv"]
-
-
-class ConfigError(Exception):
-    """The server configuration is unsafe or incomplete (raised by ``start``)."""
-
-
-# ---------------------------------------------------------------------------
-# Structured logging
-# ---------------------------------------------------------------------------
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "%.4g" % v
-    if isinstance(v, bytes):
-        v = v.hex()
-    s = str(v)
-    if not s or any(c in s for c in ' "=\n\t'):
-        return json.dumps(s)
-    return s
-
-
-def kv(event: str, **fields: Any) -> str:
-    """One log line: ``event=NAME key=value ...`` (values with spaces JSON-quoted)."""
-    return " ".join(["event=" + event] + ["%s=%s" % (k, _fmt(v)) for k, v in fields.items()
-                                          if v is not None])
-
-
-def _peer(peer: bytes) -> str:
-    return peer.hex()[:12]
-
-
-# ---------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class ServerConfig:
-    endpoint: str = DEFAULT_ENDPOINT     # port 0 (or *) picks a free port
-    limits: Limits = field(default_factory=Limits)
-    session_budget_bytes: int = 4 << 30  # LRU-evict sessions beyond this
-    max_queued_bytes: int = 1 << 30      # pixel bytes held by queued jobs before 'busy'
-    insecure: bool = False               # allow a non-loopback bind without CurveZMQ
-    curve: Optional[bool] = None         # None: CurveZMQ iff the bind is not loopback
-    keys_dir: Optional[str] = None       # server.key_secret + clients/*.key (daemon.keys)
-    server_secret_key: Optional[bytes] = None   # Z85; overrides keys_dir
-    server_public_key: Optional[bytes] = None   # Z85; derived from the secret if None
-    allowed_clients: Optional[List[bytes]] = None   # Z85 client public keys
-    allow_any_client: bool = False       # CurveZMQ encryption but no allow-list
-    shutdown_timeout: float = 10.0       # how long stop() waits for the running step
-    heartbeat_ivl_ms: int = 2000         # ZMTP heartbeats to drop dead TCP peers
-    poll_ms: int = 100
-    daemon_version: str = DAEMON_VERSION
-
-
-# ---------------------------------------------------------------------------
-# Session table: memory accounting and LRU eviction, in one place
-# ---------------------------------------------------------------------------
-
-
-class _SessionRec:
-    __slots__ = ("sid", "width", "height", "channels", "model", "nbytes", "last_used",
-                 "history")
-
-    def __init__(self, sid, width, height, channels, model, nbytes):
-        self.sid, self.width, self.height, self.channels = sid, width, height, channels
-        self.model, self.nbytes = model, int(nbytes)
-        self.last_used = time.monotonic()
-        self.history = 0
-
-
-class SessionTable:
-    """Sessions the daemon holds, their memory, and LRU eviction beyond a byte budget.
-    Remembers recently evicted/closed ids so their ``unknown_session`` error can say why.
-    Thread-safe."""
-
-    def __init__(self, budget_bytes: int, max_tombstones: int = 4096):
-        self.budget = int(budget_bytes)
-        self._lock = threading.Lock()
-        self._s: "collections.OrderedDict[str, _SessionRec]" = collections.OrderedDict()
-        self._gone: "collections.OrderedDict[str, str]" = collections.OrderedDict()
-        self._max_tombstones = max_tombstones
-
-    def add(self, sid: str, width: int, height: int, channels: int, model: Optional[str],
-            nbytes: int) -> None:
-        with self._lock:
-            self._s[sid] = _SessionRec(sid, width, height, channels, model, nbytes)
-
-    def get(self, sid: str) -> _SessionRec:
-        with self._lock:
-            rec = self._s.get(sid)
-            why = self._gone.get(sid)
-        if rec is not None:
-            return rec
-        if why == "evicted":
-            msg = ("session %s was evicted to free memory (the daemon keeps at most %d MiB "
-                   "of sessions); open the layer again" % (sid, self.budget >> 20))
-        elif why == "closed":
-            msg = "session %s was closed; open the layer again" % sid
-        else:
-            why = "unknown"
-            msg = ("the daemon has no session %s (it may have been restarted); open the "
-                   "layer again" % sid)
-        raise ProtocolError(ErrorCode.UNKNOWN_SESSION, msg, {"session": sid, "reason": why})
-
-    def touch(self, sid: str, nbytes: Optional[int] = None,
-              history: Optional[int] = None) -> None:
-        with self._lock:
-            rec = self._s.get(sid)
-            if rec is None:
-                return
-            rec.last_used = time.monotonic()
-            if nbytes is not None:
-                rec.nbytes = int(nbytes)
-            if history is not None:
-                rec.history = int(history)
-            self._s.move_to_end(sid)
-
-    def remove(self, sid: str, why: str = "closed") -> None:
-        with self._lock:
-            if self._s.pop(sid, None) is not None:
-                self._gone[sid] = why
-                while len(self._gone) > self._max_tombstones:
-                    self._gone.popitem(last=False)
-
-    @property
-    def used(self) -> int:
-        with self._lock:
-            return sum(r.nbytes for r in self._s.values())
-
-    def victims(self, keep: Iterable[str]) -> List[str]:
-        """Least recently used sessions to evict to get under budget (never ``keep``)."""
-        keep = set(keep)
-        with self._lock:
-            used = sum(r.nbytes for r in self._s.values())
-            out = []
-            for sid, rec in self._s.items():      # oldest first
-                if used <= self.budget:
-                    break
-                if sid in keep:
-                    continue
-                out.append(sid)
-                used -= rec.nbytes
-            return out
-
-    def __contains__(self, sid: str) -> bool:
-        with self._lock:
-            return sid in self._s
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._s)
-
-    def describe(self) -> List[Dict[str, Any]]:
-        now = time.monotonic()
-        with self._lock:
-            return [{"session": r.sid, "width": r.width, "height": r.height,
-                     "channels": r.channels, "model": r.model, "bytes": r.nbytes,
-                     "idle": max(0.0, now - r.last_used), "history": r.history}
-                    for r in self._s.values()]
-
-
-# ---------------------------------------------------------------------------
-# Jobs
-# ---------------------------------------------------------------------------
-
-
-class _Job:
-    __slots__ = ("id", "peer", "request_id", "type", "msg", "session", "token", "state",
-                 "step", "created", "started")
-
-    def __init__(self, peer: bytes, msg: Message, session: Optional[str]):
-        self.id = "j-" + secrets.token_hex(6)
-        self.peer = peer
-        self.request_id = msg.id
-        self.type = msg.type
-        self.msg = msg
-        self.session = session
-        self.token = CancelToken()
-        self.state = "queued"
-        self.step: Optional[int] = None
-        self.created = time.monotonic()
-        self.started = 0.0
-
-    def info(self, position: Optional[int] = None) -> Dict[str, Any]:
-        d: Dict[str, Any] = {"job": self.id, "type": self.type, "session": self.session,
-                             "state": self.state}
-        if position is not None:
-            d["position"] = position
-        if self.state == "running":
-            d["step"] = self.step
-            d["seconds"] = time.monotonic() - self.started
-        return d
-
-
-def _plain(v: Any, depth: int = 0) -> Any:
-    """Backend output to msgpack-able plain values (numpy scalars/arrays, tuples)."""
-    if v is None or isinstance(v, (bool, int, float, str, Image)):
-        return v
-    if depth > 8:
-        return str(v)
-    if isinstance(v, (list, tuple)):
-        return [_plain(x, depth + 1) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(x, depth + 1) for k, x in v.items()}
-    if hasattr(v, "tolist"):            # numpy array / scalar, torch tensor
-        return _plain(v.tolist(), depth + 1)
-    if hasattr(v, "item"):
-        return _plain(v.item(), depth + 1)
-    return str(v)
-
-
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or (
-        isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
-
-
-class _AllowList:
-    """ZAP credentials provider for ThreadAuthenticator.configure_curve_callback."""
-
-    def __init__(self, keys: Iterable[bytes], allow_any: bool):
-        self.keys = {bytes(k) for k in keys}
-        self.allow_any = allow_any
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        ok = self.allow_any or bytes(key) in self.keys
-        log.log(logging.INFO if ok else logging.WARNING,
-                kv("curve_auth", allowed=ok, client_key=bytes(key).decode("ascii", "replace")))
-        return ok
-
-
-# ---------------------------------------------------------------------------
-# The server
-# ---------------------------------------------------------------------------
+__all__ = ["Server", "ServerConfig", "ConfigError", "serve"]
 
 
 class Server:
@@ -304,9 +66,9 @@ class Server:
         self.curve = False
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
-        self._queue: "collections.deque[_Job]" = collections.deque()
-        self._jobs: Dict[str, _Job] = {}
-        self._running: Optional[_Job] = None
+        self._queue: "collections.deque[Job]" = collections.deque()
+        self._jobs: Dict[str, Job] = {}
+        self._running: Optional[Job] = None
         self._worker_exit = False
         self._stop_flag = threading.Event()
         self._stopped = threading.Event()
@@ -319,7 +81,8 @@ class Server:
         self._worker: Optional[threading.Thread] = None
         self._auth: Any = None
         self._router: Optional[zmq.Socket] = None
-        self._curve_keys: Optional[Tuple[bytes, bytes, List[bytes], bool]] = None
+        self._curve_keys: Optional[CurveKeys] = None
+        self._dispatcher = Dispatcher(backend, self.sessions, self._queued_sessions)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -329,71 +92,20 @@ class Server:
             return None
         return int(self.endpoint.rsplit(":", 1)[1])
 
-    def _security(self) -> None:
-        cfg = self.config
-        loopback = is_loopback_endpoint(cfg.endpoint)
-        want = cfg.curve if cfg.curve is not None else not loopback
-        if want:
-            if not zmq.has("curve"):
-                raise ConfigError("this libzmq has no CurveZMQ support")
-            secret = cfg.server_secret_key
-            public = cfg.server_public_key
-            allowed = list(cfg.allowed_clients or [])
-            if cfg.keys_dir:
-                from . import keys as _keys
-                try:
-                    if secret is None:
-                        kp = _keys.load_keypair(cfg.keys_dir, "server")
-                        public, secret = kp.public, kp.secret
-                    if cfg.allowed_clients is None:
-                        allowed = _keys.load_allowed_clients(cfg.keys_dir)
-                except _keys.KeyFileError as e:
-                    raise ConfigError(str(e))
-            if secret is None:
-                if cfg.curve is None and cfg.insecure:
-                    want = False
-                else:
-                    raise ConfigError(
-                        "binding dragd to %s (not loopback) needs CurveZMQ keys: create them "
-                        "with: dragd keys --init, or pass insecure=True (--insecure) to "
-                        "allow anyone who can reach the port" % cfg.endpoint)
-            if want:
-                from ...protocol.curvekeys import normalise_key
-                secret = normalise_key(secret, "server secret key")
-                public = (normalise_key(public, "server public key") if public
-                          else zmq.curve_public(secret))
-                allowed = [normalise_key(k, "client key") for k in allowed]
-                if not allowed and not cfg.allow_any_client:
-                    raise ConfigError(
-                        "CurveZMQ is on but no client key is allowed: add client public "
-                        "keys to %s/clients/ (dragd keys --allow FILE), or set "
-                        "allow_any_client" % (cfg.keys_dir or "KEYS_DIR"))
-                self._curve_keys = (public, secret, allowed, cfg.allow_any_client)
-        if not want and not loopback:
-            if not cfg.insecure:
-                raise ConfigError(
-                    "refusing to bind dragd to %s without CurveZMQ: only loopback "
-                    "addresses may be used without keys; create keys with: dragd keys "
-                    "--init, or pass insecure=True (--insecure)" % cfg.endpoint)
-            log.warning(kv("insecure_bind", endpoint=cfg.endpoint,
-                           message="dragd listens on a non-loopback address without "
-                                   "CurveZMQ: anyone who can reach this port can use the "
-                                   "daemon and read the images"))
-        self.curve = want
-
     def start(self) -> "Server":
         """Bind and start the socket and worker threads. Raises ConfigError for an unsafe
         configuration and zmq.ZMQError when the address cannot be bound."""
         if self._started:
             return self
-        self._security()
+        self._curve_keys = curve_keys_for(self.config)
+        self.curve = self._curve_keys is not None
         if self._curve_keys is not None:
             from zmq.auth.thread import ThreadAuthenticator
-            public, secret, allowed, allow_any = self._curve_keys
             self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("dragd.zap"))
             self._auth.start()
             self._auth.configure_curve_callback(
-                domain="*", credentials_provider=_AllowList(allowed, allow_any))
+                domain="*", credentials_provider=AllowList(self._curve_keys.allowed,
+                                                           self._curve_keys.allow_any))
         self._started = True
         self._socket_thread = threading.Thread(target=self._socket_main, name="dragd-socket",
                                                daemon=True)
@@ -449,10 +161,9 @@ class Server:
                 router.setsockopt(zmq.HEARTBEAT_IVL, self.config.heartbeat_ivl_ms)
                 router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * self.config.heartbeat_ivl_ms)
             if self._curve_keys is not None:
-                public, secret, _, _ = self._curve_keys
                 router.curve_server = True
-                router.curve_publickey = public
-                router.curve_secretkey = secret
+                router.curve_publickey = self._curve_keys.public
+                router.curve_secretkey = self._curve_keys.secret
             pull = self._ctx.socket(zmq.PULL)
             pull.setsockopt(zmq.LINGER, 0)
             pull.setsockopt(zmq.RCVHWM, 0)
@@ -521,7 +232,7 @@ class Server:
             try:
                 self._handle(peer, parts)
             except Exception:            # never let a request kill the socket thread
-                log.exception(kv("handler_crashed", peer=_peer(peer)))
+                log.exception(kv("handler_crashed", peer=peer_id(peer)))
                 self._send(peer, encode_error(None, ProtocolError(ErrorCode.INTERNAL)))
 
     def _forward(self, pull: "zmq.Socket", budget: int) -> None:
@@ -543,7 +254,7 @@ class Server:
             if e.errno == zmq.EHOSTUNREACH:
                 self._peer_gone(peer)
             else:   # EAGAIN: the client is not reading (its queue is full)
-                log.warning(kv("send_dropped", peer=_peer(peer), error=e))
+                log.warning(kv("send_dropped", peer=peer_id(peer), error=e))
             return False
 
     def _reply(self, peer: bytes, msg: Message, fields: Dict[str, Any]) -> None:
@@ -564,20 +275,20 @@ class Server:
                 running.token.cancel("client_gone")
                 mine.append(running)
         if mine:
-            log.info(kv("client_gone", peer=_peer(peer), cancelled=",".join(j.id for j in mine)))
+            log.info(kv("client_gone", peer=peer_id(peer), cancelled=",".join(j.id for j in mine)))
 
     def _handle(self, peer: bytes, parts: List[Any]) -> None:
         try:
             msg = parse_request([p.buffer for p in parts], self.limits)
         except ProtocolError as e:
             rid = e.details.pop("id", None)
-            log.info(kv("bad_request", peer=_peer(peer), id=rid, code=e.code, why=e.message))
+            log.info(kv("bad_request", peer=peer_id(peer), id=rid, code=e.code, why=e.message))
             self._error(peer, rid, e)
             return
         if self._stop_flag.is_set():
             self._error(peer, msg.id, ProtocolError(ErrorCode.SHUTTING_DOWN))
             return
-        log.debug(kv("request", peer=_peer(peer), id=msg.id, type=msg.type))
+        log.debug(kv("request", peer=peer_id(peer), id=msg.id, type=msg.type))
         t = msg.type
         try:
             if t == "ping":
@@ -587,7 +298,7 @@ class Server:
             elif t == "status":
                 self._reply(peer, msg, self._status())
             elif t == "list_models":
-                models = _plain(self.backend.list_models())
+                models = plain(self.backend.list_models())
                 check_result("list_models", {"models": models})
                 self._reply(peer, msg, {"models": models})
             elif t == "cancel":
@@ -623,7 +334,7 @@ class Server:
         return d
 
     def _hello(self) -> Dict[str, Any]:
-        info = _plain(self.backend.hello_info())
+        info = plain(self.backend.hello_info())
         fields = {"protocol": PROTOCOL_VERSION, "daemon_version": self.config.daemon_version,
                   "device": str(info.get("device", "unknown")),
                   "models": list(info.get("models", [])),
@@ -642,12 +353,12 @@ class Server:
             queue = [j.info(i + offset) for i, j in enumerate(self._queue)]
             running_info = running.info() if running is not None else None
         try:
-            backend = _plain(self.backend.status() or {})
+            backend = plain(self.backend.status() or {})
         except Exception as e:
             backend = {"error": "%s: %s" % (type(e).__name__, e)}
         info = {}
         try:
-            info = _plain(self.backend.hello_info())
+            info = plain(self.backend.hello_info())
         except Exception:
             pass
         fields = {"queue": queue, "running": running_info,
@@ -684,7 +395,7 @@ class Server:
                 ErrorCode.UNKNOWN_JOB, "there is no queued or running job %s (it may have "
                 "finished already)" % (jid or "for request %s" % rid)))
             return
-        log.info(kv("cancel", job=job.id, state=state, by=_peer(peer)))
+        log.info(kv("cancel", job=job.id, state=state, by=peer_id(peer)))
         if state == "queued":
             self._error(job.peer, job.request_id, ProtocolError(
                 ErrorCode.CANCELLED, "the job was cancelled before it started"), job.id)
@@ -709,12 +420,12 @@ class Server:
                 raise ProtocolError(ErrorCode.BUSY, "the daemon already holds %d MiB of "
                                     "queued layers; try again when a job has finished"
                                     % (queued_bytes >> 20), {"queued": len(self._queue)})
-            job = _Job(peer, msg, sid)
+            job = Job(peer, msg, sid)
             self._queue.append(job)
             self._jobs[job.id] = job
             position = len(self._queue) - 1 + (1 if self._running is not None else 0)
             self._cv.notify()
-        log.info(kv("queued", job=job.id, type=msg.type, id=msg.id, peer=_peer(peer),
+        log.info(kv("queued", job=job.id, type=msg.type, id=msg.id, peer=peer_id(peer),
                     session=sid, position=position))
         self._send(peer, encode("queued", msg.id, {"job": job.id, "position": position}))
 
@@ -766,7 +477,7 @@ class Server:
         finally:
             push.close()
 
-    def _run(self, push: "zmq.Socket", job: _Job) -> None:
+    def _run(self, push: "zmq.Socket", job: Job) -> None:
         def send(parts: List[Any]) -> None:
             push.send_multipart([job.peer] + parts, copy=False)
 
@@ -774,7 +485,7 @@ class Server:
             if job.token.reason == "client_gone":
                 return
             try:
-                f, imgs = split_images(_plain(dict(event)))
+                f, imgs = split_images(plain(dict(event)))
                 if frames:
                     imgs.update(frames)
                 extra = set(f) - PROGRESS_FIELDS
@@ -793,7 +504,7 @@ class Server:
         parts: Optional[List[Any]] = None
         try:
             job.token.check()
-            fields, images = self._dispatch(job, progress)
+            fields, images = self._dispatcher.run(job, progress)
             check_result(job.type, fields, images)
             parts = encode("result", job.request_id, fields, images, request_type=job.type)
         except Cancelled:
@@ -803,7 +514,7 @@ class Server:
             if e.code == ErrorCode.INTERNAL:
                 log.error(kv("bad_backend_result", job=job.id, type=job.type, why=e.message))
         except Exception as e:
-            if _is_oom(e):
+            if is_oom(e):
                 err = ProtocolError(ErrorCode.OUT_OF_MEMORY)
                 log.error(kv("out_of_memory", job=job.id, type=job.type, error=e))
             else:
@@ -825,84 +536,9 @@ class Server:
             if job.token.reason != "client_gone":
                 send(parts)  # type: ignore[arg-type]
 
-    def _dispatch(self, job: _Job, progress: Any) -> Tuple[Dict[str, Any], Dict[str, Image]]:
-        b, m, tok = self.backend, job.msg, job.token
-        t0 = time.monotonic()
-        sid = job.session
-        if sid is not None:
-            self.sessions.get(sid)      # closed or evicted while queued -> unknown_session
-        if job.type == "load_model":
-            r = _plain(b.load_model(m["model"], progress, tok) or {})
-            f = {"model": r.get("model", m["model"]), "resolution": r.get("resolution"),
-                 "seconds": time.monotonic() - t0}
-            if r.get("info"):
-                f["info"] = r["info"]
-            return f, {}
-        if job.type == "open_session":
-            img = m.images["image"]
-            sid = "s-" + secrets.token_hex(8)
-            settings = {"model": m.get("model"), "roi": m.get("roi"),
-                        "invert": m.get("invert", {})}
-            r = _plain(b.open_session(sid, img.data, img.width, img.height, img.channels,
-                                      settings, progress, tok) or {})
-            if tok.reason in ("client_gone", "shutdown"):
-                self._close_quietly(sid)
-                raise Cancelled(tok.reason)
-            f, images = split_images(r)
-            nbytes = int(f.get("bytes") or img.nbytes)
-            self.sessions.add(sid, img.width, img.height, img.channels, f.get("model"), nbytes)
-            out = {"session": sid, "width": img.width, "height": img.height,
-                   "channels": img.channels, "model": f.get("model"),
-                   "resolution": f.get("resolution"), "roi": m.get("roi"),
-                   "seconds": time.monotonic() - t0, "bytes": nbytes}
-            if f.get("info"):
-                out["info"] = f["info"]
-            self._evict(keep={sid})
-            return out, images
-        assert sid is not None
-        if job.type == "drag":
-            points = [((p["handle"][0], p["handle"][1]), (p["target"][0], p["target"][1]))
-                      for p in m["points"]]
-            mask = m.images.get("mask")
-            r = _plain(b.drag(sid, points, mask.data if mask is not None else None,
-                              m["params"], progress, tok))
-            f, images = split_images(r)
-            f["session"] = sid
-            f["seconds"] = time.monotonic() - t0
-            self.sessions.touch(sid, f.get("bytes"), f.get("history"))
-            self._evict(keep={sid})
-            return f, images
-        if job.type == "undo":
-            r = _plain(b.undo(sid, m["steps"], progress, tok))
-            f, images = split_images(r)
-            f["session"] = sid
-            self.sessions.touch(sid, f.get("bytes"), f.get("history"))
-            return f, images
-        if job.type == "reset_points":
-            b.reset_points(sid)
-            self.sessions.touch(sid)
-            return {"session": sid}, {}
-        if job.type == "close_session":
-            b.close_session(sid)
-            self.sessions.remove(sid, "closed")
-            log.info(kv("session_closed", session=sid))
-            return {"session": sid}, {}
-        raise ProtocolError(ErrorCode.UNKNOWN_TYPE)   # pragma: no cover
-
-    def _close_quietly(self, sid: str) -> None:
-        try:
-            self.backend.close_session(sid)
-        except Exception:
-            log.exception(kv("close_failed", session=sid))
-
-    def _evict(self, keep: Set[str]) -> None:
+    def _queued_sessions(self) -> Set[str]:
         with self._lock:
-            busy = {j.session for j in self._queue if j.session}
-        for sid in self.sessions.victims(keep | busy):
-            self._close_quietly(sid)
-            self.sessions.remove(sid, "evicted")
-            log.info(kv("session_evicted", session=sid, budget=self.sessions.budget,
-                        used=self.sessions.used))
+            return {j.session for j in self._queue if j.session}
 
     # -- shutdown ------------------------------------------------------------
 

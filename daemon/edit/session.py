@@ -1,0 +1,321 @@
+"""One layer being edited: crop geometry → inversion → drag → paste-back, in one object.
+
+An `EditSession` owns everything an edit of one layer needs and speaks the user's units
+(continuous layer coordinates: pixel (i, j) covers [i, i+1)×[j, j+1)); the generator's pixels
+(centres on integers) stay inside. The service layer only translates protocol fields into
+these calls and the results back; it never touches geometry, latents or tensors.
+
+Errors are `EditError`s whose `kind` names what was wrong ("pixels", "points", "mask",
+"state") and whose message is a sentence for the user; a cancelled inversion raises
+`EditCancelled`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+
+from ..model.checkpoints import LoadedModel
+from .drag import DragConfig, DragInputError, DragSession
+from .image_prep import CropGeometry, LayerError, content_hash, prepare_target, tensor_to_uint8, validate_layer
+from .inversion import Inversion, InversionCancelled, InversionSettings
+from .inversion_cache import InversionCache, inversion_key, invert_cached
+from .pasteback import generator_correspondence, paste_back
+
+log = logging.getLogger("dragd.edit")
+
+PASTE_MODES = ("resample", "detail")
+
+
+class EditError(ValueError):
+    """Bad input for an edit; `kind` is one of "pixels", "points", "mask", "state"."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class EditCancelled(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class EditModel:
+    """What an edit needs of a loaded model."""
+    loaded: LoadedModel
+    model_id: str                      # name + file identity, part of the inversion cache key
+
+
+@dataclass(frozen=True)
+class DragSettings:
+    """A drag's settings in the user's units (layer pixels); None = the engine's default."""
+    lr: float | None = None            # None: the model's own drag_lr, else the engine's
+    lambda_mask: float = 20.0
+    space: str = "w+"
+    tracking: str = "l1"
+    max_steps: int = 300
+    stall_steps: int = 60
+    r1: float | None = None
+    r2: float | None = None
+    stop_distance: float | None = None
+    paste: str = "resample"
+    preview_every: int = 0
+    preview_max_size: int = 256
+
+
+@dataclass
+class DragProgress:
+    step: int
+    total: int
+    handles: list                      # [[x, y], ...] layer pixels
+    distance: float                    # mean handle → target distance, layer pixels
+    losses: dict
+    preview: np.ndarray | None         # H×W×3 uint8, at most preview_max_size on a side
+
+
+@dataclass
+class DragOutcome:
+    image: np.ndarray                  # the whole layer, edited (same shape and channels)
+    handles: list
+    steps: int
+    stop: str
+    distance: float
+    history: int                       # finished drags the session can go back through
+
+
+#: progress(stage, step, total, losses) during inversion; stage "invert" | "tune".
+InversionProgress = Callable[[str, int, int, dict], None]
+
+
+class EditSession:
+    def __init__(self, model: EditModel, layer: np.ndarray, geometry: CropGeometry,
+                 generator: torch.nn.Module, latent: torch.Tensor, info: dict,
+                 inversion: Inversion | None, cache: InversionCache | None):
+        self.model = model
+        self.layer = layer
+        self.geometry = geometry
+        self.generator = generator
+        self.start_latent = latent
+        self.info = info
+        self.inversion = inversion
+        self._cache = cache
+        self.drag_session: DragSession | None = None
+        self._mask: np.ndarray | None = None        # movable mask of the last drag, layer size, [0, 1]
+        self._paste = "resample"
+        self._max_shift = 0.0                       # longest arrow of the last drag, generator px
+        self._preview_base: tuple[tuple[int, int], np.ndarray] | None = None
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, model: EditModel, layer: np.ndarray, *, roi: tuple[int, int, int, int] | None,
+             settings: InversionSettings | None, cache: InversionCache | None, device,
+             progress: InversionProgress, cancel: Callable[[], bool]) -> "EditSession":
+        """Crop (the ROI grown to a square), invert (or reuse the cache), ready to drag.
+        `settings` None edits the mean face instead of inverting."""
+        G = model.loaded.G
+        try:
+            prepared = prepare_target(layer, G.resolution, roi=roi, device=device)
+        except LayerError as exc:
+            raise EditError("pixels", str(exc)) from None
+        if settings is None:
+            return cls(model, layer, prepared.geometry, G, G.mean_w().unsqueeze(0), {"inversion": "none"},
+                       None, cache)
+
+        def on_progress(ev):
+            progress("invert" if ev.phase == "pivot" else "tune", ev.step, ev.total,
+                     {k: float(v) for k, v in ev.losses.items()})
+        try:
+            inv = invert_cached(G, prepared, model_id=model.model_id, cache=cache, settings=settings,
+                                D=model.loaded.D, progress=on_progress, cancel=cancel)
+        except InversionCancelled:
+            raise EditCancelled() from None
+        info = inv.summary()
+        info["continues_edit"] = bool(inv.meta.get("continues_edit"))
+        return cls(model, layer, prepared.geometry, inv.generator, inv.w, info, inv, cache)
+
+    def reconstruction(self) -> np.ndarray:
+        """The layer with the inversion pasted in: what the edit starts from."""
+        return self._render_layer(self.generator.synthesize(self.start_latent, noise_mode="const").image)
+
+    def nbytes(self) -> int:
+        n = self.layer.nbytes
+        if self.generator is not self.model.loaded.G:
+            n += sum(p.numel() * p.element_size() for p in self.generator.parameters())
+        return n
+
+    # -- dragging ------------------------------------------------------------------------------
+
+    def drag(self, points, mask: np.ndarray | None, settings: DragSettings,
+             on_step: Callable[[DragProgress], None], cancel: Callable[[], bool]) -> DragOutcome:
+        """Drag `points` ([(handle, target)] in layer pixels) with `mask` (layer-size uint8,
+        255 = may move; None = everything may move). A cancel ends the drag where it is."""
+        geo = self.geometry
+        handles = to_generator(geo, [p[0] for p in points])
+        targets = to_generator(geo, [p[1] for p in points])
+        _check_inside_crop(points, handles, targets, geo)
+        mask_layer = None
+        if mask is not None:
+            mask_layer = mask.astype(np.float32) / 255.0
+            if not mask_layer.any():
+                raise EditError("mask", "the selection (movable region) is empty; select the part that "
+                                "may move, or clear the selection to let everything move")
+        cfg = self._drag_config(settings)
+        gen_mask = None if mask_layer is None else _mask_to_generator(mask_layer, geo)
+        try:
+            if self.drag_session is None:
+                self.drag_session = DragSession(self.generator, self.start_latent, handles, targets,
+                                                mask=gen_mask, config=cfg)
+            else:
+                self.drag_session.config = cfg
+                self.drag_session.set_mask(gen_mask)
+                self.drag_session.set_points(handles, targets)
+        except DragInputError as exc:
+            raise EditError("points", f"{exc} (coordinates in the {geo.resolution}-px working image)") from None
+        self._mask = mask_layer
+        last = None
+        for r in self.drag_session.run(max_steps=cfg.max_steps, cancel=cancel,
+                                       preview_every=settings.preview_every):
+            last = r
+            preview = None
+            if r.image is not None and not r.done:
+                preview = self._preview(r.image, settings.preview_max_size)
+            on_step(DragProgress(r.step, cfg.max_steps, to_layer(geo, r.handles.numpy()).tolist(),
+                                 float(np.mean(r.distances.numpy())) / geo.scale,
+                                 {k: float(v) for k, v in r.losses.items()}, preview))
+        self._paste = settings.paste
+        self._max_shift = float(np.max(np.linalg.norm(targets - handles, axis=1)))
+        image = self._render_layer(last.image if last.image is not None else self.drag_session.render())
+        self._remember_result(image)
+        return DragOutcome(image, to_layer(geo, last.handles.numpy()).tolist(), last.step, last.reason,
+                           float(np.mean(last.distances.numpy())) / geo.scale,
+                           len(self.drag_session.history) - 1)
+
+    def undo(self, steps: int) -> tuple[np.ndarray, int, list]:
+        """Go back `steps` finished drags → (layer image, drags left in the history, handles)."""
+        if self.drag_session is None:
+            raise EditError("state", "nothing to undo: no drag has run in this session")
+        try:
+            for _ in range(steps):
+                snap = self.drag_session.undo()
+        except DragInputError:
+            raise EditError("state", f"cannot undo {steps} drag(s): the session is back at the image "
+                            "it was opened with") from None
+        image = self._render_layer(self.drag_session.render())
+        self._remember_result(image)
+        return image, len(self.drag_session.history) - 1, to_layer(self.geometry, snap.handles.numpy()).tolist()
+
+    def reset_points(self) -> None:
+        if self.drag_session is not None:
+            self.drag_session.reset_points()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _drag_config(self, s: DragSettings) -> DragConfig:
+        """Layer-pixel settings → DragConfig in generator pixels."""
+        scale = self.geometry.scale
+        kw: dict = dict(lambda_mask=float(s.lambda_mask), latent_space=s.space, tracking_norm=s.tracking,
+                        max_steps=int(s.max_steps), stall_steps=int(s.stall_steps))
+        lr = s.lr if s.lr is not None else self.model.loaded.drag_lr
+        if lr is not None:
+            kw["lr"] = float(lr)
+        for name in ("r1", "r2"):
+            v = getattr(s, name)
+            if v is not None:
+                kw[name] = max(1, int(round(float(v) * scale)))
+        if s.stop_distance is not None:
+            kw["stop_distance"] = max(1e-3, float(s.stop_distance) * scale)
+        return DragConfig(**kw)
+
+    def _remember_result(self, image: np.ndarray) -> None:
+        """Let a later open on exactly these pixels (the host's result layer, same region and
+        inversion settings) continue from this state: no inversion to wait for, and no
+        inversion error piling up edit after edit. In memory only: the entry shares the tuned
+        generator with this session."""
+        inv = self.inversion
+        if inv is None or self.drag_session is None or self._cache is None:
+            return
+        key = inversion_key(self.model.model_id, content_hash(validate_layer(image), self.geometry),
+                            self.geometry, inv.settings, self.model.loaded.D)
+        edited = dataclasses.replace(inv, w=self.drag_session.latent, space="w+",
+                                     meta={**inv.meta, "cache_key": key, "continues_edit": True})
+        self._cache.put(key, edited, self.model.loaded.G, disk=False)
+
+    def _render_layer(self, gen_image: torch.Tensor) -> np.ndarray:
+        """The generated crop composited into the full-size layer (the last drag's paste mode)."""
+        crop = tensor_to_uint8(gen_image)
+        if self._paste == "detail" and self.drag_session is not None:
+            with torch.no_grad():
+                corr = generator_correspondence(self.generator, self.start_latent, self.drag_session.latent,
+                                                max_shift_px=max(4.0, 1.5 * self._max_shift))
+                recon = self.generator.synthesize(self.start_latent, noise_mode="const").image
+            out = paste_back(self.layer, crop, self.geometry, mask=self._mask, mode="detail",
+                             correspondence=corr, reconstruction=recon)
+        else:
+            out = paste_back(self.layer, crop, self.geometry, mask=self._mask)
+        return np.ascontiguousarray(out)
+
+    def _preview(self, gen_image: torch.Tensor, max_size: int) -> np.ndarray:
+        """A cheap full-layer preview at most max_size px wide/high: the layer downscaled once,
+        with the generated crop pasted into its box (no mask feathering, no detail transfer)."""
+        geo = self.geometry
+        h, w = self.layer.shape[:2]
+        scale = min(1.0, max_size / max(h, w))
+        key = (max(1, round(w * scale)), max(1, round(h * scale)))
+        if self._preview_base is None or self._preview_base[0] != key:
+            src = self.layer[..., :3] if self.layer.shape[2] >= 3 else self.layer[..., 0]
+            base = np.asarray(PILImage.fromarray(src).convert("RGB").resize(key, PILImage.Resampling.BILINEAR))
+            self._preview_base = (key, base)
+        x0, y0, x1, y1 = geo.box
+        side = max(1, round((x1 - x0) * scale))
+        crop = PILImage.fromarray(tensor_to_uint8(gen_image)).resize((side, side), PILImage.Resampling.BILINEAR)
+        canvas = PILImage.fromarray(self._preview_base[1].copy())
+        canvas.paste(crop, (round(x0 * scale), round(y0 * scale)))
+        return np.ascontiguousarray(np.asarray(canvas, dtype=np.uint8))
+
+
+def to_generator(geo: CropGeometry, points) -> np.ndarray:
+    """Layer points (continuous coordinates) → the engine's generator pixels (centres on integers)."""
+    return geo.layer_to_gen(np.asarray(points, dtype=np.float64) - 0.5)
+
+
+def to_layer(geo: CropGeometry, points) -> np.ndarray:
+    """The inverse of `to_generator`."""
+    return geo.gen_to_layer(points) + 0.5
+
+
+def _check_inside_crop(points, handles, targets, geo: CropGeometry) -> None:
+    """Every point inside the crop, and no two handles on one working pixel — checked in the
+    user's layer coordinates so the message names the points as the user drew them."""
+    res = geo.resolution
+    for i, (p, h, t) in enumerate(zip(points, handles, targets)):
+        for what, layer_xy, g in (("handle", p[0], h), ("target", p[1], t)):
+            if not (-0.5 <= g[0] <= res - 0.5 and -0.5 <= g[1] <= res - 0.5):
+                x0, y0, x1, y1 = geo.valid
+                raise EditError("points", f"{what} {i + 1} at ({layer_xy[0]:.1f}, {layer_xy[1]:.1f}) lies "
+                                f"outside the region being edited ({x0},{y0})–({x1},{y1}); select a region "
+                                f"that contains all points, or none to edit the whole layer")
+    cells = np.round(np.asarray(handles)).astype(int)
+    for i in range(len(cells)):
+        for j in range(i):
+            if (cells[i] == cells[j]).all():
+                (xi, yi), (xj, yj) = points[i][0], points[j][0]
+                raise EditError("points", f"handles {j + 1} ({xj:.0f}, {yj:.0f}) and {i + 1} ({xi:.0f}, "
+                                f"{yi:.0f}) fall on the same pixel of the {res}-px working image; they are "
+                                f"a duplicate: remove one, or move them at least {1 / geo.scale:.0f} px apart")
+
+
+def _mask_to_generator(mask_layer: np.ndarray, geo: CropGeometry) -> torch.Tensor:
+    """Layer-size movable mask [H, W] in [0, 1] → [R, R] over the crop (0 outside the layer)."""
+    x0, y0, x1, y1 = geo.box
+    side = x1 - x0
+    canvas = np.zeros((side, side), dtype=np.float32)
+    vx0, vy0, vx1, vy1 = geo.valid
+    canvas[vy0 - y0:vy1 - y0, vx0 - x0:vx1 - x0] = mask_layer[vy0:vy1, vx0:vx1]
+    img = PILImage.fromarray(canvas, mode="F").resize((geo.resolution, geo.resolution), PILImage.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32).clip(0.0, 1.0).copy())
