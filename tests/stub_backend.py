@@ -12,7 +12,7 @@ import time
 
 from dragd.daemon.service.backend import BackendError, NullBackend
 from dragd.daemon.service.server import Server, ServerConfig
-from dragd.protocol.schema import Image
+from dragd.protocol import Image
 
 LONG_DRAG = 1000          # a drag with max_steps >= this runs long_drag_steps (cancellation tests)
 

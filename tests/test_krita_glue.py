@@ -896,7 +896,7 @@ def test_installed_layout_and_zip_match_what_krita_loads_and_imports(tmp_path):
     names = zipfile.ZipFile(z).namelist()
     assert "dragd_krita.desktop" in names and "dragd_krita/" in names
     assert "dragd_krita/__init__.py" in names
-    assert "dragd_krita/dragd/protocol/schema.py" in names
+    assert "dragd_krita/dragd/protocol/messages.py" in names
     assert "dragd_krita/dragd/plugin_common/mask.py" in names
     assert [n for n in names if n.endswith(".desktop")] == ["dragd_krita.desktop"]
     assert all(n.startswith(("dragd_krita/", "dragd_krita.desktop")) for n in names)

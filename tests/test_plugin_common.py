@@ -292,7 +292,7 @@ def test_accept_hello_reads_limits_and_checks_model_points_and_size():
     from types import SimpleNamespace
 
     from dragd.plugin_common.hello import accept_hello
-    from dragd.protocol.schema import Limits
+    from dragd.protocol import Limits
 
     ep = "tcp://127.0.0.1:5557"
     hello = {"models": ["ffhq", "cat"], "loaded_model": "ffhq",
