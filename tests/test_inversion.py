@@ -3,7 +3,10 @@
 Generators here are small random-weight StyleGAN2s (64 px for the quality bounds, 32 px for
 the cache), with toRGB weights scaled down so images mostly stay inside [-1, 1].
 """
+import copy
+import dataclasses
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -194,6 +197,36 @@ def test_invert_on_manifold_image_reaches_30db_and_base_is_untouched(G64):
     # The reported reconstruction is the tuned generator at the pivot.
     rec = result.reconstruction()
     assert float(perc.psnr(rec, target)) == pytest.approx(result.tuning.psnr, abs=1e-3)
+
+
+class _NoPerceptual(torch.nn.Module):
+    """A perceptual term that is always 0 and sets no threshold: only the PSNR can stop tuning."""
+    name, default_threshold = "none", None
+
+    def forward(self, x, y, weight=None):
+        return (x - y).sum(dim=[1, 2, 3]) * 0
+
+
+def test_stop_rule_judges_the_clamped_image_as_the_report(G32):
+    """A generator that overshoots [-1, 1] and a target that is its image as the user sees it
+    (clamped): the reconstruction is already perfect, so tuning must stop before any step,
+    and the PSNR it stopped on is the one it reports."""
+    G = copy.deepcopy(G32)
+    with torch.no_grad():
+        G.synthesis.b32.torgb.bias.add_(2.0)
+        w = G.mean_w()[None]
+        image = G.synthesize(w).image
+    target = image.clamp(-1, 1)
+    assert 10 * math.log10(4 / float(perc.mse(image, target))) < 20      # unclamped: far off
+    settings = inv.InversionSettings(tune_steps=3, stop_psnr=40.0)
+    events = []
+    _, report = inv.tune_generator(G, w, target, None, settings, _NoPerceptual(), progress=events.append)
+    assert report.stopped_early and report.steps == 0 and not events
+    assert report.psnr >= 40.0
+    # Progress reports the same PSNR as the final report would for the image of that step.
+    _, report = inv.tune_generator(G, w, target, None, dataclasses.replace(settings, stop_psnr=None),
+                                   _NoPerceptual(), progress=events.append)
+    assert len(events) == 3 and all(e.losses["psnr"] >= 40.0 for e in events)
 
 
 def test_tuning_recovers_off_manifold_content(G64):

@@ -294,10 +294,9 @@ def find_pivot(G: nn.Module, target: torch.Tensor, weight: torch.Tensor | None,
         loss.backward()
         opt.step()
         if progress is not None:
-            m = l_mse.item()
             progress(ProgressEvent("pivot", step + 1, total, {
-                "loss": loss.item(), "mse": m, "perceptual": l_per.item(),
-                "psnr": 10 * math.log10(4.0 / max(m, 1e-12)), "lr": lr}))
+                "loss": loss.item(), "mse": l_mse.item(), "perceptual": l_per.item(),
+                "psnr": float(perc.psnr(img.detach(), target, weight)[0]), "lr": lr}))
     w = w_opt.detach()
     with torch.no_grad():
         img = render(G.to_wplus(w))
@@ -328,7 +327,8 @@ def tune_generator(G: nn.Module, w: torch.Tensor, target: torch.Tensor, weight: 
         img = tuned.synthesis(ws, noise_mode="const").image
         l_mse = perc.mse(img, target, weight)[0]
         l_per = perceptual(img, target, weight)[0]
-        cur_psnr = 10 * math.log10(4.0 / max(l_mse.item(), 1e-12))
+        # The PSNR the report gives: of the image the user will see, i.e. clamped to [-1, 1].
+        cur_psnr = float(perc.psnr(img.detach(), target, weight)[0])
         if criteria and step % max(1, settings.stop_check_every) == 0:
             ok_p = threshold is None or l_per.item() <= threshold
             ok_q = settings.stop_psnr is None or cur_psnr >= settings.stop_psnr

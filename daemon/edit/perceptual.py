@@ -74,7 +74,11 @@ def mse(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) ->
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """PSNR in dB of images in [-1, 1], measured on the [0, 1] scale (peak 1) → [N]."""
+    """PSNR in dB of images in [-1, 1], measured on the [0, 1] scale (peak 1) → [N].
+
+    Both images are clamped to [-1, 1] first: what counts is the image the user gets, not
+    generator output beyond the displayable range. The inversion's stop rule, its progress
+    and its reports all use this one function."""
     err = mse(x.clamp(-1, 1), y.clamp(-1, 1), weight) / 4.0
     return 10 * torch.log10(1.0 / err.clamp_min(1e-12))
 
