@@ -524,5 +524,7 @@ def test_split_latent_generator_gives_the_same_drag(tiny_real):
 
 def test_default_feature_block_is_the_papers_6th_but_never_the_last():
     from dragd.daemon.edit.drag import default_feature_block
+    from dragd.daemon.model.stylegan2 import GeneratorConfig
     # 512 and 1024: block 6 (128 px) as in the paper; smaller models: one block before the last.
-    assert [default_feature_block(r) for r in (1024, 512, 256, 128, 64, 32, 8)] == [6, 6, 6, 5, 4, 3, 1]
+    assert [default_feature_block(GeneratorConfig(resolution=r).num_blocks)
+            for r in (1024, 512, 256, 128, 64, 32, 8)] == [6, 6, 6, 5, 4, 3, 1]

@@ -131,6 +131,7 @@ class _CountingGenerator(torch.nn.Module):
         super().__init__()
         self.G, self.window_calls = G, 0
         self.resolution, self.num_ws, self.w_dim = G.resolution, G.num_ws, G.w_dim
+        self.num_blocks = G.num_blocks
         self.supports_split_latent = self.supports_feature_windows = True
 
     def block_resolution(self, k):

@@ -87,12 +87,11 @@ STOP_REASONS = ("converged", "max_steps", "cancelled", "stalled")
 MAX_HISTORY = 64
 
 
-def default_feature_block(resolution: int) -> int:
+def default_feature_block(num_blocks: int) -> int:
     """The paper's 6th block (128 px at 512), but never the last, full-resolution one: on models
     below 256 px that block's features are too local to pull anything (measured on our 64-px
     model: a 6-px drag stalls at block 5 and converges at block 4)."""
-    n_blocks = int(round(math.log2(resolution))) - 1
-    return max(1, min(6, n_blocks - 1))
+    return max(1, min(6, num_blocks - 1))
 
 
 class DragInputError(ValueError):
@@ -364,8 +363,8 @@ def _check_config(cfg: DragConfig) -> None:
 class DragSession:
     """One image being dragged: generator + latent + points (+ mask), stepped on demand.
 
-    generator: anything with `resolution`, `num_ws`, `w_dim`, `block_resolution(k)` and
-        `synthesize(w, noise_mode, stop_after_block, render) -> SynthesisOutput`; optionally
+    generator: anything with `resolution`, `num_ws`, `w_dim`, `num_blocks`,
+        `block_resolution(k)` (block k is 2^(k+1) square) and `synthesize(w, noise_mode, stop_after_block, render) -> SynthesisOutput`; optionally
         split latents and `feature_windows` (see the module docstring).
     latent: w [1, w_dim] / [w_dim] or W+ [1, num_ws, w_dim], on the generator's device or not.
     handles, targets: P (x, y) pairs (list, array or [P, 2] tensor) in image pixels.
@@ -394,9 +393,9 @@ class DragSession:
         self.generator = generator
         self.res = res = int(generator.resolution)
         self.num_ws, self.w_dim = int(generator.num_ws), int(generator.w_dim)
-        n_blocks = int(round(math.log2(res))) - 1           # block k is 2^(k+1) square
+        n_blocks = int(generator.num_blocks)
         if cfg.feature_block is None:
-            block = default_feature_block(res)
+            block = default_feature_block(n_blocks)
         elif isinstance(cfg.feature_block, int) and 1 <= cfg.feature_block <= n_blocks:
             block = cfg.feature_block
         else:

@@ -68,8 +68,8 @@ def expected_numel(cfg: GeneratorConfig | DiscriminatorConfig) -> int:
         feats = [cfg.z_dim] + [hidden] * (cfg.mapping_layers - 1) + [cfg.w_dim]
         n = sum(a * b + b for a, b in zip(feats, feats[1:])) + cfg.w_dim            # fc layers, w_avg
         modconv = lambda i, o, k, res: o * i * k * k + cfg.w_dim * i + i + o + (res * res + 1 if k == 3 else 0)  # noqa: E731
-        for log2 in range(2, int(math.log2(cfg.resolution)) + 1):
-            res = 2 ** log2
+        for k in range(1, cfg.num_blocks + 1):
+            res = 2 ** (k + 1)
             c = cfg.channels(res)
             if res == 4:
                 n += c * 16

@@ -98,7 +98,7 @@ def rosinality_to_ours(g: dict, cfg: GeneratorConfig, latent_avg: torch.Tensor |
 
     styled("synthesis.b4.conv1", "conv1", 0)
     rgb("synthesis.b4.torgb", "to_rgb1")
-    for j in range(int(math.log2(cfg.resolution)) - 2):
+    for j in range(cfg.num_blocks - 1):           # rosinality's convs / to_rgbs j: our block j + 2
         r = 2 ** (j + 3)
         styled(f"synthesis.b{r}.conv0", f"convs.{2 * j}", 2 * j + 1)
         styled(f"synthesis.b{r}.conv1", f"convs.{2 * j + 1}", 2 * j + 2)

@@ -118,10 +118,10 @@ def _from_tf_pickle(obj: tuple, name: str) -> LoadedModel:
     sd["synthesis.b4.const"] = P("synthesis/4x4/Const/const")[0]
     modconv("synthesis.b4.conv1", "4x4/Conv", 0)
     torgb("synthesis.b4.torgb", "4x4/ToRGB")
-    for log2 in range(3, int(math.log2(cfg.resolution)) + 1):
-        r = 2 ** log2
-        modconv(f"synthesis.b{r}.conv0", f"{r}x{r}/Conv0_up", 2 * log2 - 5, flip=True)
-        modconv(f"synthesis.b{r}.conv1", f"{r}x{r}/Conv1", 2 * log2 - 4)
+    for k in range(2, cfg.num_blocks + 1):
+        r = 2 ** (k + 1)
+        modconv(f"synthesis.b{r}.conv0", f"{r}x{r}/Conv0_up", 2 * k - 3, flip=True)
+        modconv(f"synthesis.b{r}.conv1", f"{r}x{r}/Conv1", 2 * k - 2)
         torgb(f"synthesis.b{r}.torgb", f"{r}x{r}/ToRGB")
     G = _build(Generator, cfg, {n: torch.from_numpy(np.array(v, dtype=np.float32, order="C")) for n, v in sd.items()},
                what)
