@@ -164,9 +164,6 @@ class Inversion:
     from_cache: bool = False
     meta: dict = field(default_factory=dict)     # free-form (geometry, model id, …) set by callers
 
-    def wplus(self) -> torch.Tensor:
-        return self.generator.to_wplus(self.w)
-
     @torch.no_grad()
     def reconstruction(self) -> torch.Tensor:
         """G'(w_pivot): [1, 3, R, R] in ≈[-1, 1]."""

@@ -254,19 +254,6 @@ class InversionCache:
             except OSError as exc:
                 log.warning("inversion cache: could not write %s (%s)", path, exc)
 
-    def invalidate(self, key: str) -> None:
-        with self._lock:
-            if key in self._memory:
-                self._memory_bytes -= self._memory.pop(key)[1]
-            path = self.path_for(key)
-            if path is not None and path.exists():
-                path.unlink()
-
-    def clear_memory(self) -> None:
-        with self._lock:
-            self._memory.clear()
-            self._memory_bytes = 0
-
     def __contains__(self, key: str) -> bool:
         path = self.path_for(key)
         return key in self._memory or (path is not None and path.is_file())
