@@ -31,13 +31,16 @@ What one step does (Pan et al., "Drag Your GAN", SIGGRAPH 2023, §3.2–3.3):
   value. Latent space "w+" optimises each of those rows, "w" one offset shared by them (the
   same Adam trajectory as optimising a single w when the rows start equal). Adam, lr 2e-3.
 
-Where the authors' published code (viz/renderer.py) differs, and what we do: it detaches the
-*shifted* sample and lets the gradient flow through F(q) (the paper, and we, the reverse); it
-samples the shifted feature with zero padding (we clamp to the border); its disc is the open
-one, ‖q − p‖ < r1 (we use the closed disc, so r1 = 1 at small resolutions still covers 5
-pixels); it stops at max(2·res/512, 2) px for any number of points and drops handles within
-1 px from the loss (we use the paper's 1 px / 2 px rule for both); its default λ is 10
-(paper: 20); it tracks with L2 (option here) from references taken at the rounded handle.
+What the authors' published code (viz/renderer.py) does, and where it differs. Its motion
+term is |F(q′) − F(q′ − d).detach()| over the disc pixels q′: with q = q′ − d that is the
+paper's |F(q).detach() − F(q + d)|, F(q) detached and the gradient through F(q + d), as here,
+only over the disc moved by −d (measured: with the same disc pixels its first-step gradient
+equals ours to 1e-6). It samples the interpolated feature with zero padding (we clamp to the
+border); its disc is the open one, ‖q − p‖ < r1 (we use the closed disc, so r1 = 1 at small
+resolutions still covers 5 pixels); it stops at max(2·res/512, 2) px for any number of points
+and drops handles within 1 px from the loss (we use the paper's 1 px / 2 px rule for both);
+its renderer's λ defaults to 10, but both of its GUIs pass 20, the paper's value (ours); it
+tracks with L2 (option here) from references taken at the rounded handle.
 
 Ordering: one generator pass per step. The pass on the current latent first tracks the
 handles (the latent changed since the last pass), then checks the stop rule, then — unless
