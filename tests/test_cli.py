@@ -98,11 +98,63 @@ def test_serve_exits_cleanly_on_sigterm(tiny_model_path, tmp_path):
     assert "event=stopped" in d.log()
 
 
-def test_serve_refuses_an_open_bind_without_keys(tiny_model_path):
-    r = dragd("serve", "--bind", "tcp://0.0.0.0:0", "--model", tiny_model_path, "--device", "cpu", timeout=120)
+def test_serve_refuses_an_open_bind_without_keys(tiny_model_path, tmp_path):
+    r = dragd("serve", "--bind", "tcp://0.0.0.0:0", "--model", tiny_model_path, "--device", "cpu", timeout=120,
+              env={"DRAGD_KEYS_DIR": str(tmp_path / "no-keys")})
     assert r.returncode == 2
     assert "CurveZMQ" in r.stderr or "curve" in r.stderr.lower()
     assert "Traceback" not in r.stderr
+
+
+def test_remote_daemon_by_the_readme_recipe(tiny_model_path, tmp_path):
+    """`dragd keys init` + `allow` on the daemon's machine, `dragd keys client` + a copy of
+    server.key on the client's: then `dragd serve` on an open address, with no --keys-dir,
+    takes the keys from the default folder and lets exactly that client in."""
+    from daemon_fixture import free_port
+    from dragd.protocol import Client, CurveConfig, DaemonUnavailable
+
+    server_keys, client_keys = tmp_path / "server-keys", tmp_path / "client-keys"
+    on_server, on_client = {"DRAGD_KEYS_DIR": str(server_keys)}, {"DRAGD_KEYS_DIR": str(client_keys)}
+    assert dragd("keys", "init", env=on_server).returncode == 0
+    r = dragd("keys", "client", env=on_client)
+    assert r.returncode == 0 and "dragd keys allow" in r.stdout, r.stderr
+    (client_keys / "server.key").write_bytes((server_keys / "server.key").read_bytes())
+    r = dragd("keys", "allow", client_keys / "client.key", env=on_server)
+    assert r.returncode == 0, r.stderr
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "dragd.daemon.cli", "serve", "--bind", f"tcp://0.0.0.0:{port}",
+                             "--model", str(tiny_model_path), "--device", "cpu", "--cache-dir", str(tmp_path / "inv")],
+                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1", **on_server))
+    try:
+        curve = CurveConfig.from_files(client_keys / "server.key", client_keys / "client.key_secret")
+        deadline = time.monotonic() + 90
+        with Client(f"tcp://127.0.0.1:{port}", timeout=2.0, curve=curve) as c:
+            while True:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+                try:
+                    hello = c.hello()
+                    break
+                except DaemonUnavailable:
+                    assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+        assert hello["curve"] is True
+        stranger = CurveConfig(curve.server_public_key, *__import__("zmq").curve_keypair())
+        with Client(f"tcp://127.0.0.1:{port}", timeout=2.0, curve=stranger) as c:
+            with pytest.raises(DaemonUnavailable):
+                c.hello()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        log.close()
+
+
+def test_keys_and_devices_that_are_not_there_are_sentences(tmp_path):
+    r = dragd("keys", "show", env={"DRAGD_KEYS_DIR": str(tmp_path / "none")})
+    assert r.returncode == 2 and "dragd keys init" in r.stderr and "Traceback" not in r.stderr
+    import torch
+    if not torch.cuda.is_available():
+        r = dragd("demo", "--device", "cuda", "-o", tmp_path / "x.png")
+        assert r.returncode == 2 and "no CUDA GPU" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_install_plugins_round_trip(tmp_path):
