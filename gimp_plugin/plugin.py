@@ -1,11 +1,11 @@
 """The GIMP 3 plug-in: registers "Filters > Generative > Drag (DragGAN)..." and runs it.
 
-Wiring only: host glue (:mod:`.glue`) reads the layer, the arrows and the selection and
-writes the result; the session model (:mod:`.session`) holds settings and job state; the
-runner (:mod:`.runner`) talks to the daemon through the protocol client.
+Wiring only: the host glue (:mod:`.host`) reads the layer, the arrows and the selection
+and writes the result; the model (:mod:`.model`) holds settings and job state; :mod:`.run`
+drives the shared run against the daemon; :mod:`.ui` holds the dialogs.
 
 Procedure ``plug-in-dragd-drag`` (an image procedure on one layer). Arguments: see
-``session.ARGUMENTS`` (model, max-steps, learning-rate, lambda-mask, latent-space,
+``model.ARGUMENTS`` (model, max-steps, learning-rate, lambda-mask, latent-space,
 inversion, daemon, time-limit, live-preview). Return values: new-layer (the result),
 steps, stop-reason ("converged", "max_steps", "cancelled" when stopped and kept,
 "stalled"). Run modes: INTERACTIVE shows the settings and progress dialogs;
@@ -14,7 +14,6 @@ config's values.
 """
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from typing import Any, Optional
@@ -25,34 +24,13 @@ gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, GLib, GObject, Gimp  # noqa: E402
 
-from .flow import run_on_layer  # noqa: E402
-from .glue import GimpHost  # noqa: E402
-from .session import (ARGUMENTS, MENU_LABEL, MENU_PATH, PROCEDURE_NAME,  # noqa: E402
-                      Cancelled, DragSettings, UserError, check_handles_movable)
+from ..plugin_common.messages import bug  # noqa: E402
+from .host import GimpHost  # noqa: E402
+from .model import (ARGUMENTS, MENU_LABEL, MENU_PATH, PROCEDURE_NAME,  # noqa: E402
+                    Cancelled, DragSettings, UserError, check_handles_movable)
+from .run import describe_daemon, run_on_layer, task_module  # noqa: E402
 
 RW = GObject.ParamFlags.READWRITE
-
-MISSING_DEPS = (
-    "GIMP's Python (%s) cannot import %s, which the DragGAN plug-in needs to reach the "
-    "dragd daemon. Install pyzmq and msgpack for the Python that GIMP runs: on "
-    "Debian/Ubuntu 'sudo apt install python3-zmq python3-msgpack', on Fedora 'sudo dnf "
-    "install python3-zmq python3-msgpack'; or put them (wheels matching that Python) into "
-    "%s. See docs/GIMP.md for Flatpak, Windows and macOS.")
-
-
-def plugin_root() -> str:
-    """The installed plug-in folder (dragd-gimp/), which holds dragd/gimp_plugin/."""
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _load_runner() -> Any:
-    try:
-        from . import runner
-    except ImportError as e:
-        raise UserError(MISSING_DEPS % (
-            "%d.%d" % sys.version_info[:2], getattr(e, "name", None) or str(e),
-            os.path.join(plugin_root(), "site-packages")))
-    return runner
 
 
 def add_arguments(procedure: Any) -> None:
@@ -79,14 +57,12 @@ def config_values(config: Any) -> dict:
     return {a.name: config.get_property(a.name) for a in ARGUMENTS}
 
 
-def _dialog_info(runner_mod: Any, settings_endpoint: str, arrows: list, path_name: str,
-                 mask: Any, layer_name: str) -> list:
+def _dialog_info(endpoint: str, arrows: list, path_name: str, mask: Any,
+                 layer_name: str) -> list:
     n = len(arrows)
-    lines = ["Layer %r: %d drag point%s from path %r (each stroke: first anchor = handle, "
-             "last anchor = target)." % (layer_name, n, "" if n == 1 else "s", path_name),
-             mask.describe()]
-    lines.append(runner_mod.describe_daemon(settings_endpoint))
-    return lines
+    return ["Layer %r: %d drag point%s from path %r (each stroke: first anchor = handle, "
+            "last anchor = target)." % (layer_name, n, "" if n == 1 else "s", path_name),
+            mask.describe(), describe_daemon(endpoint)]
 
 
 def _error(procedure: Any, status: Any, message: str) -> Any:
@@ -97,7 +73,7 @@ def run(procedure: Any, run_mode: Any, image: Any, drawables: Any, config: Any,
         data: Any) -> Any:
     host = GimpHost(Gimp, Gegl)
     try:
-        runner_mod = _load_runner()
+        task_module()             # says what is missing before anything else
         layer = host.source_layer(list(drawables))
         arrows, path_name = host.read_arrows(image, layer)
         mask = host.read_mask(image, layer)
@@ -108,24 +84,23 @@ def run(procedure: Any, run_mode: Any, image: Any, drawables: Any, config: Any,
         if interactive:
             gi.require_version("GimpUi", "3.0")
             from gi.repository import GimpUi
-            from .dialog import settings_dialog
+            from .ui import settings_dialog
             GimpUi.init(PROCEDURE_NAME)
             endpoint = str(config.get_property("daemon") or "").strip()
-            info = _dialog_info(runner_mod, endpoint, arrows, path_name, mask,
-                                layer.get_name())
+            info = _dialog_info(endpoint, arrows, path_name, mask, layer.get_name())
             if not settings_dialog(GimpUi, procedure, config, info,
                                    [a.name for a in ARGUMENTS]):
                 return _error(procedure, Gimp.PDBStatusType.CANCEL, "Cancelled.")
         settings = DragSettings.from_values(config_values(config))
         dialog_factory = None
         if GimpUi is not None:
-            from .dialog import ProgressDialog
+            from .ui import ProgressDialog
 
             def make_progress_dialog() -> Any:
                 return ProgressDialog(GimpUi)
             dialog_factory = make_progress_dialog
-        outcome, new_layer = run_on_layer(host, runner_mod, settings, image, layer, arrows,
-                                          mask, dialog_factory)
+        outcome, new_layer = run_on_layer(host, settings, image, layer, arrows, mask,
+                                          dialog_factory)
     except Cancelled as e:
         return _error(procedure, Gimp.PDBStatusType.CANCEL, str(e))
     except UserError as e:
@@ -133,8 +108,7 @@ def run(procedure: Any, run_mode: Any, image: Any, drawables: Any, config: Any,
     except Exception as e:  # a bug: say so, with the details on stderr
         traceback.print_exc()
         return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR,
-                      "The DragGAN plug-in failed (%s: %s). Please report this bug with "
-                      "GIMP's error output." % (type(e).__name__, e))
+                      bug(e, " with GIMP's error output"))
     rv = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, None)
     _set_return(rv, 1, GObject.Value(Gimp.Layer, new_layer))
     _set_return(rv, 2, GObject.Value(GObject.TYPE_INT, int(outcome.steps)))

@@ -1,8 +1,9 @@
 """The run function: what the docker's Run button and the "Drag (DragGAN)" action call.
 
 :func:`start_drag` reads the edit's inputs out of the document (paint layer, arrows,
-selection), starts a :class:`~.connection.DragTask` and drives it from a QTimer, so
-Krita's event loop never blocks; it returns the :class:`DragRun` at once. Tests (and the
+selection), starts the shared run (:class:`~..plugin_common.task.DragTask`) and drives it
+from a QTimer whose every tick polls without waiting, so Krita's event loop never blocks;
+it returns the :class:`DragRun` at once. Tests (and the
 docker) wait for ``run.finished`` while the event loop spins::
 
     run = start_drag(doc, DragSettings(endpoint=...), on_finished=callback)
@@ -19,19 +20,32 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from .session import (Cancelled, DragSettings, UserError, check_handles_movable,
-                      composite_through_mask, to_rgba)
+from ..plugin_common.loader import load_task
+from ..plugin_common.messages import bug
+from ..plugin_common.pacing import Pacer
+from .model import (CLIENT_NAME, Cancelled, DragSettings, JobModel, UserError,
+                    check_handles_movable, composite_through_mask, to_rgba)
 
 POLL_INTERVAL_MS = 30
-PROGRESS_INTERVAL = 0.1
-PREVIEW_INTERVAL = 0.3
-
-MISSING_DEPS = (
-    "The DragGAN plug-in needs the Python packages pyzmq and msgpack inside Krita's Python "
-    "(%s). On Debian/Ubuntu: sudo apt install python3-zmq python3-msgpack; other systems: "
-    "see the plug-in's KRITA.md (put them into %s).")
 
 _runs: List["DragRun"] = []        # keeps running runs (and their timers) alive
+
+
+def task_module() -> Any:
+    """The shared run's module; a UserError saying how to install pyzmq and msgpack when
+    Krita's Python lacks them."""
+    return load_task("Krita", "docs/KRITA.md")
+
+
+def make_task(settings: DragSettings, arrows: list, image: Any, mask: Any, **kw: Any) -> Any:
+    """The shared run in the docker's words."""
+    return task_module().DragTask(settings, arrows, image, mask, job_model=JobModel,
+                                  client_name=CLIENT_NAME, **kw)
+
+
+def make_probe(endpoint: str, **kw: Any) -> Any:
+    """Asks the daemon for its models (the docker's refresh button); tick it."""
+    return task_module().DaemonProbe(endpoint, client_name=CLIENT_NAME, **kw)
 
 
 def running() -> Optional["DragRun"]:
@@ -46,7 +60,7 @@ class DragRun:
     ``message`` is the status line, ``fraction`` the progress bar (0..1)."""
 
     def __init__(self, host: Any, doc: Any, settings: DragSettings, *, source: Any = None,
-                 vector: Any = None, task_factory: Optional[Callable[..., Any]] = None,
+                 vector: Any = None, task_factory: Callable[..., Any] = make_task,
                  on_update: Optional[Callable[["DragRun"], Any]] = None,
                  on_finished: Optional[Callable[["DragRun"], Any]] = None,
                  clock: Callable[[], float] = time.monotonic):
@@ -64,6 +78,7 @@ class DragRun:
         self.fraction = 0.0
         self.notes: List[str] = []
         self.task: Any = None
+        self.pacer: Optional[Pacer] = None
         self.preview: Any = None
         self.new_layer: Any = None
         self.outcome: Any = None
@@ -73,8 +88,6 @@ class DragRun:
         self.stale_removed = 0
         self.timings: Dict[str, float] = {}
         self._t0 = 0.0
-        self._last_progress_t = -1e9
-        self._last_preview_t = -1e9
         self._source_rgba = b""
         self._native: Any = None
 
@@ -91,18 +104,17 @@ class DragRun:
         self.state = "running"
         try:
             self.settings.validate()
-            factory = self.task_factory or _default_task_factory()
+            frame = task_module().Image        # says what is missing before reading
             self._prepare()
-            from ..protocol import Image   # after _default_task_factory checked the import
-
-            image = Image(self._source_rgba, self.rect.width, self.rect.height, 4)
-            self.task = factory(self.settings, self.arrows, image, self.mask)
+            image = frame(self._source_rgba, self.rect.width, self.rect.height, 4)
+            self.task = self.task_factory(self.settings, self.arrows, image, self.mask)
+            self.pacer = Pacer(self.task.model, self.clock)
             self.task.start()
         except UserError as e:
             self._end("failed", str(e))
             return False
         except Exception as e:
-            self._end("failed", "%s: %s" % (type(e).__name__, e))
+            self._end("failed", bug(e))
             return False
         self.timings["prepare"] = self.clock() - self._t0
         if self.task.done:
@@ -122,7 +134,7 @@ class DragRun:
         self._source_rgba, self._native = host.read_pixels(doc, source, self.rect)
         self.stale_removed = host.remove_stale_previews(doc)
         if self.settings.live_preview:
-            from .glue import PreviewLayer
+            from .host import PreviewLayer
 
             self.preview = PreviewLayer(host, doc, source, self.rect)
 
@@ -144,8 +156,7 @@ class DragRun:
         except Exception as e:
             if self.task is not None:
                 self.task.close()
-            self._end("failed", e.args[0] if isinstance(e, UserError) else
-                      "%s: %s" % (type(e).__name__, e))
+            self._end("failed", str(e) if isinstance(e, UserError) else bug(e))
             return False
         return True
 
@@ -171,28 +182,27 @@ class DragRun:
         try:
             self.doc.setActiveNode(self.new_layer)
         except Exception:
-            pass
+            pass       # selecting the result is a courtesy; the result is written
         self.host.refresh(self.doc)
 
     def _finish_task(self) -> None:
         model = self.task.model
-        self.timings.update(getattr(self.task, "timings", {}) or {})
+        self.timings.update(self.task.timings)
         if model.phase == "done" or (model.outcome is not None and self.new_layer is not None):
-            _, text = model.progress()
+            text = model.end_text()
             if self.notes:
                 text += " (%s)" % "; ".join(self.notes)
             self._end("done", text)
-        elif model.phase == "cancelled":
-            self._end("cancelled", "Cancelled; the layer was not changed.")
         else:
-            self._end("failed", model.error or "failed")
+            self._end("cancelled" if model.phase == "cancelled" else "failed",
+                      model.end_text())
 
     def _end(self, state: str, message: str) -> None:
         if self.preview is not None:
             try:
                 self.preview.remove()
             except Exception:
-                pass
+                pass       # the run ends either way; a preview left is removed next run
         self.state = state
         self.message = message
         self.fraction = 1.0 if state == "done" else 0.0
@@ -203,46 +213,23 @@ class DragRun:
             self.on_finished(self)
 
     def _show_progress(self, force: bool = False) -> None:
-        now = self.clock()
-        if not force and now - self._last_progress_t < PROGRESS_INTERVAL:
-            return
-        self._last_progress_t = now
-        self.fraction, self.message = self.task.model.progress()
-        if self.on_update is not None:
-            self.on_update(self)
+        shown = self.pacer.progress(force)
+        if shown is not None:
+            self.fraction, self.message = shown
+            if self.on_update is not None:
+                self.on_update(self)
 
     def _show_preview(self) -> None:
-        if self.preview is None or self.outcome is not None:
-            return              # (a preview that came with the result must not reappear)
-        now = self.clock()
-        if now - self._last_preview_t < PREVIEW_INTERVAL:
-            return
-        p = self.task.model.take_preview()
+        p = self.pacer.preview() if self.preview is not None else None
         if p is not None:
             self.preview.show(p)
-            self._last_preview_t = now
-
-
-def _default_task_factory() -> Callable[..., Any]:
-    """The real connection; a clear message when pyzmq or msgpack is missing."""
-    try:
-        from .connection import DragTask
-    except ImportError as e:
-        import os
-        import sys
-
-        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        raise UserError(MISSING_DEPS % ("Python %d.%d: %s" % (sys.version_info[0],
-                                                              sys.version_info[1], e),
-                                        os.path.join(here, "site-packages")))
-    return DragTask
 
 
 def start_drag(doc: Any = None, settings: Optional[DragSettings] = None, *,
                source: Any = None, vector: Any = None,
                on_update: Optional[Callable[[DragRun], Any]] = None,
                on_finished: Optional[Callable[[DragRun], Any]] = None,
-               host: Any = None, task_factory: Optional[Callable[..., Any]] = None,
+               host: Any = None, task_factory: Callable[..., Any] = make_task,
                interval_ms: int = POLL_INTERVAL_MS) -> DragRun:
     """Start a drag on ``doc`` (default: the active document) and return at once. A
     QTimer calls :meth:`DragRun.step` every ``interval_ms`` until the run finishes.
@@ -255,7 +242,7 @@ def start_drag(doc: Any = None, settings: Optional[DragSettings] = None, *,
 
         doc = Krita.instance().activeDocument()
     if host is None:
-        from .glue import KritaHost
+        from .host import KritaHost
 
         host = KritaHost()
     run = DragRun(host, doc, settings or DragSettings(), source=source, vector=vector,

@@ -13,12 +13,21 @@ relatively (``from ..plugin_common import ...``) in the repository and inside th
 * :mod:`.mask`: selection -> movable region (:func:`make_mask`,
   :func:`check_handles_movable`);
 * :mod:`.pixels`: :func:`to_rgba`, :func:`merge_alpha`;
-* :mod:`.jobs`: :class:`Outcome` and :class:`BaseJobModel`, the state of one run driven by
-  protocol events (each host words its own progress text);
+* :mod:`.jobs`: :class:`Outcome` and :class:`BaseJobModel`, the state of one run driven
+  by protocol events, its progress maths and status line (each host words the line);
+* :mod:`.messages`: what the plug-ins tell the user about a run (errors, the daemon
+  probe's line, missing pyzmq), worded once;
+* :mod:`.pacing`: :class:`~.pacing.Pacer`, how often the host redraws progress and
+  previews.
+
+These import the protocol (and so pyzmq); the package itself imports no zmq, so the
+plug-ins' models stay importable and can report what is missing:
+
+* :mod:`.task`: :class:`~.task.DragTask`, the run itself (connect, open, drag, close;
+  every wait bounded) both hosts drive, and :class:`~.task.DaemonProbe`; load it with
+  :func:`.loader.load_task`, which words the missing-package error;
+* :mod:`.hello`: :func:`~.hello.accept_hello`, checking the daemon's limits and models;
 * :mod:`.keys`: :func:`keys_dir`, :func:`curve_for` (CurveZMQ client configuration).
-  It imports the protocol (and so pyzmq): import it as ``from ..plugin_common.keys import
-  curve_for`` where a zmq import is fine; the package itself imports no zmq, so the
-  plug-ins' session models stay importable without it.
 """
 from .errors import Cancelled, UserError
 from .geometry import Arrow, Point, fmt_point

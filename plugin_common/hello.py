@@ -1,18 +1,18 @@
 """Checking the daemon's ``hello`` answer before a run: its limits, its models, whether
-the request fits. Imports the protocol (and so pyzmq): the runners import it, the session
+the request fits. Imports the protocol (and so pyzmq): :mod:`.task` imports it, the hosts'
 models do not."""
 from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
-from ..protocol.schema import Limits
+from ..protocol import Limits
 from .errors import UserError
+from .messages import TOO_MANY_POINTS
 
 
 def accept_hello(client: Any, fields: Dict[str, Any], *, model: str, endpoint: str,
                  n_points: int, size: Tuple[int, int],
-                 too_many_points: str = "There are %d drag points; the daemon takes at "
-                                        "most %d.",
+                 too_many_points: str = TOO_MANY_POINTS,
                  scale_what: str = "layer") -> None:
     """Take the daemon's limits from ``hello`` into ``client.limits`` (unreadable ones
     keep the client's), then raise UserError when the daemon lacks ``model`` (or has no
@@ -29,8 +29,9 @@ def accept_hello(client: Any, fields: Dict[str, Any], *, model: str, endpoint: s
                         "empty to use the one it has loaded.)"
                         % (endpoint, model, ", ".join(models)))
     if not model and not fields.get("loaded_model") and not models:
-        raise UserError("The daemon at %s has no model. Install or load one (dragd models; "
-                        "dragd load MODEL)." % endpoint)
+        raise UserError("The daemon at %s has no model. Install or load one: 'dragd models "
+                        "list' names the known ones, 'dragd models fetch NAME' downloads one, "
+                        "and 'dragd serve --model NAME' starts the daemon with it." % endpoint)
     lim = client.limits
     if n_points > lim.max_points:
         raise UserError(too_many_points % (n_points, lim.max_points))

@@ -1,14 +1,15 @@
-"""The job model: the state of one run (connect, invert, drag), driven by protocol
-events. Both hosts share the transitions and the event handling; each words its own
-progress text (:meth:`progress` in the plug-in's subclass) and its own phases after the
-drag (GIMP: done; Krita: closing -> done, or cancelled)."""
+"""The job model: the state of one run (connect, invert, drag, close), driven by protocol
+events. Both hosts share the transitions, the event handling and the progress maths; each
+words its status line through a few class attributes and :meth:`BaseJobModel.line` (GIMP
+puts "DragGAN: " before it, Krita capitalises it)."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .geometry import Arrow
+from .messages import CANCELLED, TOO_MANY_POINTS
 
 # Where each stage of opening a session starts and ends on the opening part of the bar.
 OPEN_STAGES = {"load": (0.0, 0.0), "invert": (0.0, 0.5), "tune": (0.5, 1.0)}
@@ -36,12 +37,24 @@ class Outcome:
 
 
 class BaseJobModel:
-    """State of one run: ``phase`` goes connecting -> opening -> dragging -> ... Fed with
-    protocol events (:meth:`on_event`); :meth:`take_preview` hands out the latest preview.
-    Subclasses set :attr:`ITEM` (what one arrow is called) and word the queue message
-    (:meth:`queued_text`)."""
+    """State of one run: ``phase`` goes connecting -> opening -> dragging -> closing ->
+    done, or ends failed / cancelled. Fed with protocol events (:meth:`on_event`);
+    :meth:`progress` gives the bar and the status line, :meth:`take_preview` the latest
+    preview, :meth:`end_text` what to tell the user at the end.
 
+    Subclasses word the status line: :attr:`ITEM` (what one arrow is called),
+    :attr:`STAGE_TEXT`, :attr:`DRAG_TEXT`, :attr:`DONE_TEXT`, :meth:`queued_text` and
+    :meth:`line`; and the hello check's sentences: :attr:`TOO_MANY_POINTS` and what to
+    scale down when the layer is too large (:attr:`SCALE_WHAT`)."""
+
+    TERMINAL = ("done", "failed", "cancelled")
     ITEM = "drag point"
+    STAGE_TEXT = {"load": "loading the model", "invert": "inverting", "tune": "tuning",
+                  "drag": "dragging", "undo": "undoing"}
+    DRAG_TEXT = "step %d/%d"          # % (step, total)
+    DONE_TEXT = "%s"                  # % the outcome's summary
+    TOO_MANY_POINTS = TOO_MANY_POINTS
+    SCALE_WHAT = "layer"
 
     def __init__(self, settings: Any, arrows: Sequence[Arrow]):
         self.settings = settings
@@ -64,6 +77,10 @@ class BaseJobModel:
         self._preview: Any = None
         self.previews_seen = 0
 
+    @property
+    def finished(self) -> bool:
+        return self.phase in self.TERMINAL
+
     # -- transitions ------------------------------------------------------
 
     def connected(self, hello: Dict[str, Any]) -> None:
@@ -76,9 +93,26 @@ class BaseJobModel:
         self.phase = "dragging"
         self.stage, self.step, self.total = "drag", 0, int(self.settings.max_steps)
 
+    def dragged(self, outcome: Outcome) -> None:
+        """The drag's result arrived; the session is being closed."""
+        self.outcome = outcome
+        self.phase = "closing"
+        self.step = outcome.steps
+        if outcome.distance is not None:
+            self.distance = outcome.distance
+
+    def closed(self) -> None:
+        if self.outcome is None:
+            raise RuntimeError("closed() before the drag finished")
+        self.phase = "done"
+
     def failed(self, message: str) -> None:
         self.error = message
         self.phase = "failed"
+
+    def cancelled(self, message: str = CANCELLED) -> None:
+        self.error = message
+        self.phase = "cancelled"
 
     def request_stop(self, how: str, why: str = "stopped") -> bool:
         """Ask to stop: "keep" keeps the drag so far, "discard" drops it. Returns True
@@ -140,6 +174,59 @@ class BaseJobModel:
             lo, hi = OPEN_STAGES[self.stage]
             return lo + (hi - lo) * self.stage_fraction()
         return 0.0
+
+    def fraction(self) -> float:
+        """The progress bar, 0..1: opening takes the first OPEN_WEIGHT of it, the drag the
+        rest; the drag is as far as its steps or, when further, as the handles have come
+        towards their targets."""
+        if self.phase == "opening":
+            return OPEN_WEIGHT * self.open_fraction()
+        if self.phase == "dragging":
+            f = self.stage_fraction()
+            if self.first_distance and self.distance is not None:
+                f = max(f, 1.0 - self.distance / self.first_distance)
+            return OPEN_WEIGHT + (1.0 - OPEN_WEIGHT) * min(1.0, max(0.0, f))
+        return 1.0 if self.phase in ("closing", "done") else 0.0
+
+    def status(self) -> str:
+        """The status line before the host's :meth:`line` words it."""
+        stopping = " (stopping)" if self.stop_requested else ""
+        if self.phase == "connecting":
+            return "connecting to %s" % self.settings.endpoint
+        if self.phase == "opening":
+            if self.stage == "queued" and self.message:
+                return self.message + stopping
+            text = self.STAGE_TEXT.get(self.stage or "", "opening the layer")
+            if self.total:
+                text += " %d/%d" % (min(self.step + 1, self.total), self.total)
+            return text + stopping
+        if self.phase == "dragging":
+            text = self.DRAG_TEXT % (self.step, self.total or self.settings.max_steps)
+            if self.distance is not None:
+                text += ", %.1f px to go" % self.distance
+            return text + stopping
+        if self.phase in ("closing", "done"):
+            return self.DONE_TEXT % self.outcome.summary() if self.outcome else "done"
+        if self.phase == "cancelled":
+            return self.error or CANCELLED
+        return "error: %s" % (self.error or "failed")
+
+    def line(self, text: str) -> str:
+        """``text`` as the host shows it."""
+        return text
+
+    def progress(self) -> Tuple[float, str]:
+        """(fraction 0..1, status line) for the host's progress bar."""
+        return self.fraction(), self.line(self.status())
+
+    def end_text(self) -> str:
+        """What to tell the user once the run is over: the outcome, the cancellation or
+        the error (whose sentence is shown as it is)."""
+        if self.phase == "failed":
+            return self.error or "failed"
+        if self.phase == "cancelled":
+            return self.line(self.error or CANCELLED) + "."
+        return self.line(self.status())
 
     def summary(self) -> str:
         n = len(self.arrows)

@@ -1,6 +1,7 @@
 """Fast unit tests of the GIMP plug-in without GIMP: the host glue against small stand-ins
-for the Gimp/Gegl API objects, the session model, and the runner against a scripted client
-and against a real dragd server (NullBackend) on 127.0.0.1.
+for the Gimp/Gegl API objects (tests/host_fakes.py), the model, and the run (GIMP's loop
+driving the shared task) against a scripted client and against a real dragd server
+(NullBackend) on 127.0.0.1.
 
 The real-GIMP tests are in tests/test_gimp_host.py.
 """
@@ -12,314 +13,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from dragd.gimp_plugin import flow, glue, runner, session
-from dragd.gimp_plugin.session import (ARGUMENTS, Arrow, Cancelled, DragSettings, JobModel,
-                                       LayerGeometry, MaskInfo, Stroke, UserError,
-                                       arrows_from_strokes, bezier_anchors,
-                                       make_mask, merge_alpha)
+from dragd.gimp_plugin import host as gimp_host
+from dragd.gimp_plugin import model, run
+from dragd.gimp_plugin.model import (ARGUMENTS, Arrow, Cancelled, DragSettings, JobModel,
+                                     LayerGeometry, MaskInfo, Stroke, UserError,
+                                     arrows_from_strokes, bezier_anchors,
+                                     make_mask, merge_alpha)
+from dragd.plugin_common import pacing
 from dragd.protocol import DaemonUnavailable, Image, RemoteError
-
-# ---------------------------------------------------------------------------
-# Stand-ins for the parts of gi.repository.Gimp / Gegl the glue uses
-# ---------------------------------------------------------------------------
-
-
-class Rect:
-    def __init__(self, x, y, w, h):
-        self.x, self.y, self.width, self.height = x, y, w, h
-
-    @staticmethod
-    def new(x, y, w, h):
-        return Rect(x, y, w, h)
-
-
-FakeGegl = SimpleNamespace(Rectangle=Rect,
-                           AbyssPolicy=SimpleNamespace(NONE="none", CLAMP="clamp"))
-
-BPP = {"R'G'B'A u8": 4, "R'G'B' u8": 3, "Y u8": 1, "Y' u8": 1}
-
-
-class Buffer:
-    """A buffer of `channels` bytes per pixel over the rectangle (x0, y0, w, h)."""
-
-    def __init__(self, w, h, channels, x0=0, y0=0, fill=0, image=None):
-        self.x0, self.y0, self.w, self.h, self.ch = x0, y0, w, h, channels
-        self.data = bytearray([fill]) * (w * h * channels)
-        self.image = image
-
-    def get(self, rect, scale, fmt, abyss):
-        assert scale == 1.0 and BPP[fmt] == self.ch
-        out = bytearray()
-        for y in range(rect.y, rect.y + rect.height):
-            for x in range(rect.x, rect.x + rect.width):
-                lx, ly = x - self.x0, y - self.y0
-                if 0 <= lx < self.w and 0 <= ly < self.h:
-                    i = (ly * self.w + lx) * self.ch
-                    out += self.data[i:i + self.ch]
-                elif abyss == "clamp":
-                    cx, cy = min(max(lx, 0), self.w - 1), min(max(ly, 0), self.h - 1)
-                    i = (cy * self.w + cx) * self.ch
-                    out += self.data[i:i + self.ch]
-                else:
-                    out += bytes(self.ch)
-        return bytes(out)
-
-    def set(self, rect, fmt, data):
-        if self.image is not None:
-            self.image.record("Buffer.set")
-        data = bytes(data)
-        n = BPP[fmt]
-        assert len(data) == rect.width * rect.height * n
-        for y in range(rect.height):
-            for x in range(rect.width):
-                src = data[(y * rect.width + x) * n:(y * rect.width + x + 1) * n]
-                if n == 3:
-                    src += b"\xff"
-                i = ((rect.y + y - self.y0) * self.w + rect.x + x - self.x0) * self.ch
-                self.data[i:i + self.ch] = src[:self.ch]
-
-    def flush(self):
-        pass
-
-
-class Item:
-    def __init__(self, image, name):
-        self.image, self.name, self.parasites = image, name, {}
-
-    def get_name(self):
-        return self.name
-
-    def set_name(self, name):
-        self.name = name
-
-    def attach_parasite(self, p):
-        self.image.record("attach_parasite")
-        self.parasites[p.name] = p
-        return True
-
-    def get_parasite(self, name):
-        return self.parasites.get(name)
-
-
-class Layer(Item):
-    def __init__(self, image, name, w, h, type_, opacity=100.0, mode="normal", alpha=True):
-        super().__init__(image, name)
-        self.w, self.h, self.type, self.opacity, self.mode = w, h, type_, opacity, mode
-        self.alpha = alpha
-        self.ox = self.oy = 0
-        self.buffer = Buffer(w, h, 4, image=image)
-        self.shadow = None
-        self.group, self.layer = False, True
-        self.children = []
-
-    @staticmethod
-    def new(image, name, w, h, type_, opacity, mode):
-        image.record("Layer.new")
-        return Layer(image, name, w, h, type_, opacity, mode, alpha=type_ in ("RGBA", "GRAYA"))
-
-    def get_offsets(self):
-        return True, self.ox, self.oy
-
-    def set_offsets(self, x, y):
-        self.image.record("set_offsets")
-        self.ox, self.oy = x, y
-
-    def get_width(self):
-        return self.w
-
-    def get_height(self):
-        return self.h
-
-    def is_layer(self):
-        return self.layer
-
-    def is_group(self):
-        return self.group
-
-    def get_children(self):
-        return self.children
-
-    def has_alpha(self):
-        return self.alpha
-
-    def get_opacity(self):
-        return self.opacity
-
-    def get_mode(self):
-        return self.mode
-
-    def get_parent(self):
-        return None
-
-    def get_mask(self):
-        return getattr(self, "mask", None)
-
-    def create_mask(self, kind):
-        self.image.record("create_mask")
-        m = Layer(self.image, "mask", self.w, self.h, "Y")
-        m.buffer = Buffer(self.w, self.h, 1, image=self.image)
-        return m
-
-    def add_mask(self, m):
-        self.image.record("add_mask")
-        self.mask = m
-        return True
-
-    def get_buffer(self):
-        return self.buffer
-
-    def get_shadow_buffer(self):
-        if self.shadow is None:
-            self.shadow = Buffer(self.w, self.h, 4, image=self.image)
-        return self.shadow
-
-    def merge_shadow(self, undo):
-        """Blend the shadow in through the image's selection, like GIMP."""
-        self.image.record("merge_shadow")
-        sel = self.image.selection
-        for y in range(self.h):
-            for x in range(self.w):
-                m = sel.value(x + self.ox, y + self.oy) if not sel.empty else 255
-                i = (y * self.w + x) * 4
-                for c in range(4):
-                    a, b = self.buffer.data[i + c], self.shadow.data[i + c]
-                    self.buffer.data[i + c] = (a * (255 - m) + b * m + 127) // 255
-        return True
-
-    def update(self, *a):
-        self.image.record("update")
-
-    def scale(self, w, h, local_origin):
-        self.image.record("scale")
-        self.w, self.h = w, h
-
-
-class Path(Item):
-    def __init__(self, image, name, strokes):
-        super().__init__(image, name)
-        self.strokes = strokes  # list of control-point lists
-
-    def get_strokes(self):
-        return list(range(1, len(self.strokes) + 1))
-
-    def stroke_get_points(self, sid):
-        return "BEZIER", list(self.strokes[sid - 1]), False
-
-
-def bezier(*anchors):
-    """Control points of a stroke whose anchors are `anchors` (handles on the anchors)."""
-    pts = []
-    for x, y in anchors:
-        pts += [x, y, x, y, x, y]
-    return pts
-
-
-class Selection:
-    def __init__(self, w, h):
-        self.w, self.h = w, h
-        self.buf = Buffer(w, h, 1)
-        self.empty = True
-
-    def rect(self, x, y, w, h, value=255):
-        self.empty = False
-        for yy in range(y, y + h):
-            for xx in range(x, x + w):
-                self.buf.data[yy * self.w + xx] = value
-
-    def value(self, x, y):
-        if 0 <= x < self.w and 0 <= y < self.h:
-            return self.buf.data[y * self.w + x]
-        return 0
-
-    def get_buffer(self):
-        return self.buf
-
-
-class FakeImage:
-    def __init__(self, w=64, h=48, base="RGB"):
-        self.w, self.h, self.base = w, h, base
-        self.layers = []
-        self.paths = []
-        self.selected_paths = []
-        self.selection = Selection(w, h)
-        self.depth = 0
-        self.groups = 0
-        self.log = []          # state-changing calls, as (name, undo depth)
-        self.selected_layers = []
-
-    def record(self, call):
-        self.log.append((call, self.depth))
-
-    def get_base_type(self):
-        return self.base
-
-    def get_selection(self):
-        return self.selection
-
-    def get_paths(self):
-        return list(self.paths)
-
-    def get_selected_paths(self):
-        return list(self.selected_paths)
-
-    def get_layers(self):
-        return list(self.layers)
-
-    def get_item_position(self, item):
-        return self.layers.index(item)
-
-    def insert_layer(self, layer, parent, position):
-        self.record("insert_layer")
-        self.layers.insert(position, layer)
-
-    def remove_layer(self, layer):
-        self.record("remove_layer")
-        self.layers.remove(layer)
-
-    def set_selected_layers(self, layers):
-        self.record("set_selected_layers")
-        self.selected_layers = list(layers)
-
-    def undo_group_start(self):
-        self.depth += 1
-        self.groups += 1
-        return True
-
-    def undo_group_end(self):
-        assert self.depth > 0
-        self.depth -= 1
-        return True
-
-
-class FakeGimp:
-    ImageType = SimpleNamespace(RGBA_IMAGE="RGBA", RGB_IMAGE="RGB", GRAYA_IMAGE="GRAYA",
-                                GRAY_IMAGE="GRAY")
-    ImageBaseType = SimpleNamespace(RGB="RGB", GRAY="GRAY")
-    LayerMode = SimpleNamespace(NORMAL="normal")
-    Layer = Layer
-    AddMaskType = SimpleNamespace(WHITE="white")
-    Parasite = SimpleNamespace(new=lambda name, flags, data: SimpleNamespace(
-        name=name, flags=flags, data=data))
-
-    def __init__(self):
-        self.calls = []
-        self.Selection = SimpleNamespace(is_empty=lambda image: image.selection.empty)
-
-    def progress_init(self, text):
-        self.calls.append(("init", text))
-
-    def progress_set_text(self, text):
-        self.calls.append(("text", text))
-
-    def progress_update(self, f):
-        self.calls.append(("update", f))
-
-    def progress_end(self):
-        self.calls.append(("end",))
-
-    def displays_flush(self):
-        pass
-
+from host_fakes import Buffer, FakeGegl, FakeGimp, FakeImage, Layer, Path, bezier
 
 def make_scene(with_alpha=True, offsets=(10, 6), lw=20, lh=16):
     """A 64x48 image with a background and an offset layer 'art' of distinct pixels."""
@@ -336,14 +38,14 @@ def make_scene(with_alpha=True, offsets=(10, 6), lw=20, lh=16):
 
 
 def host():
-    return glue.GimpHost(FakeGimp(), FakeGegl)
+    return gimp_host.GimpHost(FakeGimp(), FakeGegl)
 
 
 @pytest.fixture(autouse=True)
 def no_ui_throttling(monkeypatch):
-    """Show every progress text and preview (the runner throttles them in real time)."""
-    monkeypatch.setattr(runner, "PROGRESS_INTERVAL", 0.0)
-    monkeypatch.setattr(runner, "PREVIEW_INTERVAL", 0.0)
+    """Show every progress text and preview (the run paces them in real time)."""
+    monkeypatch.setattr(pacing, "PROGRESS_INTERVAL", 0.0)
+    monkeypatch.setattr(run, "PREVIEW_INTERVAL", 0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -538,8 +240,8 @@ def test_gray_image_and_layer_without_alpha_get_matching_layer_types():
 def test_preview_layer_scaled_over_the_source_then_removed():
     img, art = make_scene(offsets=(10, 6))
     h = host()
-    undo = glue.UndoGroup(img)
-    p = glue.PreviewLayer(h, img, art, undo)
+    undo = gimp_host.UndoGroup(img)
+    p = gimp_host.PreviewLayer(h, img, art, undo)
     p.show(Image(bytes(8 * 6 * 3), 8, 6, 3))
     first = p.layer
     assert img.layers[0] is first and (first.w, first.h) == (20, 16)
@@ -619,7 +321,7 @@ def test_job_model_progress_follows_protocol_events():
 
 
 # ---------------------------------------------------------------------------
-# The runner against a scripted client
+# The run (GIMP's loop over the shared task) against a scripted client
 # ---------------------------------------------------------------------------
 
 
@@ -717,7 +419,7 @@ def good_script(w=8, h=6, steps=3):
     }
 
 
-class RecUi(runner.NullUi):
+class RecUi(run.NullUi):
     def __init__(self, stop=None, stop_after=0):
         self.texts, self.previews, self.stop, self.stop_after = [], [], stop, stop_after
         self.pumps = 0
@@ -745,17 +447,16 @@ def run_fake(script, settings=None, ui=None, mask=None, arrows=None, **kw):
     settings = settings or DragSettings(inversion="fast", max_steps=50)
     arrows = arrows or [Arrow((1, 1), (5, 5))]
     mask = mask or MaskInfo(None, 8, 6)
-    r = runner.Runner(settings, arrows, make_request(), mask, ui or RecUi(),
-                      client_factory=factory, **kw)
+    task = run.make_task(settings, arrows, make_request(), mask, client_factory=factory, **kw)
     try:
-        return r, r.run(), clients[0]
+        return task, run.drive(task, ui or RecUi()), clients[0]
     except UserError as e:
         e.client = clients[0] if clients else None
-        e.runner = r
+        e.task = task
         raise
 
 
-def test_runner_success_sends_points_mask_params_and_closes():
+def test_run_success_sends_points_mask_params_and_closes():
     ui = RecUi()
     mask = make_mask(bytes([255] * 24 + [0] * 24), 8, 6)
     r, out, c = run_fake(good_script(), ui=ui, mask=mask)
@@ -776,19 +477,19 @@ def test_runner_success_sends_points_mask_params_and_closes():
 
 
 def session_timeout():
-    return session.CONNECT_TIMEOUT
+    return model.CONNECT_TIMEOUT
 
 
-def test_runner_daemon_unavailable_is_a_user_error_naming_the_start_command():
+def test_run_daemon_unavailable_is_a_user_error_naming_the_start_command():
     script = {"hello": [("error", DaemonUnavailable("tcp://127.0.0.1:1"), None)]}
     with pytest.raises(UserError) as e:
         run_fake(script)
     assert "dragd serve" in str(e.value) and "tcp://127.0.0.1:1" in str(e.value)
-    assert e.value.runner.model.phase == "failed"
+    assert e.value.task.model.phase == "failed"
     assert e.value.client.closed
 
 
-def test_runner_model_not_on_daemon_and_too_many_points():
+def test_run_model_not_on_daemon_and_too_many_points():
     script = good_script()
     with pytest.raises(UserError, match="has no model 'cats'.*toy"):
         run_fake(script, settings=DragSettings(model="cats"))
@@ -797,7 +498,7 @@ def test_runner_model_not_on_daemon_and_too_many_points():
         run_fake(good_script(), arrows=arrows)
 
 
-def test_runner_remote_error_is_shown():
+def test_run_remote_error_is_shown():
     script = good_script()
     script["drag"] = [("error", RemoteError("bad_points", "the handle of point 1 lies "
                                             "outside"), None)]
@@ -805,7 +506,7 @@ def test_runner_remote_error_is_shown():
         run_fake(script)
 
 
-def test_runner_stop_keep_cancels_and_keeps_the_partial_drag():
+def test_run_stop_keep_cancels_and_keeps_the_partial_drag():
     script = good_script(steps=40)
     drag = script["drag"]
     final = drag.pop()
@@ -822,13 +523,13 @@ def test_runner_stop_keep_cancels_and_keeps_the_partial_drag():
         c.on_cancel = on_cancel
         clients.append(c)
         return c
-    r = runner.Runner(DragSettings(), [Arrow((1, 1), (5, 5))], make_request(),
-                      MaskInfo(None, 8, 6), ui, client_factory=factory)
-    out = r.run()
+    task = run.make_task(DragSettings(), [Arrow((1, 1), (5, 5))], make_request(),
+                         MaskInfo(None, 8, 6), client_factory=factory)
+    out = run.drive(task, ui)
     assert clients[0].cancelled == ["drag"] and out.stop == "cancelled" and out.steps == 2
 
 
-def test_runner_cancel_discard_raises_cancelled():
+def test_run_cancel_discard_raises_cancelled():
     script = good_script()
     script["drag"] = script["drag"][:2]
 
@@ -837,14 +538,13 @@ def test_runner_cancel_discard_raises_cancelled():
         c.on_cancel = lambda cl, job: cl.queue.append(
             (job, ("error", RemoteError("cancelled"), None)))
         return c
-    r = runner.Runner(DragSettings(), [Arrow((1, 1), (5, 5))], make_request(),
-                      MaskInfo(None, 8, 6), RecUi(stop="discard", stop_after=4),
-                      client_factory=factory)
+    task = run.make_task(DragSettings(), [Arrow((1, 1), (5, 5))], make_request(),
+                         MaskInfo(None, 8, 6), client_factory=factory)
     with pytest.raises(Cancelled):
-        r.run()
+        run.drive(task, RecUi(stop="discard", stop_after=4))
 
 
-def test_runner_time_limit_during_inversion_fails_with_advice():
+def test_run_time_limit_during_inversion_fails_with_advice():
     script = good_script()
     script["open_session"] = [("progress", {"stage": "invert", "step": 0, "total": 9}, None)]
     now = [0.0]
@@ -857,7 +557,7 @@ def test_runner_time_limit_during_inversion_fails_with_advice():
         run_fake(script, settings=DragSettings(time_limit=5), clock=clock)
 
 
-def test_runner_stop_without_answer_is_bounded():
+def test_run_stop_without_answer_is_bounded():
     script = good_script()
     script["drag"] = script["drag"][:2]
     now = [0.0]
@@ -869,44 +569,36 @@ def test_runner_stop_without_answer_is_bounded():
         run_fake(script, ui=RecUi(stop="keep", stop_after=3), clock=clock, stop_grace=3.0)
 
 
-def test_runner_bad_endpoint():
+def test_run_bad_endpoint():
     def factory(endpoint, **kw):
         raise ValueError("Invalid argument")
-    r = runner.Runner(DragSettings(endpoint="tcp://nohost"), [Arrow((1, 1), (2, 2))],
-                      make_request(), MaskInfo(None, 8, 6), client_factory=factory)
+    task = run.make_task(DragSettings(endpoint="tcp://nohost"), [Arrow((1, 1), (2, 2))],
+                         make_request(), MaskInfo(None, 8, 6), client_factory=factory)
     with pytest.raises(UserError, match="Cannot use the daemon address 'tcp://nohost'"):
-        r.run()
+        run.drive(task)
 
 
 # ---------------------------------------------------------------------------
-# The whole run on a layer (flow) with stand-ins: one undo group, previews removed
+# The whole run on a layer with stand-ins: one undo group, previews removed
 # ---------------------------------------------------------------------------
 
 
-class ScriptedRunnerModule:
-    """Stands in for the runner module in flow.run_on_layer."""
-
-    Image = Image
-
-    def __init__(self, script):
-        self.script = script
-
-    def Runner(self, settings, arrows, image, mask, ui):
-        def factory(endpoint, **kw):
-            return FakeClient(endpoint, self.script, **kw)
-        r = runner.Runner(settings, arrows, image, mask, ui, client_factory=factory)
-        return r
+def scripted(script):
+    """A task factory for run_on_layer whose client plays ``script``."""
+    def factory(endpoint, **kw):
+        return FakeClient(endpoint, script, **kw)
+    return lambda *a: run.make_task(*a, client_factory=factory)
 
 
-def test_flow_writes_one_undo_group_and_removes_the_preview():
+def test_run_on_layer_writes_one_undo_group_and_removes_the_preview():
     img, art = make_scene(offsets=(10, 6), lw=8, lh=6)
     img.selection.rect(10, 6, 4, 6)
     h = host()
     arrows = [Arrow((1, 1), (3, 2))]
     mask = h.read_mask(img, art)
     before = bytes(art.buffer.data)
-    out, new = flow.run_on_layer(h, ScriptedRunnerModule(good_script()), DragSettings(),
-                                 img, art, arrows, mask)
+    out, new = run.run_on_layer(h, DragSettings(), img, art, arrows, mask,
+                                task_factory=scripted(good_script()))
     assert img.groups == 1 and img.depth == 0
     assert img.log and all(depth == 1 for _, depth in img.log), img.log
     names = [lyr.name for lyr in img.layers]
@@ -924,30 +616,29 @@ def test_flow_writes_one_undo_group_and_removes_the_preview():
     assert img.selected_layers == [new]
 
 
-def test_flow_error_changes_nothing_and_opens_no_group():
+def test_run_on_layer_error_changes_nothing_and_opens_no_group():
     img, art = make_scene(lw=8, lh=6)
     script = {"hello": [("error", DaemonUnavailable("tcp://127.0.0.1:9"), None)]}
     with pytest.raises(UserError, match="dragd serve"):
-        flow.run_on_layer(host(), ScriptedRunnerModule(script), DragSettings(), img, art,
-                          [Arrow((1, 1), (3, 2))], MaskInfo(None, 8, 6))
+        run.run_on_layer(host(), DragSettings(), img, art, [Arrow((1, 1), (3, 2))],
+                         MaskInfo(None, 8, 6), task_factory=scripted(script))
     assert img.groups == 0 and img.log == [] and len(img.layers) == 2
 
 
-def test_flow_removes_stale_previews_inside_the_group():
+def test_run_on_layer_removes_stale_previews_inside_the_group():
     img, art = make_scene(lw=8, lh=6)
     h = host()
     stale = Layer(img, "old preview", 8, 6, "RGBA")
-    stale.parasites[session.PREVIEW_PARASITE] = object()
+    stale.parasites[model.PREVIEW_PARASITE] = object()
     img.layers.insert(0, stale)
-    flow.run_on_layer(h, ScriptedRunnerModule(good_script()),
-                      DragSettings(live_preview=False), img, art, [Arrow((1, 1), (3, 2))],
-                      MaskInfo(None, 8, 6))
+    run.run_on_layer(h, DragSettings(live_preview=False), img, art, [Arrow((1, 1), (3, 2))],
+                     MaskInfo(None, 8, 6), task_factory=scripted(good_script()))
     assert stale not in img.layers and img.groups == 1
     assert all(depth == 1 for _, depth in img.log)
 
 
 # ---------------------------------------------------------------------------
-# The runner against a real dragd server (NullBackend) on 127.0.0.1
+# The run against a real dragd server (NullBackend) on 127.0.0.1
 # ---------------------------------------------------------------------------
 
 
@@ -962,11 +653,11 @@ def null_server():
     srv.stop()
 
 
-def test_runner_with_a_real_server(null_server):
+def test_run_with_a_real_server(null_server):
     w, h = 12, 10
     src = Image(bytes((i * 5) % 256 for i in range(w * h * 4)), w, h, 4)
     ui = RecUi()
-    out = runner.run_drag(DragSettings(endpoint=null_server.endpoint, model=""),
+    out = run.run_drag(DragSettings(endpoint=null_server.endpoint, model=""),
                           [Arrow((2.5, 3.0), (6.0, 4.0))], src,
                           make_mask(bytes([255] * 60 + [0] * 60), w, h), ui)
     assert (out.image.width, out.image.height) == (w, h)
@@ -974,7 +665,7 @@ def test_runner_with_a_real_server(null_server):
     assert out.stop == "converged" and ui.texts[-1][1].startswith("DragGAN: converged")
 
 
-def test_runner_daemon_down_fails_fast_with_the_start_command():
+def test_run_daemon_down_fails_fast_with_the_start_command():
     import socket
 
     s = socket.socket()
@@ -983,32 +674,32 @@ def test_runner_daemon_down_fails_fast_with_the_start_command():
     s.close()                                   # nothing listens there now
     t0 = time.monotonic()
     with pytest.raises(UserError) as e:
-        runner.run_drag(DragSettings(endpoint="tcp://127.0.0.1:%d" % port),
-                        [Arrow((1, 1), (2, 2))], make_request(), MaskInfo(None, 8, 6),
-                        connect_timeout=1.0)
+        run.run_drag(DragSettings(endpoint="tcp://127.0.0.1:%d" % port),
+                     [Arrow((1, 1), (2, 2))], make_request(), MaskInfo(None, 8, 6),
+                     connect_timeout=1.0)
     elapsed = time.monotonic() - t0
     assert "dragd serve" in str(e.value) and str(port) in str(e.value)
     assert elapsed < 4.0, elapsed
 
 
 def test_describe_daemon(null_server):
-    line = runner.describe_daemon(null_server.endpoint)
+    line = run.describe_daemon(null_server.endpoint)
     assert line.startswith("Daemon at %s" % null_server.endpoint) and "null" in line
     t0 = time.monotonic()
-    line = runner.describe_daemon("tcp://127.0.0.1:1", timeout=0.5)
+    line = run.describe_daemon("tcp://127.0.0.1:1", timeout=0.5)
     assert "not reachable" in line and "dragd serve" in line
     assert time.monotonic() - t0 < 3.0
 
 
 def test_gimp_plugin_package_imports_nothing_from_gimp_or_zmq():
     """plugin.py must register even when pyzmq is missing (it reports it when run); the
-    session model and glue import neither gi nor zmq."""
+    model, the host glue and the run import neither gi nor zmq."""
     import subprocess
     import sys
 
     code = ("import sys\n"
-            "import dragd.gimp_plugin, dragd.gimp_plugin.session, dragd.gimp_plugin.glue, "
-            "dragd.gimp_plugin.flow\n"
+            "import dragd.gimp_plugin, dragd.gimp_plugin.model, dragd.gimp_plugin.host, "
+            "dragd.gimp_plugin.run\n"
             "bad = [m for m in ('zmq', 'gi', 'msgpack') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -1016,17 +707,20 @@ def test_gimp_plugin_package_imports_nothing_from_gimp_or_zmq():
 
 def test_entry_script_paths(tmp_path):
     """The installed entry script imports dragd.gimp_plugin from its own folder (first on
-    sys.path) and searches a site-packages folder beside it last."""
+    sys.path) and searches a site-packages folder beside it last (plugin_common says
+    where: the folder the missing-pyzmq message names)."""
     import shutil
     import subprocess
     import sys
     from pathlib import Path
 
     import dragd.gimp_plugin as pkg
+    import dragd.plugin_common as common
 
     root = tmp_path / "dragd-gimp"
     (root / "dragd" / "gimp_plugin").mkdir(parents=True)
     (root / "site-packages").mkdir()
+    shutil.copytree(Path(common.__file__).parent, root / "dragd" / "plugin_common")
     shutil.copy(Path(pkg.__file__).parent / "entry.py", root / "dragd-gimp.py")
     (root / "dragd" / "gimp_plugin" / "__init__.py").write_text("")
     (root / "dragd" / "gimp_plugin" / "plugin.py").write_text(
@@ -1068,10 +762,11 @@ def test_result_layer_gets_a_copy_of_the_source_layer_mask():
     assert bytes(art.mask.buffer.data) == bytes([0, 50, 100, 255, 255, 0, 7, 9])
 
 
-def test_runner_hands_curve_keys_to_the_client(tmp_path, monkeypatch):
+def test_run_hands_curve_keys_to_the_client(tmp_path, monkeypatch):
     """(keys_dir, curve_for and is_loopback_endpoint: tests/test_plugin_common.py)"""
     import zmq
 
+    from dragd.plugin_common.keys import curve_for
     from dragd.protocol.curvekeys import format_key_file
 
     monkeypatch.setenv("DRAGD_KEYS_DIR", str(tmp_path))
@@ -1079,18 +774,19 @@ def test_runner_hands_curve_keys_to_the_client(tmp_path, monkeypatch):
     cpub, csec = zmq.curve_keypair()
     (tmp_path / "server.key").write_text(format_key_file(spub))
     (tmp_path / "client.key_secret").write_text(format_key_file(cpub, csec))
-    cfg, _ = runner.curve_for("tcp://10.0.0.5:5557")
+    cfg, _ = curve_for("tcp://10.0.0.5:5557")
     assert cfg.server_public_key == spub and cfg.secret_key == csec
-    # the runner hands the keys to the client, and adds the hint when it cannot connect
+    # the run hands the keys to the client, and adds the hint when it cannot connect
     seen = {}
 
     def factory(endpoint, **kw):
         seen.update(kw)
         return FakeClient(endpoint, {"hello": [
             ("error", DaemonUnavailable(endpoint), None)]}, **kw)
-    r = runner.Runner(DragSettings(endpoint="tcp://10.0.0.5:5557"), [Arrow((1, 1), (2, 2))],
-                      make_request(), MaskInfo(None, 8, 6), client_factory=factory)
+    task = run.make_task(DragSettings(endpoint="tcp://10.0.0.5:5557"),
+                         [Arrow((1, 1), (2, 2))], make_request(), MaskInfo(None, 8, 6),
+                         client_factory=factory)
     with pytest.raises(UserError) as e:
-        r.run()
+        run.drive(task)
     assert seen["curve"] is cfg or seen["curve"].public_key == cpub
     assert "dragd serve" in str(e.value) and "CurveZMQ keys" in str(e.value)

@@ -1,8 +1,9 @@
-"""Fast unit tests of the Krita plug-in without Krita: the session model (shape -> arrow
+"""Fast unit tests of the Krita plug-in without Krita: the model (shape -> arrow
 conversion with resolution, transforms and layer offsets; selection -> mask; BGRA <-> RGBA;
-compositing; settings; the job model), the host glue against small stand-ins for Krita's
-libkis objects, the connection against a real dragd server on 127.0.0.1 (a scripted
-backend), and the run function's orchestration (DragRun) against stand-ins + that server.
+compositing; settings; the job model's wording), the host glue against small stand-ins for
+Krita's libkis objects (tests/host_fakes.py), and the run function's orchestration (DragRun
+driving the shared task) against stand-ins and a real dragd server on 127.0.0.1 (a
+scripted backend). The shared task itself: tests/test_plugin_task.py.
 
 The SVG strings below are what Krita 5.2.9's Shape.toSvg() returned for shapes added with
 VectorLayer.addShapesFromSvg() in a 144 dpi document (tests/test_krita_host.py proves the
@@ -15,17 +16,17 @@ import time
 
 import pytest
 
-from dragd.krita_plugin import glue, session
-from dragd.krita_plugin.connection import DaemonProbe, DragTask
-from dragd.krita_plugin.glue import KritaHost, PreviewLayer
-from dragd.krita_plugin.run import DragRun
-from dragd.krita_plugin.session import (Affine, Arrow, DragSettings, JobModel, LayerRect,
-                                        ShapeInfo, UserError, arrows_from_shapes,
-                                        bgra_to_rgba, composite_through_mask, make_mask,
-                                        parse_path_data, parse_transform, rgba_to_bgra,
-                                        splice_by_mask, svg_subpaths)
+from dragd.krita_plugin import host, model
+from dragd.krita_plugin.host import KritaHost, PreviewLayer
+from dragd.krita_plugin.model import (Affine, Arrow, DragSettings, JobModel, LayerRect,
+                                      ShapeInfo, UserError, arrows_from_shapes,
+                                      bgra_to_rgba, composite_through_mask,
+                                      parse_path_data, parse_transform, rgba_to_bgra,
+                                      splice_by_mask, svg_subpaths)
+from dragd.krita_plugin.run import DragRun, make_task
 from daemon_fixture import free_endpoint
 from dragd.protocol import Image
+from host_fakes import QT, FakeNode, FakeSelection, FakeDoc, FakeShape, nearest_scale
 from stub_backend import RecordingBackend, serving
 
 # What Krita 5.2.9 wrote (144 dpi: one local unit = 0.5 pt = 1 px).
@@ -45,31 +46,6 @@ SVG_TWO = ('<path id="shape0" transform="matrix(0.5 0 0 0.5 1 1)" fill="none" '
 SVG_GROUP = ('<g id="group0" transform="matrix(0.5 0 0 0.5 2.5 2.5)" fill="none">\n  <path '
              'id="shape0" fill="#000000" stroke="#000000" d="M0 0L10 0" '
              'sodipodi:nodetypes="cc"/>\n </g>')
-
-
-class QT:
-    """Stand-in for QTransform (m11, m12, m21, m22, dx, dy)."""
-
-    def __init__(self, a, b, c, d, e, f):
-        self.v = (a, b, c, d, e, f)
-
-    def m11(self):
-        return self.v[0]
-
-    def m12(self):
-        return self.v[1]
-
-    def m21(self):
-        return self.v[2]
-
-    def m22(self):
-        return self.v[3]
-
-    def dx(self):
-        return self.v[4]
-
-    def dy(self):
-        return self.v[5]
 
 
 HALF = Affine(0.5, 0, 0, 0.5, 0, 0)
@@ -287,7 +263,7 @@ def test_job_model_follows_protocol_events():
     assert m.request_stop("keep") and not m.request_stop("keep")
     assert m.progress()[1].endswith("(stopping)")
     assert not m.request_stop("discard") and m.stop_requested == "discard"
-    m.dragged(session.Outcome(None, 3, "cancelled", 1.5))
+    m.dragged(model.Outcome(None, 3, "cancelled", 1.5))
     m.closed()
     assert m.finished and m.progress() == (
         1.0, "Done: cancelled after 3 steps, 1.5 px from the targets")
@@ -299,223 +275,8 @@ def test_job_model_follows_protocol_events():
 
 
 # ---------------------------------------------------------------------------
-# Stand-ins for Krita's libkis objects
+# The host glue against stand-ins for Krita's libkis objects (tests/host_fakes.py)
 # ---------------------------------------------------------------------------
-
-
-class QRect:
-    def __init__(self, x, y, w, h):
-        self._v = (x, y, w, h)
-
-    def x(self):
-        return self._v[0]
-
-    def y(self):
-        return self._v[1]
-
-    def width(self):
-        return self._v[2]
-
-    def height(self):
-        return self._v[3]
-
-
-class FakeShape:
-    def __init__(self, svg, t, kind="KoPathShape"):
-        self.svg, self.t, self.kind = svg, t, kind
-
-    def toSvg(self):
-        return self.svg
-
-    def absoluteTransformation(self):
-        return QT(*self.t)
-
-    def type(self):
-        return self.kind
-
-    def name(self):
-        return ""
-
-
-_ids = iter(range(1, 10 ** 6))
-
-
-class FakeNode:
-    """A layer: BGRA pixels over the document canvas (4 bytes per pixel, RGBA/U8)."""
-
-    def __init__(self, doc, name, kind="paintlayer"):
-        self.doc, self._name, self.kind = doc, name, kind
-        self.px = bytearray(doc.w * doc.h * 4)
-        self.children, self.parent = [], None
-        self._locked = False
-        self.shapes_ = []
-        self.uid = next(_ids)
-        self.model = ("RGBA", "U8", "sRGB-elle-V2-srgbtrc.icc")
-        self.writes = 0
-
-    # identity / tree
-    def uniqueId(self):
-        return self.uid
-
-    def name(self):
-        return self._name
-
-    def setName(self, n):
-        self._name = n
-
-    def type(self):
-        return self.kind
-
-    def parentNode(self):
-        return self.parent
-
-    def childNodes(self):
-        return list(self.children)
-
-    def addChildNode(self, child, above):
-        if child.parent is not None:
-            child.parent.children.remove(child)
-        i = len(self.children) if above is None else self.children.index(above) + 1
-        self.children.insert(i, child)
-        child.parent = self
-        return True
-
-    def remove(self):
-        self.parent.children.remove(self)
-        self.parent = None
-        return True
-
-    # pixels
-    def bounds(self):
-        w = self.doc.w
-        xs = [i // 4 % w for i in range(3, len(self.px), 4) if self.px[i]]
-        ys = [i // 4 // w for i in range(3, len(self.px), 4) if self.px[i]]
-        if not xs:
-            return QRect(0, 0, 0, 0)
-        return QRect(min(xs), min(ys), max(xs) - min(xs) + 1, max(ys) - min(ys) + 1)
-
-    def pixelData(self, x, y, w, h):
-        out = bytearray()
-        for yy in range(y, y + h):
-            for xx in range(x, x + w):
-                if 0 <= xx < self.doc.w and 0 <= yy < self.doc.h:
-                    i = 4 * (yy * self.doc.w + xx)
-                    out += self.px[i:i + 4]
-                else:
-                    out += bytes(4)
-        return bytes(out)
-
-    def setPixelData(self, data, x, y, w, h):
-        data = bytes(data)
-        assert len(data) == 4 * w * h
-        for yy in range(h):
-            for xx in range(w):
-                if 0 <= x + xx < self.doc.w and 0 <= y + yy < self.doc.h:
-                    i = 4 * ((y + yy) * self.doc.w + x + xx)
-                    j = 4 * (yy * w + xx)
-                    self.px[i:i + 4] = data[j:j + 4]
-        self.writes += 1
-
-    def duplicate(self):
-        n = FakeNode(self.doc, self._name + " copy", self.kind)
-        n.px = bytearray(self.px)
-        n.model = self.model
-        return n
-
-    def colorModel(self):
-        return self.model[0]
-
-    def colorDepth(self):
-        return self.model[1]
-
-    def colorProfile(self):
-        return self.model[2]
-
-    def setColorSpace(self, m, d, p):
-        self.model = (m, d, p)
-        return True
-
-    def setLocked(self, v):
-        self._locked = bool(v)
-
-    def locked(self):
-        return self._locked
-
-    def shapes(self):
-        return list(self.shapes_)
-
-
-class FakeSelection:
-    def __init__(self, doc, x, y, w, h, value=255):
-        self.doc = doc
-        self.rect = (x, y, w, h)
-        self.value = value
-
-    def width(self):
-        return self.rect[2]
-
-    def height(self):
-        return self.rect[3]
-
-    def pixelData(self, x, y, w, h):
-        sx, sy, sw, sh = self.rect
-        return bytes(self.value if sx <= xx < sx + sw and sy <= yy < sy + sh
-                     and 0 <= xx < self.doc.w and 0 <= yy < self.doc.h else 0
-                     for yy in range(y, y + h) for xx in range(x, x + w))
-
-
-class FakeDoc:
-    def __init__(self, w=64, h=48, res=144.0):
-        self.w, self.h, self.res = w, h, res
-        self.root = FakeNode(self, "root", "grouplayer")
-        self.active = None
-        self.sel = None
-        self.refreshes = 0
-
-    def width(self):
-        return self.w
-
-    def height(self):
-        return self.h
-
-    def xRes(self):
-        return self.res
-
-    def yRes(self):
-        return self.res
-
-    def rootNode(self):
-        return self.root
-
-    def activeNode(self):
-        return self.active
-
-    def setActiveNode(self, n):
-        self.active = n
-
-    def selection(self):
-        return self.sel
-
-    def createNode(self, name, kind):
-        return FakeNode(self, name, kind)
-
-    def colorModel(self):
-        return "RGBA"
-
-    def colorDepth(self):
-        return "U8"
-
-    def refreshProjection(self):
-        self.refreshes += 1
-
-
-def nearest_scale(data, w, h, nw, nh):
-    out = bytearray()
-    for y in range(nh):
-        for x in range(nw):
-            i = 4 * ((y * h // nh) * w + x * w // nw)
-            out += data[i:i + 4]
-    return bytes(out)
 
 
 ART = (8, 4, 40, 30)       # x, y, w, h of the art layer's content
@@ -620,24 +381,19 @@ def test_preview_layer_is_locked_above_the_source_then_removed():
     p = PreviewLayer(h, doc, art, rect)
     p.show(Image(bytes([255, 0, 0]) * 20, 5, 4, 3))                   # RGB, downscaled
     names = [n.name() for n in doc.root.childNodes()]
-    assert names == ["bg", "art", session.PREVIEW_LAYER_NAME, "drag"]
+    assert names == ["bg", "art", model.PREVIEW_LAYER_NAME, "drag"]
     node = doc.root.childNodes()[2]
     assert node.locked() and node.pixelData(8, 4, 1, 1) == bytes([0, 0, 255, 255])
     assert node.pixelData(47, 33, 1, 1) == bytes([0, 0, 255, 255])
     p.show(Image(bytes([0, 255, 0, 255]) * 20, 5, 4, 4))
     assert node.pixelData(20, 20, 1, 1) == bytes([0, 255, 0, 255]) and p.shown == 2
-    assert [n.name() for n in doc.root.childNodes()].count(session.PREVIEW_LAYER_NAME) == 1
+    assert [n.name() for n in doc.root.childNodes()].count(model.PREVIEW_LAYER_NAME) == 1
     p.remove()
     p.remove()
     assert [n.name() for n in doc.root.childNodes()] == ["bg", "art", "drag"]
-    stale = FakeNode(doc, session.PREVIEW_LAYER_NAME)
+    stale = FakeNode(doc, model.PREVIEW_LAYER_NAME)
     doc.root.addChildNode(stale, None)
     assert h.remove_stale_previews(doc) == 1 and stale.parent is None
-
-
-# ---------------------------------------------------------------------------
-# The connection against a real dragd server on 127.0.0.1
-# ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -645,115 +401,6 @@ def server():
     backend = RecordingBackend()
     with serving(backend) as endpoint:
         yield endpoint, backend
-
-
-def drive(task, timeout=20.0, on_tick=None):
-    end = time.monotonic() + timeout
-    while task.tick():
-        if on_tick is not None:
-            on_tick(task)
-        assert time.monotonic() < end, "the task did not finish in %.0f s" % timeout
-        time.sleep(0.01)
-
-
-def small_image(w=6, h=4):
-    return Image(bytes(range(w * h * 4)), w, h, 4)
-
-
-def test_task_runs_connect_open_drag_close(server):
-    endpoint, backend = server
-    s = DragSettings(endpoint=endpoint, max_steps=40, inversion="fast", lambda_mask=7.0)
-    mask = make_mask(b"\x00\xff" * 12, 6, 4)
-    task = DragTask(s, [Arrow((1.5, 1.5), (4.0, 2.0))], small_image(), mask)
-    task.start()
-    phases = []
-    drive(task, on_tick=lambda t: phases.append(t.model.phase))
-    m = task.model
-    assert m.phase == "done", m.error
-    assert {"opening", "dragging"} <= set(phases)
-    assert m.outcome.steps == 5 and m.outcome.stop == "converged"
-    assert m.outcome.image.width == 6 and m.previews_seen >= 1
-    sent = backend.drags[-1]
-    assert sent["points"] == [[[1.5, 1.5], [4.0, 2.0]]] and sent["mask"] == mask.data
-    assert sent["params"]["lambda_mask"] == 7.0 and sent["params"]["preview_every"] == 2
-    assert backend.opened[-1]["invert"]["quality"] == "fast"
-    assert set(task.timings) == {"connect", "open", "drag"}
-    assert task.client is None                        # closed
-    deadline = time.monotonic() + 5
-    while backend.sessions and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not backend.sessions                       # close_session reached the daemon
-
-
-def test_task_daemon_down_fails_within_the_timeout_naming_the_start_command():
-    down = free_endpoint()
-    task = DragTask(DragSettings(endpoint=down), [Arrow((1, 1), (2, 2))], small_image(),
-                    None, connect_timeout=1.0)
-    t0 = time.monotonic()
-    task.start()
-    drive(task, timeout=10)
-    assert time.monotonic() - t0 < 4.0
-    assert task.model.phase == "failed"
-    assert down in task.model.error and "dragd serve" in task.model.error
-
-
-def test_task_errors_unknown_model_daemon_refusal_and_bad_address(server):
-    endpoint, _ = server
-    task = DragTask(DragSettings(endpoint=endpoint, model="nope"), [Arrow((1, 1), (2, 2))],
-                    small_image(), None)
-    task.start()
-    drive(task)
-    assert "has no model 'nope'. Its models: toy" in task.model.error
-    task = DragTask(DragSettings(endpoint=endpoint), [Arrow((1, 1), (2, 2))],
-                    small_image(13, 2), None)
-    task.start()
-    drive(task)
-    assert task.model.phase == "failed" and "too big for the test" in task.model.error
-    task = DragTask(DragSettings(endpoint="tcp://nowhere"), [], small_image(), None)
-    task.start()
-    assert task.done and "Cannot use the daemon address" in task.model.error
-
-
-def test_task_stop_keep_returns_the_drag_so_far_and_cancel_discards(server):
-    endpoint, backend = server
-    s = DragSettings(endpoint=endpoint, max_steps=2000)
-    for how in ("keep", "discard"):
-        task = DragTask(s, [Arrow((1, 1), (2, 2))], small_image(), None)
-        task.start()
-        stopped = []
-
-        def stop_after_two_steps(t):
-            if not stopped and t.model.phase == "dragging" and t.model.step >= 1:
-                stopped.append(time.monotonic())
-                t.stop(how)
-        drive(task, on_tick=stop_after_two_steps)
-        assert stopped and time.monotonic() - stopped[0] < 5
-        if how == "keep":
-            assert task.model.phase == "done" and task.model.outcome.stop == "cancelled"
-            assert 1 <= task.model.outcome.steps < 100
-        else:
-            assert task.model.phase == "cancelled" and task.model.outcome is None
-
-
-def test_task_cancel_during_inversion_is_immediate(server):
-    endpoint, backend = server
-    task = DragTask(DragSettings(endpoint=endpoint, model="toy"), [Arrow((1, 1), (2, 2))],
-                    small_image(), None)
-    task.start()
-    drive(task, on_tick=lambda t: t.model.phase == "opening" and t.stop("keep"))
-    assert task.model.phase == "cancelled" and task.client is None
-
-
-def test_daemon_probe_lists_models_or_reports_the_daemon_down(server):
-    endpoint, _ = server
-    p = DaemonProbe(endpoint)
-    p.start()
-    drive(p)
-    assert p.error is None and p.models == ["toy"] and "models toy" in p.describe()
-    p = DaemonProbe(free_endpoint(), timeout=0.5)
-    p.start()
-    drive(p)
-    assert "not reachable" in p.error and "dragd serve" in p.error
 
 
 # ---------------------------------------------------------------------------
@@ -782,14 +429,14 @@ def test_run_writes_a_new_layer_keeps_unselected_pixels_and_removes_the_preview(
     end = time.monotonic() + 20
     while run.step():
         names = [n.name() for n in doc.root.childNodes()]
-        if session.PREVIEW_LAYER_NAME in names:
+        if model.PREVIEW_LAYER_NAME in names:
             seen_preview.append(names)
         assert time.monotonic() < end
         time.sleep(0.01)
     assert run.state == "done", run.message
     assert finished == [run] and run.message.startswith("Done: converged after 5 steps")
     assert "(1 shape that is not lines ignored)" in run.message
-    assert seen_preview and seen_preview[0] == ["bg", "art", session.PREVIEW_LAYER_NAME, "drag"]
+    assert seen_preview and seen_preview[0] == ["bg", "art", model.PREVIEW_LAYER_NAME, "drag"]
     # never a preview next to the result (one that came with the result is not shown)
     assert all("art (dragged)" not in names for names in seen_preview), seen_preview
     assert [n.name() for n in doc.root.childNodes()] == ["bg", "art", "art (dragged)", "drag"]
@@ -833,7 +480,7 @@ def test_run_that_cannot_start_reports_once_and_changes_nothing(server):
 def test_run_daemon_down_and_cancel(server):
     endpoint, _ = server
     doc, bg, art, vec = scene()
-    factory = lambda *a: DragTask(*a, connect_timeout=1.0)   # noqa: E731
+    factory = lambda *a: make_task(*a, connect_timeout=1.0)   # noqa: E731
     run = DragRun(KritaHost(nearest_scale), doc, DragSettings(endpoint=free_endpoint()),
                   task_factory=factory)
     t0 = time.monotonic()
@@ -863,8 +510,8 @@ def test_krita_plugin_core_imports_nothing_from_krita_qt_or_zmq():
     import subprocess
     import sys
 
-    code = ("import sys; import dragd.krita_plugin, dragd.krita_plugin.session, "
-            "dragd.krita_plugin.glue, dragd.krita_plugin.run; "
+    code = ("import sys; import dragd.krita_plugin, dragd.krita_plugin.model, "
+            "dragd.krita_plugin.host, dragd.krita_plugin.run; "
             "bad = [m for m in ('krita', 'PyQt5', 'zmq', 'msgpack') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -880,10 +527,10 @@ def test_installed_layout_and_zip_match_what_krita_loads_and_imports(tmp_path):
     rc.write_text("TopLevelKey=1\nweird:key=a:b\n\n[python]\nenable_other=true\n\n[x]\ny=\\\\0\n")
     root = install_krita(tmp_path / "pykrita", rc)
     assert (root / "dragd_krita.desktop").is_file()
-    entry = os.path.join(os.path.dirname(glue.__file__), "entry.py")
+    entry = os.path.join(os.path.dirname(host.__file__), "entry.py")
     with open(entry) as fh:
         assert (root / "dragd_krita" / "__init__.py").read_text() == fh.read()
-    for rel in ("dragd/krita_plugin/run.py", "dragd/krita_plugin/session.py",
+    for rel in ("dragd/krita_plugin/run.py", "dragd/krita_plugin/model.py",
                 "dragd/plugin_common/jobs.py", "dragd/protocol/client.py"):
         assert (root / "dragd_krita" / rel).is_file(), rel
     assert not (root / "dragd").exists()
@@ -914,10 +561,10 @@ def test_entry_module_puts_its_folder_first_and_site_packages_last(tmp_path):
     root = install_krita(tmp_path / "pykrita", tmp_path / "kritarc")
     (root / "dragd_krita" / "site-packages").mkdir()
     # Replace the Krita-only part (registering with Krita) by a marker.
-    code = ("import sys, types; ext = types.ModuleType('dragd.krita_plugin.extension'); "
+    code = ("import sys, types; ext = types.ModuleType('dragd.krita_plugin.plugin'); "
             "ext.register = lambda: print('registered'); "
-            "sys.modules['dragd.krita_plugin.extension'] = ext; "
-            "sys.path.insert(0, %r); import dragd_krita, dragd.krita_plugin.session as s; "
+            "sys.modules['dragd.krita_plugin.plugin'] = ext; "
+            "sys.path.insert(0, %r); import dragd_krita, dragd.krita_plugin.model as s; "
             "print(s.__file__); print(sys.path[0]); print(sys.path[-1])"
             % str(root))
     # -I -S: neither this checkout nor the installed dragd may be found instead.
@@ -926,6 +573,6 @@ def test_entry_module_puts_its_folder_first_and_site_packages_last(tmp_path):
     assert r.returncode == 0, r.stderr
     out = r.stdout.split("\n")
     assert out[0] == "registered"
-    assert out[1] == str(root / "dragd_krita" / "dragd" / "krita_plugin" / "session.py")
+    assert out[1] == str(root / "dragd_krita" / "dragd" / "krita_plugin" / "model.py")
     assert out[2] == str(root / "dragd_krita")
     assert out[3] == str(root / "dragd_krita" / "site-packages")

@@ -211,9 +211,9 @@ def without_zmq(out):
     from krita import Krita
     app = Krita.instance()
     import dragd_krita                                 # registers without pyzmq
-    import dragd.krita_plugin.docker                   # noqa: F401
+    import dragd.krita_plugin.ui                       # noqa: F401
     from dragd.krita_plugin.run import start_drag
-    from dragd.krita_plugin.session import DragSettings
+    from dragd.krita_plugin.model import DragSettings
     out["extensions"] = [type(e).__name__ for e in app.extensions()]
     doc = build(app, "nozmq")
     run = start_drag(doc, DragSettings())
@@ -238,7 +238,7 @@ def __main__(args):
         app = Krita.instance()
         import dragd_krita                                      # the installed entry module
         from dragd.krita_plugin.run import start_drag
-        from dragd.krita_plugin.session import DragSettings
+        from dragd.krita_plugin.model import DragSettings
         import dragd.krita_plugin.run as run_mod
         out["entry"] = dragd_krita.__file__
         out["module"] = run_mod.__file__
@@ -302,7 +302,7 @@ def press_run(app, window, docker, label, endpoint, timeout, via_action=False, d
 
 
 def main(window, app):
-    from dragd.krita_plugin.docker import DOCKER_ID
+    from dragd.krita_plugin.ui import DOCKER_ID
     R = {"extensions": sorted(type(e).__name__ for e in app.extensions()),
          "action": app.action("dragd_drag") is not None}
     a = app.action("dragd_drag")
@@ -533,10 +533,10 @@ def __main__(args):
                            for d, _, fs in os.walk(pykrita) for f in fs)
         sys.path.insert(0, pykrita)
         import dragd_krita
-        import dragd.krita_plugin.session as s
+        import dragd.krita_plugin.model as m
         from krita import Krita
         R["entry"] = dragd_krita.__file__
-        R["session"] = s.__file__
+        R["model"] = m.__file__
         R["extensions"] = [type(e).__name__ for e in Krita.instance().extensions()]
         import dragd.protocol.client as c
         R["client"] = c.__file__
@@ -563,6 +563,6 @@ def test_zip_imports_with_kritas_own_importer_and_loads(chroot_root, tmp_path):
     assert "dragd_krita.desktop" in res["tree"] and "dragd_krita/__init__.py" in res["tree"]
     assert "dragd_krita/dragd/protocol/client.py" in res["tree"]
     assert res["entry"].endswith("/resources/pykrita/dragd_krita/__init__.py")
-    assert res["session"].endswith("/resources/pykrita/dragd_krita/dragd/krita_plugin/session.py")
+    assert res["model"].endswith("/resources/pykrita/dragd_krita/dragd/krita_plugin/model.py")
     assert res["client"].endswith("/resources/pykrita/dragd_krita/dragd/protocol/client.py")
     assert "DragExtension" in res["extensions"]

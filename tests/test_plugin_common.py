@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import pytest
 
-from dragd.gimp_plugin import session as gimp_session
-from dragd.krita_plugin import session as krita_session
+from dragd.gimp_plugin import model as gimp_model
+from dragd.krita_plugin import model as krita_model
 from dragd.plugin_common import (OPEN_WEIGHT, Arrow, BaseDragSettings, BaseJobModel,
                                  Cancelled, MaskInfo, Outcome, UserError,
                                  check_handles_movable, fmt_point, make_mask, merge_alpha,
                                  to_rgba)
 from dragd.plugin_common.keys import curve_for, keys_dir
 
-PLUGINS = pytest.mark.parametrize("mod", [gimp_session, krita_session], ids=["gimp", "krita"])
+PLUGINS = pytest.mark.parametrize("mod", [gimp_model, krita_model], ids=["gimp", "krita"])
 
 
 # ---------------------------------------------------------------------------
@@ -38,14 +38,14 @@ def test_plugins_use_the_shared_objects(mod):
     assert issubclass(mod.Cancelled, UserError)
 
 
-def test_runner_and_connection_use_the_shared_curve_config_and_hello_check():
-    from dragd.gimp_plugin import runner
-    from dragd.krita_plugin import connection
-
+def test_both_hosts_run_the_shared_task_with_the_shared_curve_config_and_hello_check():
+    from dragd.gimp_plugin import run as gimp_run
+    from dragd.krita_plugin import run as krita_run
+    from dragd.plugin_common import task
     from dragd.plugin_common.hello import accept_hello
 
-    assert runner.curve_for is curve_for and connection.curve_for is curve_for
-    assert runner.accept_hello is accept_hello and connection.accept_hello is accept_hello
+    assert gimp_run.task_module() is task and krita_run.task_module() is task
+    assert task.curve_for is curve_for and task.accept_hello is accept_hello
 
 
 def test_the_package_imports_nothing_from_zmq_or_a_host():
@@ -84,7 +84,7 @@ def test_arrow_pair_and_point_format():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mm", [make_mask, gimp_session.make_mask, krita_session.make_mask],
+@pytest.mark.parametrize("mm", [make_mask, gimp_model.make_mask, krita_model.make_mask],
                          ids=["common", "gimp", "krita"])
 def test_selection_to_mask(mm):
     assert mm(None, 4, 2).whole_layer
@@ -103,43 +103,43 @@ def test_selection_to_mask(mm):
 
 def test_each_host_names_its_own_deselect_command_and_describes_the_mask():
     with pytest.raises(UserError, match=r"\(Select > None lets the whole layer move\)"):
-        gimp_session.make_mask(bytes(8), 4, 2, "art")
+        gimp_model.make_mask(bytes(8), 4, 2, "art")
     with pytest.raises(UserError, match="\\(Select \u25b8 Deselect lets the whole layer"):
-        krita_session.make_mask(bytes(8), 4, 2, "art")
-    g = gimp_session.make_mask(b"\x00\x80\xff\x00" * 2, 4, 2)
-    k = krita_session.make_mask(b"\x00\x80\xff\x00" * 2, 4, 2)
-    assert isinstance(g, gimp_session.MaskInfo) and isinstance(k, krita_session.MaskInfo)
+        krita_model.make_mask(bytes(8), 4, 2, "art")
+    g = gimp_model.make_mask(b"\x00\x80\xff\x00" * 2, 4, 2)
+    k = krita_model.make_mask(b"\x00\x80\xff\x00" * 2, 4, 2)
+    assert isinstance(g, gimp_model.MaskInfo) and isinstance(k, krita_model.MaskInfo)
     assert "Feathered" in g.describe() and "soft weights" in g.describe()
     assert k.describe() == "feathered selection (38% of the layer) may move"
     hard = b"\x00\xff\xff\x00" * 2
-    assert "only the selected part may move" in gimp_session.make_mask(hard, 4, 2).describe()
-    assert krita_session.make_mask(hard, 4, 2).describe() == (
+    assert "only the selected part may move" in gimp_model.make_mask(hard, 4, 2).describe()
+    assert krita_model.make_mask(hard, 4, 2).describe() == (
         "selection (50% of the layer) may move")
-    assert "whole layer" in gimp_session.MaskInfo(None, 4, 2).describe()
-    assert krita_session.MaskInfo(None, 4, 2).describe() == (
+    assert "whole layer" in gimp_model.MaskInfo(None, 4, 2).describe()
+    assert krita_model.MaskInfo(None, 4, 2).describe() == (
         "no selection: the whole layer may move")
     assert MaskInfo(None, 4, 2).describe() == "no selection: the whole layer may move"
 
 
 def test_handles_must_lie_in_the_movable_region_gimp():
-    m = gimp_session.make_mask(bytes([0] * 10 + [255] * 10), 10, 2)
-    gimp_session.check_handles_movable([Arrow((3.5, 1.5), (0.5, 0.5))], m)  # handle in row 1
+    m = gimp_model.make_mask(bytes([0] * 10 + [255] * 10), 10, 2)
+    gimp_model.check_handles_movable([Arrow((3.5, 1.5), (0.5, 0.5))], m)  # handle in row 1
     with pytest.raises(UserError, match="handle of stroke 1.*outside the selection"):
-        gimp_session.check_handles_movable([Arrow((3.5, 0.5), (3.5, 1.5))], m)
-    gimp_session.check_handles_movable([Arrow((3.5, 0.5), (3.5, 1.5))],
-                                       gimp_session.MaskInfo(None, 10, 2))
+        gimp_model.check_handles_movable([Arrow((3.5, 0.5), (3.5, 1.5))], m)
+    gimp_model.check_handles_movable([Arrow((3.5, 0.5), (3.5, 1.5))],
+                                       gimp_model.MaskInfo(None, 10, 2))
     with pytest.raises(UserError, match=r"or Select > None\.$"):
-        gimp_session.check_handles_movable([Arrow((3.5, 0.5), (3.5, 1.5))], m)
+        gimp_model.check_handles_movable([Arrow((3.5, 0.5), (3.5, 1.5))], m)
 
 
 def test_handles_must_lie_in_the_movable_region_krita():
-    m = krita_session.make_mask(b"\x00\xff\xff\x00" * 2, 4, 2)
-    krita_session.check_handles_movable([Arrow((1.5, 0.5), (3.5, 0.5))], m)  # target may be out
+    m = krita_model.make_mask(b"\x00\xff\xff\x00" * 2, 4, 2)
+    krita_model.check_handles_movable([Arrow((1.5, 0.5), (3.5, 0.5))], m)  # target may be out
     with pytest.raises(UserError, match=r"handle \(start\) of arrow 2, .* outside the selection"):
-        krita_session.check_handles_movable([Arrow((1.5, 0.5), (0, 0)),
+        krita_model.check_handles_movable([Arrow((1.5, 0.5), (0, 0)),
                                              Arrow((3.5, 1.5), (2, 1))], m)
     with pytest.raises(UserError, match="or Select \u25b8 Deselect\\.$"):
-        krita_session.check_handles_movable([Arrow((0.5, 0.5), (0, 0))], m)
+        krita_model.check_handles_movable([Arrow((0.5, 0.5), (0, 0))], m)
 
 
 def test_handles_must_lie_in_the_movable_region_common():
@@ -222,7 +222,7 @@ def test_base_job_model_follows_protocol_events():
     assert m.phase == "failed" and m.error == "boom"
     assert BaseJobModel(BaseDragSettings(), [Arrow((0, 0), (1, 1))] * 2).summary() == (
         "2 drag points")
-    assert krita_session.JobModel(krita_session.DragSettings(), []).summary() == "0 arrows"
+    assert krita_model.JobModel(krita_model.DragSettings(), []).summary() == "0 arrows"
     o = Outcome("img", 3, "cancelled", 1.5)
     assert o.handles == [] and o.steps == 3
 
@@ -344,7 +344,7 @@ def test_installed_layouts_and_zip_vendor_plugin_common(tmp_path):
             assert (root / "dragd" / "plugin_common" / name).is_file(), (root, name)
         assert not list((root / "dragd" / "plugin_common").rglob("__pycache__"))
         # -I -S: neither this checkout nor the installed dragd may be found instead.
-        code = ("import sys; sys.path.insert(0, %r); import dragd.%s.session as s, "
+        code = ("import sys; sys.path.insert(0, %r); import dragd.%s.model as s, "
                 "dragd.plugin_common as c; print(c.__file__); "
                 "print(s.MaskInfo.__mro__[1].__module__)" % (str(root), host))
         r = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,

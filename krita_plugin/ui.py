@@ -14,8 +14,8 @@ from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, 
                              QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox,
                              QToolButton, QVBoxLayout, QWidget)
 
-from .run import DragRun, start_drag
-from .session import DEFAULT_ENDPOINT, DragSettings, UserError
+from .model import DEFAULT_ENDPOINT, DragSettings, UserError
+from .run import DragRun, make_probe, start_drag
 
 DOCKER_ID = "dragd_krita_docker"
 DOCKER_TITLE = "DragGAN"
@@ -197,13 +197,12 @@ class DragDocker(DockWidget):
     def refresh_models(self) -> None:
         if self._probe is not None:
             return
-        try:
-            from .connection import DaemonProbe
-        except ImportError as e:
-            self._show(0.0, "pyzmq/msgpack missing in Krita's Python: %s" % e)
-            return
         endpoint = self.endpoint_edit.text().strip() or DEFAULT_ENDPOINT
-        probe = DaemonProbe(endpoint)
+        try:
+            probe = make_probe(endpoint)
+        except UserError as e:             # pyzmq or msgpack missing
+            self._show(0.0, str(e))
+            return
         probe.start()
         self._probe = probe
         timer = QTimer(self)

@@ -5,8 +5,8 @@ What lives here (and is unit-tested without a host):
 * the procedure's arguments (:data:`ARGUMENTS`) and the :class:`DragSettings` they fill;
 * turning path strokes into handle->target :class:`Arrow` s in layer coordinates, and
   turning a selection into a movable mask (:func:`arrows_from_strokes`, :func:`make_mask`);
-* the job model (:class:`JobModel`): the state of one run (connect, invert, drag), driven
-  by protocol events, with the progress fraction and text the host shows;
+* the job model (:class:`JobModel`): the shared state of one run, worded for GIMP's
+  progress bar;
 * small pixel helpers (:func:`merge_alpha`).
 
 The host-independent parts both plug-ins share (the drag fields, arrows, the mask, the
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..plugin_common import (CLOSE_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_ENDPOINT,  # noqa: F401
-                             INVERSION_QUALITIES, OPEN_STAGES, OPEN_WEIGHT, PREVIEW_LAYER_NAME,
+                             INVERSION_QUALITIES, OPEN_WEIGHT, PREVIEW_LAYER_NAME,
                              START_COMMAND, STOP_GRACE, Arrow, BaseDragSettings, BaseJobModel,
                              Cancelled, Outcome, Point, UserError, merge_alpha)
 from ..plugin_common import MaskInfo as _CommonMaskInfo
@@ -71,7 +71,7 @@ class Arg:
 
 ARGUMENTS: Tuple[Arg, ...] = (
     Arg("model", "model", "string", "_Model",
-        "Name of the model on the daemon (dragd models lists them); empty: the model the "
+        "Name of the model on the daemon ('dragd models list' names them); empty: the model the "
         "daemon has loaded", ""),
     Arg("max-steps", "max_steps", "int", "Ste_p limit",
         "Most optimisation steps of the drag (it usually stops earlier, when every handle "
@@ -270,51 +270,16 @@ def check_handles_movable(arrows: Sequence[Arrow], mask: _CommonMaskInfo) -> Non
 # The job model
 # ---------------------------------------------------------------------------
 
-STAGE_TEXT = {"load": "loading the model", "invert": "inverting", "tune": "tuning",
-              "drag": "dragging", "undo": "undoing"}
+CLIENT_NAME = "dragd-gimp"
 
 
 class JobModel(BaseJobModel):
-    """State of one run: ``phase`` goes connecting -> opening -> dragging -> done (or
-    failed / cancelled). Fed with protocol events (:meth:`on_event`); read
-    :meth:`progress` for the bar and :meth:`take_preview` for the preview layer."""
+    """State of one run (:class:`~..plugin_common.BaseJobModel`) in the GIMP plug-in's
+    words: its status lines go to GIMP's progress bar, after "DragGAN: "."""
 
     ITEM = "drag point"
+    TOO_MANY_POINTS = "The path has %d strokes; the daemon takes at most %d drag points."
+    SCALE_WHAT = "layer"
 
-    def finished(self, outcome: Outcome) -> None:
-        self.outcome = outcome
-        self.phase = "done"
-        self.step = outcome.steps
-        self.distance = outcome.distance
-
-    # -- display ----------------------------------------------------------
-
-    def progress(self) -> Tuple[float, str]:
-        """(fraction 0..1, text) for the host's progress bar."""
-        if self.phase == "connecting":
-            return 0.0, "DragGAN: connecting to %s" % self.settings.endpoint
-        if self.phase == "opening":
-            f = self.open_fraction()
-            text = "DragGAN: %s" % STAGE_TEXT.get(self.stage or "", "opening the layer")
-            if self.stage == "queued" and self.message:
-                text = "DragGAN: %s" % self.message
-            elif self.total:
-                text += " %d/%d" % (min(self.step + 1, self.total), self.total)
-            return OPEN_WEIGHT * f, text
-        if self.phase == "dragging":
-            f = self.stage_fraction()
-            if self.first_distance and self.distance is not None and self.first_distance > 0:
-                f = max(f, 1.0 - self.distance / self.first_distance)
-            text = "DragGAN: step %d/%d" % (self.step, self.total or self.settings.max_steps)
-            if self.distance is not None:
-                text += ", %.1f px to go" % self.distance
-            if self.stop_requested:
-                text += " (stopping)"
-            return OPEN_WEIGHT + (1.0 - OPEN_WEIGHT) * min(1.0, f), text
-        if self.phase == "done":
-            o = self.outcome
-            text = "DragGAN: done"
-            if o is not None:
-                text = "DragGAN: " + o.summary()
-            return 1.0, text
-        return 1.0, "DragGAN: %s" % (self.error or self.phase)
+    def line(self, text: str) -> str:
+        return "DragGAN: " + text

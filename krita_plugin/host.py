@@ -20,7 +20,7 @@ Krita 5.2 facts used (checked in a real Krita 5.2.9, see docs/HOSTS.md and docs/
 * ``Node.childNodes()`` lists children bottom to top; ``addChildNode(child, above)``
   inserts ``child`` directly above ``above``.
 
-The layer that is edited is a rectangle of a paint layer (:class:`~.session.LayerRect`):
+The layer that is edited is a rectangle of a paint layer (:class:`~.model.LayerRect`):
 its content bounds clipped to the canvas. Layer coordinates on the wire are document
 pixels minus that rectangle's top-left corner.
 """
@@ -28,9 +28,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Tuple
 
-from .session import (ARROWS_LAYER_NAME, PREVIEW_LAYER_NAME, RESULT_SUFFIX, SRGB_PROFILE,
-                      Affine, LayerRect, MaskInfo, ShapeInfo, UserError, arrows_from_shapes,
-                      bgra_to_rgba, make_mask, rgba_to_bgra, splice_by_mask, to_rgba)
+from .model import (ARROWS_LAYER_NAME, PREVIEW_LAYER_NAME, RESULT_SUFFIX, SRGB_PROFILE,
+                    Affine, LayerRect, MaskInfo, ShapeInfo, UserError, arrows_from_shapes,
+                    bgra_to_rgba, make_mask, rgba_to_bgra, splice_by_mask, to_rgba)
 
 PAINT = "paintlayer"
 VECTOR = "vectorlayer"

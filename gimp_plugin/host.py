@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
 
-from .session import (PREVIEW_LAYER_NAME, PREVIEW_PARASITE, LayerGeometry, MaskInfo,
-                      Stroke, UserError, arrows_from_strokes, bezier_anchors, make_mask,
-                      merge_alpha, pick_path)
+from .model import (PREVIEW_LAYER_NAME, PREVIEW_PARASITE, LayerGeometry, MaskInfo,
+                    Stroke, UserError, arrows_from_strokes, bezier_anchors, make_mask,
+                    merge_alpha, pick_path)
 
 RGBA = "R'G'B'A u8"
 RGB = "R'G'B' u8"

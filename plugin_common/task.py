@@ -1,73 +1,108 @@
-"""The connection: one drag run against the daemon, driven without ever blocking.
+"""One drag run against the daemon, the same for both hosts: connect (``hello``) -> open
+(invert the layer) -> drag -> close.
 
-:class:`DragTask` goes connect (``hello``) -> open (invert the layer) -> drag -> close,
-through the protocol client's non-blocking style: the host calls :meth:`DragTask.tick`
-from a timer (Krita: a QTimer every ~30 ms) and each tick polls the socket with a zero
-timeout. Host-independent (no krita, no Qt): the unit tests drive it against an
-in-process daemon.
+:class:`DragTask` never blocks longer than the poll timeout its host gives
+:meth:`DragTask.tick`: GIMP's loop polls with a short timeout and checks its dialog between
+polls; Krita's QTimer polls with a zero timeout, so its event loop never waits. Everything
+the run learns lands in ``task.model`` (a :class:`~.jobs.BaseJobModel` of the host's kind);
+errors end it as values (phase "failed" and a sentence in ``model.error``), never as an
+exception out of :meth:`~DragTask.tick`.
 
-Liveness: the client pings the daemon while a job is outstanding; no sign of life for
-``connect_timeout`` seconds (5 s) -> the job fails with "dragd daemon not reachable at
-...; start it with: dragd serve". A long inversion does not count as silence: the daemon
-answers pings at once while it works.
+Every wait is bounded:
 
-Stopping: :meth:`DragTask.stop` ("keep" or "discard") sends ``cancel``. During the drag
-the daemon hands back the drag so far (``stop: "cancelled"``): "keep" turns it into the
-outcome, "discard" drops it. Before the drag a stop always discards.
+* nothing from the daemon for ``connect_timeout`` seconds (not running, or died) -> the
+  client fails the job with DaemonUnavailable ("... start it with: dragd serve"); a hello
+  unanswered a second longer fails the run all the same;
+* ``time_limit`` (when given) -> inversion gives up, a drag stops and keeps what it has;
+* :meth:`~DragTask.stop` -> before the drag the run ends at once (cancelled); during it
+  the drag job is cancelled and the daemon hands back the drag so far, kept ("keep") or
+  dropped ("discard"), within ``stop_grace`` seconds or the run fails;
+* closing the session at the end waits at most ``close_timeout`` seconds.
+
+Imports the protocol (and so pyzmq): load it with :func:`~.loader.load_task`.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
 
-from ..plugin_common.hello import accept_hello
-from ..plugin_common.keys import curve_for
-from ..protocol import Client, DaemonUnavailable, Image, ProtocolError, RemoteError
-from ..protocol.schema import ErrorCode
-from .session import (CLIENT_NAME, CLOSE_TIMEOUT, CONNECT_TIMEOUT, START_COMMAND,
-                      STOP_GRACE, Arrow, DragSettings, JobModel, MaskInfo, Outcome,
-                      UserError)
+from ..protocol import Client, DaemonUnavailable, ErrorCode, Image, ProtocolError, RemoteError
+from . import messages
+from .errors import UserError
+from .geometry import Arrow
+from .hello import accept_hello
+from .jobs import BaseJobModel, Outcome
+from .keys import curve_for
+from .mask import MaskInfo
+from .settings import CLOSE_TIMEOUT, CONNECT_TIMEOUT, STOP_GRACE
+
+__all__ = ["DaemonProbe", "DragTask", "Image", "user_message"]
 
 
 def user_message(err: BaseException) -> str:
+    """The sentence for an error the client or the daemon reported."""
     if isinstance(err, UserError):
         return str(err)
     if isinstance(err, DaemonUnavailable):
         return err.message
     if isinstance(err, RemoteError):
-        return "The dragd daemon refused the request: %s" % err.message
+        return messages.refused(err.message)
     if isinstance(err, ProtocolError):
         return err.message
-    return "%s: %s" % (type(err).__name__, err)
+    return messages.bug(err)
+
+
+def _connect(factory: Callable[..., Any], endpoint: str, timeout: float, heartbeat: float,
+             client_name: str) -> Tuple[Any, str]:
+    """A client for ``endpoint`` (with CurveZMQ keys for a remote daemon), and the hint
+    to add when that daemon cannot be reached. Raises UserError."""
+    curve, hint = curve_for(endpoint)
+    try:
+        return factory(endpoint, timeout=timeout, heartbeat=heartbeat, job_timeout=None,
+                       curve=curve, name=client_name), hint
+    except Exception as e:   # zmq.ZMQError for a malformed address
+        raise UserError(messages.bad_address(endpoint, e))
+
+
+def _close(client: Any) -> None:
+    try:
+        client.close()
+    except Exception:
+        pass           # the socket is gone either way; nothing the user can act on
 
 
 class DragTask:
-    """One run: ``start()``, then ``tick()`` until ``done``. ``model`` (a
-    :class:`~.session.JobModel`) holds the phase, progress, previews, the outcome (set
-    as soon as the drag result arrives, phase "closing") or the error."""
+    """One run: :meth:`start`, then :meth:`tick` until :attr:`done`. ``model`` holds the
+    phase, progress, previews, the outcome (set as soon as the drag result arrives, phase
+    "closing") or the error. ``job_model`` is the host's model class (its wording),
+    ``client_name`` the name the daemon logs."""
 
-    def __init__(self, settings: DragSettings, arrows: Sequence[Arrow], image: Image,
-                 mask: Optional[MaskInfo], *,
+    def __init__(self, settings: Any, arrows: Sequence[Arrow], image: Image,
+                 mask: Optional[MaskInfo], *, job_model: Type[BaseJobModel] = BaseJobModel,
+                 client_name: str = "dragd-plugin",
                  client_factory: Callable[..., Any] = Client,
                  clock: Callable[[], float] = time.monotonic,
-                 connect_timeout: float = CONNECT_TIMEOUT,
-                 stop_grace: float = STOP_GRACE, close_timeout: float = CLOSE_TIMEOUT):
+                 connect_timeout: float = CONNECT_TIMEOUT, stop_grace: float = STOP_GRACE,
+                 close_timeout: float = CLOSE_TIMEOUT, time_limit: Optional[float] = None):
         self.settings = settings
         self.image = image
         self.mask = mask
-        self.model = JobModel(settings, arrows)
+        self.model = job_model(settings, arrows)
+        self.client_name = client_name
         self.client_factory = client_factory
         self.clock = clock
         self.connect_timeout = float(connect_timeout)
         self.stop_grace = float(stop_grace)
         self.close_timeout = float(close_timeout)
+        self.time_limit = None if time_limit is None else float(time_limit)
         self.client: Any = None
         self.session: Any = None
         self.job: Any = None
-        self._deadline: Optional[float] = None
-        self._hint = ""
-        self._cancel_sent_at: Optional[float] = None
         self.timings: Dict[str, float] = {}
+        self._deadline: Optional[float] = None     # of the hello, then of the close
+        self._run_deadline: Optional[float] = None
+        self._cancel_sent_at: Optional[float] = None
+        self._hint = ""
         self._t_phase = 0.0
 
     @property
@@ -78,31 +113,28 @@ class DragTask:
 
     def start(self) -> None:
         s = self.settings
-        self._t_phase = self.clock()
+        self._t_phase = now = self.clock()
+        if self.time_limit is not None:
+            self._run_deadline = now + self.time_limit
         try:
-            curve, self._hint = curve_for(s.endpoint)
-            self.client = self.client_factory(
-                s.endpoint, timeout=self.connect_timeout,
-                heartbeat=min(1.0, self.connect_timeout / 2), job_timeout=None, curve=curve,
-                name=CLIENT_NAME)
+            self.client, self._hint = _connect(
+                self.client_factory, s.endpoint, self.connect_timeout,
+                min(1.0, self.connect_timeout / 2), self.client_name)
         except UserError as e:
             self._fail(str(e))
             return
-        except Exception as e:   # zmq.ZMQError for a malformed address
-            self._fail("Cannot use the daemon address %r (%s). It should look like %s."
-                       % (s.endpoint, e, "tcp://127.0.0.1:5557"))
-            return
-        self.job = self._send(lambda: self.client.start("hello", {"client": CLIENT_NAME}))
+        self.job = self._send(lambda: self.client.start("hello", {"client": self.client_name}))
         self._deadline = self.clock() + self.connect_timeout + 1.0
 
-    def tick(self) -> bool:
-        """Poll once (never blocks) and advance. Returns True while the run goes on."""
+    def tick(self, timeout_ms: int = 0) -> bool:
+        """Poll once, waiting at most ``timeout_ms``, and advance. Returns True while the
+        run goes on."""
         if self.done or self.client is None:
             return not self.done
         try:
             self._check_time()
             if not self.done:
-                for ev in self.client.poll(0):
+                for ev in self.client.poll(timeout_ms):
                     self._on_event(ev)
                     if self.done:
                         break
@@ -111,10 +143,11 @@ class DragTask:
         return not self.done
 
     def stop(self, how: str = "discard") -> None:
-        """Stop the run: "keep" the drag so far, or "discard" everything."""
+        """Stop the run: "keep" the drag so far, or "discard" everything. Repeating it is
+        harmless ("discard" after "keep" still discards)."""
         if self.done:
             return
-        first = self.model.request_stop(how)
+        first = self.model.request_stop(how, "user")
         phase = self.model.phase
         if phase == "closing":
             return                      # the result is already here
@@ -124,16 +157,12 @@ class DragTask:
             self._cancelled()
             return
         if first:
-            self._cancel(self.job)
-            self._cancel_sent_at = self.clock()
+            self._cancel_drag()
 
     def close(self) -> None:
         """Drop the connection now (the daemon frees a session whose client is gone)."""
         if self.client is not None:
-            try:
-                self.client.close()
-            except Exception:
-                pass
+            _close(self.client)
             self.client = None
         if not self.done:
             self._cancelled()
@@ -143,8 +172,6 @@ class DragTask:
     def _send(self, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
-        except ProtocolError as e:
-            self._fail(user_message(e))
         except Exception as e:
             self._fail(user_message(e))
         return None
@@ -153,15 +180,22 @@ class DragTask:
         now = self.clock()
         phase = self.model.phase
         if phase == "connecting" and self._deadline is not None and now > self._deadline:
-            self._fail("The dragd daemon at %s did not answer within %.0f s; start it with: "
-                       "%s.%s" % (self.settings.endpoint, self.connect_timeout,
-                                  START_COMMAND, self._hint))
-        elif (self._cancel_sent_at is not None and phase == "dragging"
+            self._fail(messages.not_answering(self.settings.endpoint, self.connect_timeout,
+                                              self._hint))
+        elif phase == "opening" and self._over_time(now):
+            self._cancel(self.job)
+            self._fail(messages.time_limit_while_inverting(self.time_limit or 0))
+        elif phase == "dragging" and self._cancel_sent_at is None and self._over_time(now):
+            self.model.request_stop("keep", "time limit")
+            self._cancel_drag()
+        elif (phase == "dragging" and self._cancel_sent_at is not None
               and now - self._cancel_sent_at > self.stop_grace):
-            self._fail("The daemon did not stop the drag within %.0f s of the stop request."
-                       % self.stop_grace)
+            self._fail(messages.stop_unanswered(self.stop_grace))
         elif phase == "closing" and self._deadline is not None and now > self._deadline:
             self._finish_closed()
+
+    def _over_time(self, now: float) -> bool:
+        return self._run_deadline is not None and now >= self._run_deadline
 
     def _on_event(self, ev: Any) -> None:
         if ev.job is not self.job:
@@ -181,7 +215,7 @@ class DragTask:
             self._lap("open")
             self._start_drag()
         elif phase == "dragging":
-            self._on_drag_result(ev.message)
+            self._on_drag_result(self.job.result)
         elif phase == "closing":
             self._finish_closed()
 
@@ -199,17 +233,15 @@ class DragTask:
         self._fail(msg)
 
     def _on_hello(self, fields: Dict[str, Any]) -> None:
-        s = self.settings
+        s, m = self.settings, self.model
         try:
             accept_hello(self.client, fields, model=s.model, endpoint=s.endpoint,
-                         n_points=len(self.model.arrows),
-                         size=(self.image.width, self.image.height),
-                         too_many_points="There are %d arrows; the daemon takes at most %d.",
-                         scale_what="image")
+                         n_points=len(m.arrows), size=(self.image.width, self.image.height),
+                         too_many_points=m.TOO_MANY_POINTS, scale_what=m.SCALE_WHAT)
         except UserError as e:
             self._fail(str(e))
             return
-        self.model.connected(fields)
+        m.connected(fields)
         self._lap("connect")
         self.job = self._send(lambda: self.client.start_open_session(
             self.image, invert=s.invert_fields(), model=s.model or None))
@@ -229,8 +261,7 @@ class DragTask:
             return
         img = m.image
         if img is None or (img.width, img.height) != (self.image.width, self.image.height):
-            self._fail("The daemon returned an image of the wrong size; update the daemon and "
-                       "the plug-in to the same dragd release.")
+            self._fail(messages.WRONG_SIZE)
             return
         self.model.dragged(Outcome(img, int(m.get("steps", 0)), str(m.get("stop", "converged")),
                                    m.get("distance"), list(m.get("handles") or [])))
@@ -244,7 +275,7 @@ class DragTask:
         try:
             self.job = self.client.start("close_session", {"session": sid})
         except Exception:
-            self._finish_closed()
+            self._finish_closed()           # best effort: the daemon frees it on its own
             return
         self._deadline = self.clock() + self.close_timeout
 
@@ -257,11 +288,15 @@ class DragTask:
         self.timings[name] = now - self._t_phase
         self._t_phase = now
 
+    def _cancel_drag(self) -> None:
+        self._cancel(self.job)
+        self._cancel_sent_at = self.clock()
+
     def _cancel(self, job: Any) -> None:
         try:
             self.client.cancel(job, wait=False)
         except Exception:
-            pass
+            pass           # the run ends (or times out) on its own; a lost cancel is moot
 
     def _fail(self, message: str) -> None:
         if not self.done:
@@ -276,20 +311,20 @@ class DragTask:
     def _shutdown(self) -> None:
         c, self.client = self.client, None
         if c is not None:
-            try:
-                c.close()
-            except Exception:
-                pass
+            _close(c)
 
 
 class DaemonProbe:
-    """Ask the daemon for its models without blocking (the docker's refresh button):
-    ``start()``, ``tick()`` until ``done``; then ``models`` / ``loaded_model`` /
-    ``device``, or ``error``."""
+    """Ask the daemon which models it has, without blocking (the GIMP settings dialog, the
+    Krita docker's refresh button): :meth:`start`, :meth:`tick` until ``done``; then
+    ``models`` / ``loaded_model`` / ``device``, or ``error``; :meth:`describe` says it in
+    one line."""
 
-    def __init__(self, endpoint: str, *, client_factory: Callable[..., Any] = Client,
+    def __init__(self, endpoint: str, *, client_name: str = "dragd-plugin",
+                 client_factory: Callable[..., Any] = Client,
                  clock: Callable[[], float] = time.monotonic, timeout: float = 2.0):
         self.endpoint = endpoint
+        self.client_name = client_name
         self.client_factory = client_factory
         self.clock = clock
         self.timeout = float(timeout)
@@ -304,22 +339,19 @@ class DaemonProbe:
 
     def start(self) -> None:
         try:
-            curve, _ = curve_for(self.endpoint)
-            self.client = self.client_factory(self.endpoint, timeout=self.timeout,
-                                              heartbeat=self.timeout / 3, job_timeout=None,
-                                              curve=curve, name=CLIENT_NAME)
-            self.job = self.client.start("hello", {"client": CLIENT_NAME})
+            self.client, _ = _connect(self.client_factory, self.endpoint, self.timeout,
+                                      self.timeout / 3, self.client_name)
+            self.job = self.client.start("hello", {"client": self.client_name})
         except Exception as e:
-            self._end("The daemon address %r is not usable: %s" % (self.endpoint,
-                                                                   user_message(e)))
+            self._end(user_message(e))
             return
         self._deadline = self.clock() + self.timeout + 0.5
 
-    def tick(self) -> bool:
+    def tick(self, timeout_ms: int = 0) -> bool:
         if self.done:
             return False
         try:
-            self.client.poll(0)
+            self.client.poll(timeout_ms)
         except Exception as e:
             self._end(user_message(e))
             return False
@@ -332,23 +364,18 @@ class DaemonProbe:
         elif self.job.error is not None:
             self._end(user_message(self.job.error))
         elif self.clock() > self._deadline:
-            self._end("The dragd daemon is not reachable at %s; start it with: %s"
-                      % (self.endpoint, START_COMMAND))
+            self._end(messages.not_reachable(self.endpoint))
         return not self.done
 
     def describe(self) -> str:
         if self.error:
             return self.error
-        return "Daemon at %s (%s): models %s; loaded: %s." % (
-            self.endpoint, self.device or "?", ", ".join(self.models) or "none",
-            self.loaded_model or "none")
+        return messages.daemon_line(self.endpoint, self.device, self.models,
+                                    self.loaded_model or "")
 
     def _end(self, error: Optional[str]) -> None:
         self.error = error
         self.done = True
         if self.client is not None:
-            try:
-                self.client.close()
-            except Exception:
-                pass
+            _close(self.client)
             self.client = None

@@ -15,8 +15,7 @@ What lives here, unit-tested without a host (tests/test_krita_glue.py):
   BGRA byte order <-> the protocol's RGBA (:func:`bgra_to_rgba`, :func:`rgba_to_bgra`),
   keeping the source's alpha (:func:`merge_alpha`), compositing the result through the
   selection (:func:`composite_through_mask`, :func:`splice_by_mask`);
-* the job model (:class:`JobModel`): the state of one run (connect, invert, drag, close),
-  driven by protocol events, with the progress fraction and text the docker shows.
+* the job model (:class:`JobModel`): the shared state of one run, worded for the docker.
 
 The host-independent parts both plug-ins share (the drag fields, arrows, the mask, the
 job model's event handling, pixels, errors) live in ``..plugin_common``; this module
@@ -34,7 +33,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..plugin_common import (CLOSE_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_ENDPOINT,  # noqa: F401
-                             INVERSION_QUALITIES, OPEN_STAGES, OPEN_WEIGHT,
+                             INVERSION_QUALITIES, OPEN_WEIGHT,
                              PREVIEW_LAYER_NAME, SPACES, START_COMMAND, STOP_GRACE, Arrow,
                              BaseDragSettings, BaseJobModel, Cancelled, Outcome, Point,
                              UserError, merge_alpha, to_rgba)
@@ -484,39 +483,18 @@ def composite_through_mask(result_rgba: bytes, source_rgba: bytes,
 # The job model
 # ---------------------------------------------------------------------------
 
-STAGE_TEXT = {"load": "loading the model", "invert": "inverting the layer",
-              "tune": "tuning the generator", "drag": "dragging", "undo": "undoing"}
-
 
 class JobModel(BaseJobModel):
-    """State of one run. ``phase``: connecting -> opening -> dragging -> closing -> done,
-    or failed / cancelled. Fed with protocol events (:meth:`on_event`); read
-    :meth:`progress` for the bar and :meth:`take_preview` for the preview layer."""
+    """State of one run (:class:`~..plugin_common.BaseJobModel`) in the docker's words:
+    capitalised status lines, the stages spelt out (the docker has room for them)."""
 
-    TERMINAL = ("done", "failed", "cancelled")
     ITEM = "arrow"
-
-    @property
-    def finished(self) -> bool:
-        return self.phase in self.TERMINAL
-
-    # -- transitions ----------------------------------------------------------
-
-    def dragged(self, outcome: Outcome) -> None:
-        self.outcome = outcome
-        self.phase = "closing"
-        self.step = outcome.steps
-        if outcome.distance is not None:
-            self.distance = outcome.distance
-
-    def closed(self) -> None:
-        if self.outcome is None:
-            raise RuntimeError("closed() before the drag finished")
-        self.phase = "done"
-
-    def cancelled(self, message: str = "cancelled; the layer was not changed") -> None:
-        self.error = message
-        self.phase = "cancelled"
+    STAGE_TEXT = {"load": "loading the model", "invert": "inverting the layer",
+                  "tune": "tuning the generator", "drag": "dragging", "undo": "undoing"}
+    DRAG_TEXT = "dragging: step %d/%d"
+    DONE_TEXT = "done: %s"
+    TOO_MANY_POINTS = "There are %d arrows; the daemon takes at most %d."
+    SCALE_WHAT = "image"
 
     def queued_text(self, fields: Dict[str, Any]) -> str:
         ahead = int(fields.get("position", 0) or 0)
@@ -524,35 +502,5 @@ class JobModel(BaseJobModel):
             " (%d job%s ahead in its queue)" % (ahead, "" if ahead == 1 else "s")
             if ahead else "")
 
-    # -- display --------------------------------------------------------------
-
-    def progress(self) -> Tuple[float, str]:
-        """(fraction 0..1, text) for the docker's progress bar and status line."""
-        stopping = " (stopping)" if self.stop_requested else ""
-        if self.phase == "connecting":
-            return 0.0, "Connecting to %s" % self.settings.endpoint
-        if self.phase == "opening":
-            f = self.open_fraction()
-            text = STAGE_TEXT.get(self.stage or "", "opening the layer").capitalize()
-            if self.stage == "queued" and self.message:
-                text = self.message.capitalize()
-            elif self.total:
-                text += " %d/%d" % (min(self.step + 1, self.total), self.total)
-            return OPEN_WEIGHT * f, text + stopping
-        if self.phase == "dragging":
-            f = self.stage_fraction()
-            if self.first_distance and self.distance is not None:
-                f = max(f, 1.0 - self.distance / self.first_distance)
-            text = "Dragging: step %d/%d" % (self.step, self.total or self.settings.max_steps)
-            if self.distance is not None:
-                text += ", %.1f px to go" % self.distance
-            return OPEN_WEIGHT + (1.0 - OPEN_WEIGHT) * min(1.0, max(0.0, f)), text + stopping
-        if self.phase in ("closing", "done"):
-            o = self.outcome
-            text = "Done"
-            if o is not None:
-                text = "Done: " + o.summary()
-            return 1.0, text
-        if self.phase == "cancelled":
-            return 0.0, "Cancelled: %s" % (self.error or "the layer was not changed")
-        return 0.0, "Error: %s" % (self.error or "failed")
+    def line(self, text: str) -> str:
+        return text[:1].upper() + text[1:]

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from krita import DockWidgetFactory, DockWidgetFactoryBase, Extension, Krita
 
-from .docker import DOCKER_ID, DragDocker, find_docker, load_settings
+from .ui import DOCKER_ID, DragDocker, find_docker, load_settings
 from .run import DragRun, start_drag
 
 ACTION_ID = "dragd_drag"
