@@ -3,7 +3,7 @@ that tests/hosts/build_chroot.sh builds and caches (docs/HOSTS.md has the facts 
 
     root = ensure_chroot()                       # build or reuse; skip/fail when impossible
     with new_home("gimp") as home:               # a private, pre-warmed profile in the chroot
-        install_gimp_plugin(home, Path("gimp_plugin/dragd_gimp.py"))
+        install_gimp_plugin(home, PROBE_DIR / "gimp" / "dragd_probe")
         r = run_gimp_script(source, timeout=60, home=home)
         r.check(); r.result                      # JSON the script wrote to $DRAGD_RESULT
     r = run_krita_module(module_dir, "mod", ["arg"], timeout=60)
