@@ -3,10 +3,22 @@
 A non-loopback bind needs CurveZMQ (the daemon's keypair and an allow-list of client public
 keys, from a keys folder: see ``dragd keys``) or an explicit ``--insecure``. The allow-list is
 enforced by a ZAP handler (pyzmq's ThreadAuthenticator) calling `AllowList.callback`.
+
+Peer ids: libzmq numbers a ROUTER's peers from a counter that starts at ``rand()``, which
+nothing seeds, so every fresh daemon hands out the same ids; a local peer that claims one the
+counter will reach later (ZMQ_ROUTING_ID) makes libzmq abort the whole process when an
+ordinary client gets that number (socket_base.cpp assertion). ZAP cannot refuse such a peer:
+libzmq's ZAP request carries the local socket's routing id, not the peer's (measured with
+libzmq 4.3.5: the identity frame is empty for a peer that set one). So
+`make_peer_ids_unguessable` seeds ``rand()`` from the OS before the ROUTER is made.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import secrets
+import sys
 from dataclasses import dataclass
 from typing import Iterable, List, Optional
 
@@ -41,6 +53,19 @@ class AllowList:
         log.log(logging.INFO if ok else logging.WARNING,
                 kv("curve_auth", allowed=ok, client_key=bytes(key).decode("ascii", "replace")))
         return ok
+
+
+def make_peer_ids_unguessable() -> bool:
+    """Seed the C library's rand() with 32 secret bits (see the module docstring); call it
+    just before creating the ROUTER. False where the C library cannot be reached."""
+    try:
+        name = "msvcrt" if sys.platform == "win32" else ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name)
+        libc.srand(ctypes.c_uint(secrets.randbits(32)))
+    except (OSError, AttributeError, TypeError) as e:
+        log.warning(kv("peer_ids_predictable", error=e))
+        return False
+    return True
 
 
 def curve_keys_for(cfg: ServerConfig) -> Optional[CurveKeys]:

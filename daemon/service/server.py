@@ -41,7 +41,7 @@ from .backend import Backend, Cancelled
 from .config import ConfigError, ServerConfig
 from .jobs import Dispatcher, Job, is_oom, plain
 from .logfmt import kv, peer_id
-from .security import AllowList, CurveKeys, curve_keys_for
+from .security import AllowList, CurveKeys, curve_keys_for, make_peer_ids_unguessable
 from .sessions import SessionTable
 
 log = logging.getLogger("dragd.server")
@@ -153,6 +153,7 @@ class Server:
 
     def _socket_main(self) -> None:
         try:
+            make_peer_ids_unguessable()
             router = self._ctx.socket(zmq.ROUTER)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
