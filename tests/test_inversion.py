@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import logging
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +21,11 @@ from dragd.daemon.edit.inversion_cache import InversionCache, cache_key, invert_
 from dragd.daemon.model.stylegan2 import Discriminator, Generator
 
 
+@pytest.fixture(autouse=True)
+def _no_lpips(monkeypatch):
+    """Whether this machine has LPIPS and its weights (`pip install 'dragd[lpips]'`) must not
+    change what these tests measure: they get the fallback terms unless they set up LPIPS."""
+    monkeypatch.setenv("DRAGD_NO_LPIPS", "1")
 
 
 def small_generator(res: int, seed: int = 0) -> Generator:
@@ -151,7 +157,11 @@ def test_metrics_and_ms_ssim():
 
 
 def test_backend_choice_without_lpips(monkeypatch):
-    assert perc.lpips_available()[0] is False        # not installed here; detected, no download
+    assert perc.lpips_available() == (False, "disabled by DRAGD_NO_LPIPS")
+    monkeypatch.delenv("DRAGD_NO_LPIPS")
+    monkeypatch.setitem(sys.modules, "lpips", None)          # as if not installed
+    assert perc.lpips_available() == (False, "the 'lpips' package is not installed")
+    monkeypatch.setenv("DRAGD_NO_LPIPS", "1")
     D = Discriminator(resolution=32, channel_base=256, channel_max=32)
     assert perc.resolve_backend("auto", None) == "ms-ssim+l1"
     assert perc.resolve_backend("auto", D) == "discriminator"
@@ -397,3 +407,27 @@ def test_lpips_backend_is_used_when_package_and_weights_are_present(tmp_path, mo
     assert r.perceptual_backend == "lpips-alex"
     monkeypatch.setenv("DRAGD_NO_LPIPS", "1")
     assert perc.resolve_backend("auto") == "ms-ssim+l1"
+
+
+def test_lpips_that_cannot_be_built_falls_back_and_logs_why(tmp_path, monkeypatch, caplog):
+    # Package and weight files present, but building fails (as with a torchvision that does not
+    # match torch): the next backend is used and the log says why.
+    pkg = tmp_path / "site" / "lpips"
+    (pkg / "weights" / "v0.1").mkdir(parents=True)
+    (pkg / "weights" / "v0.1" / "alex.pth").write_bytes(b"x")
+    (pkg / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    (tmp_path / "site" / "torchvision").mkdir()
+    (tmp_path / "site" / "torchvision" / "__init__.py").write_text("")
+    (tmp_path / "torch_home" / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "torch_home" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth").write_bytes(b"x")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("DRAGD_NO_LPIPS")
+    for name in ("lpips", "torchvision"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert perc.lpips_available() == (True, "ok")
+    with caplog.at_level(logging.INFO, logger="dragd.daemon.edit.perceptual"):
+        loss_fn = perc.make_perceptual("auto")
+    assert loss_fn.name == "ms-ssim+l1"
+    assert any("could not be built: RuntimeError: operator torchvision::nms" in r.message
+               and "MS-SSIM" in r.message for r in caplog.records)

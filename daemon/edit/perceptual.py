@@ -289,8 +289,9 @@ def make_perceptual(prefer: str = "auto", D: nn.Module | None = None, lpips_net:
                     device: torch.device | str | None = None) -> nn.Module:
     """Build the best available perceptual backend (see the module docstring), logging why."""
     name = resolve_backend(prefer, D, lpips_net)
+    reason = lpips_available(lpips_net)[1]
     if prefer == "lpips" and name != "lpips":
-        log.warning("LPIPS requested but unavailable (%s); using %s", lpips_available(lpips_net)[1], name)
+        log.warning("LPIPS requested but unavailable (%s); using %s", reason, name)
     if name == "lpips":
         try:
             module = LpipsLoss(lpips_net)
@@ -298,12 +299,12 @@ def make_perceptual(prefer: str = "auto", D: nn.Module | None = None, lpips_net:
                 module = module.to(device)
             log.info("perceptual term: LPIPS (%s)", lpips_net)
             return module
-        except Exception as exc:          # weights present but unreadable, API drift, …
-            log.warning("LPIPS could not be built (%s); falling back", exc)
+        except Exception as exc:          # weights present but unreadable, a broken torchvision, …
+            reason = f"could not be built: {type(exc).__name__}: {exc}"
+            log.warning("LPIPS %s; falling back", reason)
             name = "discriminator" if D is not None else "ms-ssim+l1"
     if name == "discriminator":
-        log.info("perceptual term: discriminator features (LPIPS unavailable: %s)", lpips_available(lpips_net)[1])
+        log.info("perceptual term: discriminator features (LPIPS unavailable: %s)", reason)
         return DiscriminatorFeatures(D)
-    log.info("perceptual term: MS-SSIM + L1 (LPIPS unavailable: %s; no discriminator)",
-             lpips_available(lpips_net)[1])
+    log.info("perceptual term: MS-SSIM + L1 (LPIPS unavailable: %s; no discriminator)", reason)
     return MsSsimL1()
