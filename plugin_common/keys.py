@@ -29,9 +29,9 @@ def curve_for(endpoint: str) -> Tuple[Optional[CurveConfig], str]:
         return None, ""
     d = keys_dir()
     server, client = os.path.join(d, "server.key"), os.path.join(d, "client.key_secret")
-    hint = (" A daemon on another machine needs CurveZMQ keys: put the daemon's server.key "
-            "and this machine's client.key_secret into %s, and the client's public key "
-            "into the daemon's allow-list." % d)
+    hint = (" A daemon on another machine needs CurveZMQ keys: run dragd keys client on this "
+            "machine, copy the daemon's server.key into %s, and on the daemon's machine run "
+            "dragd keys allow client.key." % d)
     if os.path.isfile(server) and os.path.isfile(client):
         try:
             return CurveConfig.from_files(server, client), hint

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict
 
+# The protocol's own default (dragd.protocol.DEFAULT_ENDPOINT; a test keeps them equal), repeated
+# here because the plug-ins' settings must import without pyzmq to say that it is missing.
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
 START_COMMAND = "dragd serve"
 PREVIEW_LAYER_NAME = "DragGAN preview (temporary)"

@@ -38,6 +38,13 @@ def test_plugins_use_the_shared_objects(mod):
     assert issubclass(mod.Cancelled, UserError)
 
 
+def test_the_plugins_default_endpoint_is_the_protocols():
+    import dragd.plugin_common as common
+    import dragd.protocol as protocol
+
+    assert common.DEFAULT_ENDPOINT == protocol.DEFAULT_ENDPOINT
+
+
 def test_both_hosts_run_the_shared_task_with_the_shared_curve_config_and_hello_check():
     from dragd.gimp_plugin import run as gimp_run
     from dragd.krita_plugin import run as krita_run
