@@ -8,9 +8,14 @@ the image rebuilt from the rounded deltas stays within ``max_psnr_loss_db`` of t
 against the target and stores fp32 deltas otherwise). Files are written to a temporary name
 in the same folder, fsync'd and renamed into place (atomic on POSIX and Windows), and the
 folder is trimmed to ``max_disk_bytes`` by evicting the least recently used files (file mtime,
-refreshed on every hit). A file that cannot be read back (truncated, garbage, written for a
-different base) is logged, deleted and treated as a miss, so the inversion is redone and the
-entry rewritten.
+refreshed on every hit). Every file carries a SHA-256 of its tensors and metadata: a file that
+cannot be read back (truncated, garbage, bit flips, no checksum because an older dragd wrote
+it, non-finite values, written for a different base) is logged, deleted and treated as a miss,
+so the inversion is redone and the entry rewritten.
+
+The folder may hold files the cache never wrote (a user's models, another program's data):
+trimming and the disk size count only files whose header names this cache's format and whose
+key is the file's own name, so nothing else there is ever removed.
 """
 from __future__ import annotations
 
@@ -39,7 +44,9 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "dragd-inversion-1"
 _SUFFIX = ".safetensors"
-_TMP_PREFIX = ".tmp-"
+_TMP_PREFIX = ".dragd-inversion-tmp-"
+# Our headers are a few KB; anything claiming more is not ours and is not read into memory.
+_MAX_HEADER_BYTES = 16 << 20
 
 
 def cache_key(model_id: str, content_hash: str, geometry: CropGeometry | None,
@@ -49,6 +56,23 @@ def cache_key(model_id: str, content_hash: str, geometry: CropGeometry | None,
                           "geometry": geometry.to_dict() if geometry is not None else None,
                           "settings": settings.cache_token(), "backend": backend}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:40]
+
+
+def _digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """SHA-256 of the metadata (but its own checksum) and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
 
 
 def _inversion_bytes(inv: Inversion) -> int:
@@ -107,7 +131,20 @@ class InversionCache:
     def disk_bytes(self) -> int:
         if self.directory is None:
             return 0
-        return sum(p.stat().st_size for p in self.directory.glob(f"*{_SUFFIX}") if p.is_file())
+        return sum(st.st_size for _, st in self._own_files())
+
+    def _own_files(self) -> list[tuple[Path, os.stat_result]]:
+        """The entries this cache wrote (name ``<key>.safetensors``, our format and that key in
+        the header): the only files it may count or delete."""
+        out = []
+        for p in self.directory.glob(f"*{_SUFFIX}"):
+            if p.name.startswith(".") or not _is_own_entry(p):
+                continue
+            try:
+                out.append((p, p.stat()))
+            except OSError:
+                continue
+        return out
 
     def _remove_stale_temp_files(self, older_than_s: float = 3600) -> None:
         now = time.time()
@@ -119,13 +156,7 @@ class InversionCache:
                 pass
 
     def _trim_disk(self, keep: Path | None = None) -> None:
-        files = []
-        for p in self.directory.glob(f"*{_SUFFIX}"):
-            try:
-                st = p.stat()
-            except OSError:
-                continue
-            files.append((st.st_mtime, st.st_size, p))
+        files = [(st.st_mtime, st.st_size, p) for p, st in self._own_files()]
         total = sum(f[1] for f in files)
         for _, size, p in sorted(files, key=lambda f: f[0]):
             if total <= self.max_disk_bytes:
@@ -167,7 +198,8 @@ class InversionCache:
                 t = target.to(original.device)
                 w = weight.to(original.device) if weight is not None else None
                 loss = float(perc.psnr(original, t, w)[0] - perc.psnr(restored, t, w)[0])
-            if abs(loss) > self.max_psnr_loss_db:
+            # `not <=` so that a NaN loss (fp16 deltas overflowed) also falls back to fp32.
+            if not abs(loss) <= self.max_psnr_loss_db:
                 log.info("inversion cache: %s deltas cost %.3f dB; storing fp32", dtype, loss)
                 dtype = torch.float32
         tensors = {"w": inv.w.detach().to("cpu", torch.float32).contiguous()}
@@ -179,6 +211,7 @@ class InversionCache:
                 "tuning": json.dumps(inv.tuning.to_dict() if inv.tuning else None),
                 "settings": json.dumps(inv.settings.to_dict()),
                 "meta": json.dumps(inv.meta, default=str)}
+        meta["checksum"] = _digest(tensors, meta)
         return st_save(tensors, metadata=meta)
 
     def _decode(self, key: str, data: bytes, base: nn.Module) -> Inversion:
@@ -188,6 +221,13 @@ class InversionCache:
             raise ValueError(f"unknown format {meta.get('format')!r}")
         if meta.get("key") != key:
             raise ValueError("the file holds a different key")
+        if "checksum" not in meta:
+            raise ValueError("no checksum (written by an older dragd)")
+        if meta["checksum"] != _digest(tensors, meta):
+            raise ValueError("checksum mismatch: the file changed after it was written")
+        bad = _first_non_finite(tensors)
+        if bad is not None:
+            raise ValueError(f"{bad} holds NaN or infinite values")
         device = next(base.parameters()).device
         w = tensors.pop("w").to(device)
         deltas = {name[len("delta."):]: t for name, t in tensors.items() if name.startswith("delta.")}
@@ -242,6 +282,10 @@ class InversionCache:
             weight: torch.Tensor | None = None, disk: bool = True) -> None:
         """Store in memory and (if a directory is set and disk) on disk. target/weight enable the
         fp16 check."""
+        bad = _first_non_finite({"w": inv.w, **dict(inv.generator.synthesis.named_parameters())})
+        if bad is not None:
+            log.warning("inversion cache: not storing %s: %s holds NaN or infinite values", key, bad)
+            return
         with self._lock:
             self._remember(key, inv)
             path = self.path_for(key) if disk else None
@@ -264,6 +308,21 @@ def _read_metadata(data: bytes) -> dict:
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + n])
     return header.get("__metadata__", {}) or {}
+
+
+def _is_own_entry(path: Path) -> bool:
+    """Whether path is a cache entry: its header says our format and its key is the file's name.
+    Reads only the header; anything unreadable or foreign is False."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= _MAX_HEADER_BYTES:
+                return False
+            header = json.loads(f.read(n))
+        meta = header.get("__metadata__") or {}
+        return meta.get("format") == CACHE_FORMAT and meta.get("key") == path.stem
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def inversion_key(model_id: str, content_hash: str, geometry: CropGeometry,
