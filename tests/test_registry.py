@@ -144,6 +144,26 @@ def test_resolve_model(tmp_path):
     assert reg.resolve_model("default", default_path=tmp_path / "default.safetensors").name == "default.safetensors"
 
 
+def test_resolve_model_for_the_daemon_stays_in_its_folders(tmp_path):
+    registry = {"m": _entry("m", ["http://127.0.0.1:1/x"], None)}
+    cache, allowed, elsewhere = (tmp_path / d for d in ("cache", "allowed", "elsewhere"))
+    for d in (cache, allowed, elsewhere):
+        d.mkdir()
+        (d / "net.pkl").write_bytes(b"x")
+    (cache / "m.pkl").write_bytes(b"y")
+    (allowed / "link.pkl").symlink_to(elsewhere / "net.pkl")
+    kw = dict(directory=cache, registry=registry, allowed=[allowed, elsewhere / "only.pkl"])
+    assert reg.resolve_model("m", **kw) == cache / "m.pkl"
+    assert reg.resolve_model(str(cache / "net.pkl"), **kw) == cache / "net.pkl"
+    assert reg.resolve_model(str(allowed / "net.pkl"), **kw) == allowed / "net.pkl"
+    for outside in (elsewhere / "net.pkl", allowed / ".." / "elsewhere" / "net.pkl", allowed / "link.pkl",
+                    "/etc/passwd", elsewhere / "gone.pkl"):
+        with pytest.raises(reg.ModelError, match=r"not in the daemon's model folders.*--allow-model"):
+            reg.resolve_model(str(outside), **kw)
+    # the CLI (no `allowed`) keeps taking any local file
+    assert reg.resolve_model(str(elsewhere / "net.pkl"), directory=cache, registry=registry) == elsewhere / "net.pkl"
+
+
 def test_models_list_cli(tmp_path, monkeypatch, capsys):
     from dragd.daemon import cli
 

@@ -1,6 +1,7 @@
 """`dragd serve`: run the daemon (it owns the GPU; plug-ins and `dragd edit` connect to it)."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from ...protocol import DEFAULT_ENDPOINT
@@ -12,6 +13,9 @@ def add_parser(sub) -> None:
     s.add_argument("--bind", default=DEFAULT_ENDPOINT, help=f"ZeroMQ endpoint (default {DEFAULT_ENDPOINT}; "
                    "a non-loopback address needs CurveZMQ keys, see `dragd keys`)")
     s.add_argument("--model", default="default", help="model name or checkpoint path (default: embedded model)")
+    s.add_argument("--allow-model", action="append", default=[], type=Path, metavar="PATH_OR_DIR",
+                   help="a checkpoint file or folder clients may load with load_model (repeatable); "
+                        "besides these and --model, clients can load only model names")
     s.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     s.add_argument("--keys-dir", help="CurveZMQ keys folder (server.key_secret, clients/*.key; default: the one `dragd keys init` uses)")
     s.add_argument("--insecure", action="store_true", help="allow a non-loopback bind WITHOUT encryption "
@@ -29,7 +33,12 @@ def cmd_serve(args) -> int:
     keys_dir = args.keys_dir
     if keys_dir is None and (keys.default_keys_dir() / "server.key_secret").is_file():
         keys_dir = keys.default_keys_dir()      # where `dragd keys init` put them
-    backend = make_backend(args.model, args.device, args.cache_dir)
+    for allowed in args.allow_model:
+        if not allowed.expanduser().exists():
+            raise UserFacingError(f"--allow-model {allowed} does not exist; name a checkpoint file or a folder of them")
+    if args.cache_dir is not None:
+        _check_cache_dir(args.cache_dir)
+    backend = make_backend(args.model, args.device, args.cache_dir, args.allow_model)
     cfg = ServerConfig(endpoint=args.bind, keys_dir=keys_dir, insecure=args.insecure,
                        session_budget_bytes=int(args.session_budget_gb * (1 << 30)))
     try:
@@ -44,11 +53,25 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def make_backend(model: str, device: str, cache_dir=None):
+def _check_cache_dir(path: Path) -> None:
+    """--cache-dir must be a folder the daemon can create and write: say so now, not later."""
+    path = path.expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserFacingError(f"--cache-dir {path} is a file, not a folder; name a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UserFacingError(f"--cache-dir {path} cannot be used as the inversion cache folder "
+                              f"({exc.strerror or exc}); name a folder you can write to") from None
+
+
+def make_backend(model: str, device: str, cache_dir=None, allowed_models=()):
     from ..service.backend import BackendError
     from ..service.torch_backend import TorchBackend
 
     try:
-        return TorchBackend(model=model, device=device, cache_dir=cache_dir)
+        return TorchBackend(model=model, device=device, cache_dir=cache_dir, allowed_models=allowed_models)
     except BackendError as exc:
         raise UserFacingError(exc.message) from None

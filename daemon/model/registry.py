@@ -24,7 +24,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[1] / "assets" / "default.safetensors"
 CONNECT_TIMEOUT_S = 10.0
@@ -262,8 +262,13 @@ def _download(resp, url: str, entry: ModelEntry, final: Path, progress: Progress
 
 
 def resolve_model(name_or_path: str | os.PathLike, directory: Path | None = None,
-                  registry: Mapping[str, ModelEntry] | None = None, default_path: Path | None = None) -> Path:
-    """What the daemon calls: a file path, a registry name present in the cache, or "default"."""
+                  registry: Mapping[str, ModelEntry] | None = None, default_path: Path | None = None,
+                  allowed: Sequence[Path] | None = None) -> Path:
+    """A file path, a registry name present in the cache, or "default" → the file to load.
+
+    `allowed` is what the daemon passes: the only files and folders (besides the cache folder)
+    a path may point into, so that a client cannot make it open any file on its disk. None (the
+    CLI on the user's own files) accepts any local path."""
     text = str(name_or_path)
     reg = REGISTRY if registry is None else registry
     if text == "default":
@@ -273,6 +278,8 @@ def resolve_model(name_or_path: str | os.PathLike, directory: Path | None = None
                              "reinstall it, or pass a checkpoint path or a model name (see `dragd models list`)")
         return p
     p = Path(text).expanduser()
+    if allowed is not None and text not in reg:
+        _require_model_folder(p, text, [directory or cache_dir(), *allowed], reg)
     if p.is_file():
         return p
     if text in reg:
@@ -287,6 +294,27 @@ def resolve_model(name_or_path: str | os.PathLike, directory: Path | None = None
         raise ModelError(f"checkpoint file {p} does not exist")
     raise ModelError(f"{text!r} is neither a checkpoint file nor a known model name; known: default, "
                      f"{', '.join(sorted(reg))}")
+
+
+def in_model_folders(path: Path, folders: Iterable[Path]) -> bool:
+    """Whether `path`, symlinks followed, is one of `folders` or lies inside one of them."""
+    real = Path(os.path.realpath(path))
+    for folder in folders:
+        root = Path(os.path.realpath(Path(folder).expanduser()))
+        if real == root or root in real.parents:
+            return True
+    return False
+
+
+def _require_model_folder(p: Path, text: str, folders: list[Path], reg: Mapping[str, ModelEntry]) -> None:
+    # Checked before the file is touched: the answer must not even tell whether it exists.
+    if in_model_folders(p, folders):
+        return
+    shown = text if len(text) <= 120 else text[:117] + "..."
+    raise ModelError(f"{shown!r} is not in the daemon's model folders: the daemon loads only model names "
+                     f"(default, {', '.join(sorted(reg))}), files in its model cache {folders[0]}, and files or "
+                     "folders its operator allowed when starting it (`dragd serve --model PATH` or "
+                     "`dragd serve --allow-model PATH_OR_DIR`)")
 
 
 def iter_present(directory: Path | None = None) -> Iterable[ModelStatus]:

@@ -6,13 +6,15 @@ the server's single worker thread; the cheap ones read cached state under a lock
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +45,8 @@ class _Model:
 
 #: How each kind of edit error is answered on the wire.
 _EDIT_ERROR_CODES = {"pixels": ErrorCode.BAD_PIXELS, "points": ErrorCode.BAD_POINTS,
-                     "mask": ErrorCode.BAD_VALUE, "state": ErrorCode.BAD_STATE}
+                     "mask": ErrorCode.BAD_VALUE, "state": ErrorCode.BAD_STATE,
+                     "too_large": ErrorCode.TOO_LARGE}
 
 
 def _bytes_to_array(data: Any, width: int, height: int, channels: int) -> np.ndarray:
@@ -58,13 +61,15 @@ def _image(arr: np.ndarray) -> Image:
 class TorchBackend(Backend):
     def __init__(self, model: str = "default", device: str = "auto",
                  cache_dir: Path | None = None, cache_memory_bytes: int = 2 << 30,
-                 cache_disk_bytes: int = 8 << 30, preload: bool = True):
+                 cache_disk_bytes: int = 8 << 30, preload: bool = True,
+                 allowed_models: Sequence[str | Path] = ()):
         try:
             self.device = pick_device(device)
         except DeviceError as exc:
             raise BackendError(ErrorCode.MODEL_ERROR, str(exc)) from None
         self.device_name = describe_device(self.device)
         self.default_model = model
+        self.allowed_models = tuple(Path(p).expanduser() for p in allowed_models)
         self._lock = threading.Lock()
         self._models: dict[str, _Model] = {}
         self._current: str | None = None
@@ -125,7 +130,7 @@ class TorchBackend(Backend):
                 return self._models[name]
         t0 = time.perf_counter()
         try:
-            path = model_registry.resolve_model(name)
+            path = model_registry.resolve_model(name, allowed=self._model_folders())
             loaded = load_checkpoint(path, device=self.device)
         except model_registry.ModelError as exc:
             raise BackendError(ErrorCode.UNKNOWN_MODEL, str(exc)) from None
@@ -140,6 +145,14 @@ class TorchBackend(Backend):
             self._models[name] = model
             self._current = name
         return model
+
+    def _model_folders(self) -> tuple[Path, ...]:
+        """Where a client may point `load_model` (besides the model cache): what the operator
+        named at start. A client naming any other path must not make the daemon open it."""
+        own = self.default_model
+        if own == "default" or own in model_registry.REGISTRY:
+            return self.allowed_models
+        return (Path(own).expanduser(), *self.allowed_models)
 
     def _model_for(self, name: str | None) -> _Model:
         if name is None:
@@ -209,6 +222,12 @@ class TorchBackend(Backend):
         with self._lock:
             self._sessions.pop(session_id, None)
 
+    def release_memory(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        _trim_heap()
+
     def close(self):
         with self._lock:
             self._sessions.clear()
@@ -219,6 +238,15 @@ class TorchBackend(Backend):
         if s is None:
             raise BackendError(ErrorCode.UNKNOWN_SESSION)
         return s
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the system: glibc keeps them after many small frees (a
+    burst of sessions, an allocation that failed half-way), so RSS would stay at its peak."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):      # not glibc
+        pass
 
 
 def _backend_error(exc: EditError) -> BackendError:

@@ -102,10 +102,11 @@ def sniff_format(path: str | os.PathLike) -> str:
     if len(head) >= 9 and head[8:9] == b"{":
         (hlen,) = struct.unpack("<Q", head[:8])
         if hlen > 100 << 20:
-            raise CheckpointError(f"checkpoint {name} is not a valid safetensors file (header length {hlen})")
+            raise CheckpointError(f"checkpoint {name} is not a valid safetensors file (its header length is "
+                                  "implausible)")
         if 8 + hlen > size:
-            raise CheckpointError(f"checkpoint {name} is a truncated safetensors file ({size} bytes, header "
-                                  f"alone needs {8 + hlen}); download or export it again")
+            raise CheckpointError(f"checkpoint {name} is a truncated safetensors file ({size} bytes, shorter than "
+                                  "its own header); download or export it again")
         return "safetensors"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "torch-zip"
@@ -125,7 +126,8 @@ def sniff_format(path: str | os.PathLike) -> str:
     if head[:1] in (b"(", b"c", b"}", b"]") and b"\n" in head:
         raise CheckpointError(f"checkpoint {name} is a protocol-0/1 pickle; network pickles use protocol 2 or "
                               f"later; supported: {SUPPORTED}")
-    raise CheckpointError(f"checkpoint {name} is in an unknown format (first bytes {head[:8].hex()}); "
+    # Never quote the bytes: the message goes back to a client that may have named someone else's file.
+    raise CheckpointError(f"checkpoint {name} is in an unknown format (not a pickle, zip or safetensors file); "
                           f"supported: {SUPPORTED}")
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
