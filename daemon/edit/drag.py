@@ -42,6 +42,24 @@ and drops handles within 1 px from the loss (we use the paper's 1 px / 2 px rule
 its renderer's λ defaults to 10, but both of its GUIs pass 20, the paper's value (ours); it
 tracks with L2 (option here) from references taken at the rounded handle.
 
+Methods (`DragConfig.method`):
+
+* "draggan": the paper's loop exactly as above (with `stall_steps=0`): a handle within the stop
+  distance drops out of the loss.
+* "dragd" (default): the same, except that a handle that has arrived keeps a hold term, the
+  mean |F(q) − F_arrival(q)| over the motion disc around where it arrived (F_arrival detached,
+  taken at the step it first came within the stop distance), so its content stays put while the
+  other handles are pulled instead of drifting with them; it rejoins the motion term (and
+  re-takes the hold when it arrives again) if tracking finds it outside the stop distance.
+* "freedrag": FreeDrag's tracking-free loop (see freedrag.py).
+
+Stall rule (`stall_steps` > 0, any method): a drag ends as "stalled" only when, over the last
+`stall_steps` steps (× 2e-3/lr when lr < 2e-3), the handles oscillated in place — some handle
+returned to a position it had already held in the window at least twice — with no net progress
+(the summed handle→target distance did not drop by half the stop distance) and a flat motion
+loss (its mean over the window's second half is not 5 % below the first half's). A handle that
+sits still or creeps forward is never stalled: the paper's loop could still finish such a drag.
+
 Ordering: one generator pass per step. The pass on the current latent first tracks the
 handles (the latent changed since the last pass), then checks the stop rule, then — unless
 stopping — back-propagates the loss of that same pass and takes one Adam step. So the result
@@ -87,6 +105,7 @@ __all__ = ["DragConfig", "DragInputError", "DragSession", "DragSnapshot", "StepR
 LATENT_SPACES = ("w", "w+")
 TRACKING_NORMS = ("l1", "l2")
 STOP_REASONS = ("converged", "max_steps", "cancelled", "stalled")
+METHODS = ("dragd", "draggan", "freedrag")
 MAX_HISTORY = 64
 
 
@@ -114,10 +133,9 @@ class DragConfig:
     r1: int | None = None                   # None → max(1, round(3/512·res))
     r2: int | None = None                   # None → max(1, round(12/512·res))
     stop_distance: float | None = None      # None → (1 px if ≤5 handles else 2 px)·res/512, ≥1
-    stall_steps: int = 60                   # stop ("stalled") when the summed handle-target
-                                            # distance has not dropped by half the stop distance
-                                            # in this many steps (× 2e-3/lr when lr < 2e-3: a
-                                            # slower drag pauses longer); 0: never
+    method: str = "dragd"                   # "dragd", "draggan" (the paper's loop), "freedrag"
+    stall_steps: int = 60                   # window of the stall rule (module docstring), × 2e-3/lr
+                                            # when lr < 2e-3; 0: never stop as "stalled"
     windows: bool = True                    # compute features only around the handles when no
                                             # mask term needs the whole map (generator permitting)
 
@@ -343,6 +361,8 @@ def _check_config(cfg: DragConfig) -> None:
     if not (isinstance(cfg.lambda_mask, (int, float)) and math.isfinite(cfg.lambda_mask)
             and cfg.lambda_mask >= 0):
         bad(f"lambda_mask must be ≥ 0, got {cfg.lambda_mask!r}")
+    if cfg.method not in METHODS:
+        bad(f"method must be one of {METHODS}, got {cfg.method!r}")
     if cfg.latent_space not in LATENT_SPACES:
         bad(f"latent_space must be one of {LATENT_SPACES}, got {cfg.latent_space!r}")
     if cfg.tracking_norm not in TRACKING_NORMS:
@@ -361,6 +381,10 @@ def _check_config(cfg: DragConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+#: `set_points` without a mask keeps the current one.
+_KEEP_MASK = object()
 
 
 class DragSession:
@@ -462,7 +486,7 @@ class DragSession:
         stats, total = self._measure(feat)
         self._last_ws = torch.cat([head, tail], dim=1).detach()
         handles, dist, losses = stats
-        stop = self._stop_reason(dist) or self._stall_reason(dist)
+        stop = self._stop_reason(dist) or self._stall_reason(handles, dist, losses["motion"])
         if stop is None:
             if total.requires_grad:
                 (grad,) = torch.autograd.grad(total, [self._delta])
@@ -511,13 +535,18 @@ class DragSession:
         """The image of the current latent, [1, C, res, res] in ≈[-1, 1]."""
         return self._render(self._ws())
 
-    def set_points(self, handles, targets) -> None:
-        """Start a new point set from the current latent (after a drag, or to move points).
+    def set_points(self, handles, targets, mask=_KEEP_MASK) -> None:
+        """Start a new point set from the current latent (after a drag, or to move points),
+        optionally with a new movable mask (None removes it).
 
         References f_i and F0 are taken from the current latent; the step count and Adam state
-        start afresh. Unfinished progress is kept and recorded in the history."""
+        start afresh. Unfinished progress is kept and recorded in the history. A new mask is
+        checked against these handles, not the previous point set's."""
         h, t = _check_points(handles, targets, self.res)
-        self._check_handles_movable(h, self._mask)
+        m = self._mask if mask is _KEEP_MASK else _check_mask(mask, self.res)
+        self._check_handles_movable(h, m)
+        if mask is not _KEEP_MASK:
+            self._mask = None if m is None else m.to(self.device)
         self._push_snapshot()
         self._begin(self._ws().detach(), h, t)
 
@@ -595,7 +624,10 @@ class DragSession:
         self._refs = sample_features(self._f0, self._handles, self.res)       # [P, C]
         self._mask_w = None if self._mask is None else _mask_weights(self._mask, self._f0.shape[-2:])
         self._steps_taken = 0
-        self._best_total, self._best_step = math.inf, 0
+        self._trail: list[tuple[list, float, float]] = []    # per step: handles, Σ distance, motion
+        self._held = torch.zeros(p, dtype=torch.bool, device=self.device)
+        self._hold_pos = self._handles.clone()
+        self._hold_ref = None
         self._moved = False
         self._last_ws = self._base
 
@@ -624,7 +656,9 @@ class DragSession:
         each handle: the tracking square (±r2 around the rounded handle), then the motion disc
         (±r1) around wherever tracking lands, shifted by ≤1 px, plus bilinear neighbours."""
         scale = self.generator.block_resolution(self.feature_block) / self.res
-        half = math.ceil((self.r2 + self.r1 + 2) * scale) + 1
+        # a held handle's arrival disc lies within 2 stop distances of where it was tracked
+        reach = max(self.r2, 2 * self.stop_distance if self.config.method == "dragd" else 0)
+        half = math.ceil((reach + self.r1 + 2) * scale) + 1
         centres = [(math.floor((round(x) + 0.5) * scale), math.floor((round(y) + 0.5) * scale))
                    for x, y in self._handles_host.tolist()]
         return centres, half
@@ -637,8 +671,10 @@ class DragSession:
                                              self.res, self.config.tracking_norm)
             self._moved = False
         dist = (self._targets - self._handles).norm(dim=-1)
-        active = (dist > self.stop_distance).to(feat.dtype)
-        motion = motion_loss(feat, self._handles, self._targets, self.r1, self.res, active)
+        arrived = dist <= self.stop_distance
+        motion = motion_loss(feat, self._handles, self._targets, self.r1, self.res, (~arrived).to(feat.dtype))
+        if self.config.method == "dragd":
+            motion = motion + self._hold_loss(feat, arrived)
         if self._mask_w is not None and self.config.lambda_mask > 0:
             mask = ((feat - self._f0).abs() * self._mask_w).sum() / feat.shape[1]
         else:
@@ -653,6 +689,23 @@ class DragSession:
         m, k, tot = packed[3 * p:].tolist()
         return (handles, distances, {"motion": m, "mask": k, "total": tot}), total
 
+    def _hold_loss(self, feat, arrived: torch.Tensor) -> torch.Tensor:
+        """Σ over arrived handles of mean |F(q) − F_arrival(q)| over the disc where each arrived;
+        handles arriving now take their F_arrival from this pass, handles that left drop it."""
+        off = _offsets(self.r1, True, self.device)
+        with torch.no_grad():
+            new = arrived & ~self._held
+            self._hold_pos = torch.where(new[:, None], self._handles, self._hold_pos)
+            here = sample_features(feat.detach(), self._handles[:, None, :] + off[None], self.res)
+            self._hold_ref = here if self._hold_ref is None else torch.where(new[:, None, None], here,
+                                                                             self._hold_ref)
+            self._held = arrived
+        q = self._hold_pos[:, None, :] + off[None]
+        inside = ((q >= 0) & (q <= self.res - 1)).all(dim=-1).to(feat.dtype)
+        diff = (sample_features(feat, q, self.res) - self._hold_ref).abs().mean(dim=-1)
+        per_point = (diff * inside).sum(-1) / inside.sum(-1).clamp(min=1)
+        return (per_point * arrived.to(per_point.dtype)).sum()
+
     def _stop_reason(self, dist: torch.Tensor) -> str | None:
         if bool((dist <= self.stop_distance).all()):
             return "converged"
@@ -660,16 +713,28 @@ class DragSession:
             return "max_steps"
         return None
 
-    def _stall_reason(self, dist: torch.Tensor) -> str | None:
-        """Handles in texture-less regions can stop following the drag (the paper's §4.3); a user
-        waiting for the step limit would gain nothing, so such a drag ends as "stalled"."""
-        total = float(dist.sum())
-        window = self.config.stall_steps * max(1.0, 2e-3 / self.config.lr)
-        if total < self._best_total - 0.5 * self.stop_distance:
-            self._best_total, self._best_step = total, self._steps_taken
-        elif window and self._steps_taken - self._best_step >= window:
-            return "stalled"
-        return None
+    def _stall_reason(self, handles: torch.Tensor, dist: torch.Tensor, motion: float) -> str | None:
+        """Handles in texture-less regions can stop following the drag (the paper's §4.3) and
+        hop back and forth between a few pixels; such a drag ends as "stalled" (module docstring)."""
+        window = round(self.config.stall_steps * max(1.0, 2e-3 / self.config.lr))
+        if not window:
+            return None
+        self._trail.append((handles.round().tolist(), float(dist.sum()), motion))
+        if len(self._trail) <= window:
+            return None
+        del self._trail[:-window - 1]
+        moves, totals, losses = zip(*self._trail)
+        if totals[0] - min(totals) >= 0.5 * self.stop_distance:
+            return None                                   # it is closing in
+        half = len(losses) // 2
+        if sum(losses[half:]) / (len(losses) - half) < 0.95 * sum(losses[:half]) / half:
+            return None                                   # the loss still falls
+        returns = 0
+        for i, pos in enumerate(moves[1:], start=1):
+            for k, p in enumerate(pos):
+                if p != moves[i - 1][k] and any(p == earlier[k] for earlier in moves[:i - 1]):
+                    returns += 1
+        return "stalled" if returns >= 2 else None
 
     @torch.no_grad()
     def _render(self, ws: torch.Tensor) -> torch.Tensor:
