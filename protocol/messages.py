@@ -17,11 +17,12 @@ from .validate import (Bool, Field, Float, FreeMap, Int, ListOf, Map, Nullable, 
 if TYPE_CHECKING:
     from .codec import Message
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """Bumped on every change to any message, field, bound or code (see docs/PROTOCOL.md).
 A daemon answers only requests that carry exactly its version."""
 
 MAX_ID_LEN = 128
+MAX_ERROR_CHARS = 4000
 
 # Header keys that are not fields of the message.
 ENVELOPE = ("v", "id", "type", "frames", "for")
@@ -36,6 +37,8 @@ FRAME_DESC = Map({
 # Shapes several messages share ----------------------------------------------
 
 SESSION_ID = Str(1, 64)
+# The secret open_session returns; every later request on the session must carry it.
+SESSION_TOKEN = Str(1, 64)
 JOB_ID = Str(1, 64)
 REQUEST_ID = Str(1, MAX_ID_LEN)
 MODEL_NAME = Str(1, 256)
@@ -153,20 +156,24 @@ REQUESTS: Dict[str, MessageSpec] = {
         doc="Invert a layer (or its region of interest); returns a session id."),
     "drag": MessageSpec(
         {"session": req(SESSION_ID),
+         "token": opt(SESSION_TOKEN),
          "points": req(ListOf(PAIR, min_len=1, max_len_from=lambda l: l.max_points,
                               what="points")),
          "params": opt(DRAG_PARAMS, {})},
         frames={"mask": FrameSpec(required=False, channels=(1,))},
         check=_check_drag, job=True,
         doc="Move handles to targets; streams progress, returns the edited layer."),
-    "undo": MessageSpec({"session": req(SESSION_ID), "steps": opt(Int(1, 1 << 20), 1)},
+    "undo": MessageSpec({"session": req(SESSION_ID), "token": opt(SESSION_TOKEN),
+                         "steps": opt(Int(1, 1 << 20), 1)},
                         job=True, doc="Go back to an earlier finished drag."),
-    "reset_points": MessageSpec({"session": req(SESSION_ID)}, job=True,
+    "reset_points": MessageSpec({"session": req(SESSION_ID), "token": opt(SESSION_TOKEN)},
+                                job=True,
                                 doc="Forget tracked handle features; next drag starts fresh."),
     "cancel": MessageSpec({"job": opt(JOB_ID), "request": opt(REQUEST_ID)},
                           check=_check_cancel,
                           doc="Cancel a queued or running job (by job id or request id)."),
-    "close_session": MessageSpec({"session": req(SESSION_ID)}, job=True,
+    "close_session": MessageSpec({"session": req(SESSION_ID), "token": opt(SESSION_TOKEN)},
+                                 job=True,
                                  doc="Free a session."),
 }
 
@@ -199,6 +206,9 @@ SESSION_INFO = Map({
     "history": opt(Int(0, None)),
 }, fill_defaults=False)
 ERROR_DETAILS = FreeMap(Plain(), max_items=32)
+# status lists at most this many sessions (the most recently used) and counts them all, so
+# its reply stays small and quick however many sessions the daemon holds.
+STATUS_MAX_SESSIONS = 100
 
 RESULTS: Dict[str, MessageSpec] = {
     "hello": MessageSpec({
@@ -223,7 +233,8 @@ RESULTS: Dict[str, MessageSpec] = {
     "status": MessageSpec({
         "queue": req(ListOf(JOB_INFO, max_len=4096)),
         "running": opt(Nullable(JOB_INFO)),
-        "sessions": req(ListOf(SESSION_INFO, max_len=100000)),
+        "sessions": req(ListOf(SESSION_INFO, max_len=STATUS_MAX_SESSIONS)),
+        "others": opt(Map({"sessions": req(COUNT), "jobs": req(COUNT)})),
         "memory": req(Map({
             "budget": req(COUNT), "used": req(COUNT),
             "backend": opt(FreeMap(Plain()))})),
@@ -240,6 +251,7 @@ RESULTS: Dict[str, MessageSpec] = {
     }),
     "open_session": MessageSpec({
         "session": req(SESSION_ID),
+        "token": req(SESSION_TOKEN),
         "width": req(SIDE), "height": req(SIDE), "channels": req(Int(1, 4)),
         "model": opt(Nullable(MODEL_NAME)),
         "resolution": opt(Nullable(Int(1, 1 << 16))),
@@ -288,7 +300,7 @@ EVENTS: Dict[str, MessageSpec] = {
                            "details": opt(ERROR_DETAILS)}),
     "error": MessageSpec({
         "code": req(Str(choices=sorted(ERROR_CODES))),
-        "message": req(Str(0, 4000)),
+        "message": req(Str(0, MAX_ERROR_CHARS)),
         "details": opt(ERROR_DETAILS),
         "job": opt(JOB_ID),
     }),

@@ -1,6 +1,8 @@
 """`dragd serve`: run the daemon (it owns the GPU; plug-ins and `dragd edit` connect to it)."""
 from __future__ import annotations
 
+import argparse
+import math
 import tempfile
 from pathlib import Path
 
@@ -20,8 +22,12 @@ def add_parser(sub) -> None:
     s.add_argument("--keys-dir", help="CurveZMQ keys folder (server.key_secret, clients/*.key; default: the one `dragd keys init` uses)")
     s.add_argument("--insecure", action="store_true", help="allow a non-loopback bind WITHOUT encryption "
                    "or authentication (anyone on the network can use the daemon)")
-    s.add_argument("--session-budget-gb", type=float, default=4.0,
-                   help="memory for open sessions before the least recently used are evicted")
+    s.add_argument("--memory-budget-gb", "--session-budget-gb", dest="memory_budget_gb", type=_positive_float,
+                   default=4.0, metavar="GB",
+                   help="memory for open sessions and the in-memory inversion cache together (default 4); "
+                        "beyond it cached inversions no session uses go first, then the least recently used sessions")
+    s.add_argument("--session-idle-minutes", type=_non_negative_float, default=60.0, metavar="MINUTES",
+                   help="close sessions unused for this long (default 60; 0: never)")
     s.add_argument("--cache-dir", type=Path, help="inversion cache folder (default ~/.cache/dragd/inversions)")
     s.set_defaults(handler=cmd_serve)
 
@@ -38,9 +44,10 @@ def cmd_serve(args) -> int:
             raise UserFacingError(f"--allow-model {allowed} does not exist; name a checkpoint file or a folder of them")
     if args.cache_dir is not None:
         _check_cache_dir(args.cache_dir)
-    backend = make_backend(args.model, args.device, args.cache_dir, args.allow_model)
+    budget = int(args.memory_budget_gb * (1 << 30))
+    backend = make_backend(args.model, args.device, args.cache_dir, args.allow_model, memory_budget=budget)
     cfg = ServerConfig(endpoint=args.bind, keys_dir=keys_dir, insecure=args.insecure,
-                       session_budget_bytes=int(args.session_budget_gb * (1 << 30)))
+                       session_budget_bytes=budget, session_idle_seconds=args.session_idle_minutes * 60)
     try:
         srv = serve(backend, cfg)
     except ConfigError as exc:
@@ -67,11 +74,36 @@ def _check_cache_dir(path: Path) -> None:
                               f"({exc.strerror or exc}); name a folder you can write to") from None
 
 
-def make_backend(model: str, device: str, cache_dir=None, allowed_models=()):
+def _positive_float(text: str) -> float:
+    v = _number(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of GB (e.g. 4 or 0.5)")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    v = _number(text)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of minutes ≥ 0 (0: never)")
+    return v
+
+
+def _number(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return v
+
+
+def make_backend(model: str, device: str, cache_dir=None, allowed_models=(), memory_budget=None):
     from ..service.backend import BackendError
     from ..service.torch_backend import TorchBackend
 
     try:
-        return TorchBackend(model=model, device=device, cache_dir=cache_dir, allowed_models=allowed_models)
+        kw = {} if memory_budget is None else {"cache_memory_bytes": memory_budget}
+        return TorchBackend(model=model, device=device, cache_dir=cache_dir, allowed_models=allowed_models, **kw)
     except BackendError as exc:
         raise UserFacingError(exc.message) from None

@@ -38,11 +38,19 @@ from PIL import Image
 
 DEFAULT_MAX_SIDE = 16384
 DEFAULT_MAX_PIXELS = 100_000_000
+# The square crop is materialised (padded) at layer resolution before it is resampled, at about
+# 20 bytes per square pixel all told: a thin layer (16384×2) would otherwise cost as much as a
+# 16384² one. 8192² keeps the peak near 1.5 GB, what the largest layer the protocol accepts costs.
+DEFAULT_MAX_SQUARE_PIXELS = 8192 * 8192
 PAD_MODES = ("edge", "reflect")
 
 
 class LayerError(ValueError):
     """A layer or region the inversion cannot use; the message is meant for the user."""
+
+
+class CropTooLarge(LayerError):
+    """The square crop of the layer (or its region) is larger than the daemon works on."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,6 +250,7 @@ def content_hash(layer: np.ndarray, geometry: CropGeometry) -> str:
 
 def prepare_target(pixels, resolution: int, roi=None, margin: float = 0.1, pad_mode: str = "edge",
                    max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   max_square_pixels: int = DEFAULT_MAX_SQUARE_PIXELS,
                    device: torch.device | str | None = None) -> PreparedTarget:
     """Validate a layer, crop its (grown, squared) region and resample it to the generator size."""
     shape = tuple(getattr(pixels, "shape", ()))
@@ -249,6 +258,7 @@ def prepare_target(pixels, resolution: int, roi=None, margin: float = 0.1, pad_m
     layer = validate_layer(pixels, max_side, max_pixels)
     h, w, c = layer.shape
     geometry = make_geometry(h, w, resolution, roi, margin, pad_mode)
+    _check_square(geometry, max_square_pixels)
     crop, valid = crop_square(layer, geometry)
     size = (resolution, resolution)
     rgb = np.asarray(Image.fromarray(np.ascontiguousarray(crop[..., :3])).resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
@@ -267,6 +277,17 @@ def prepare_target(pixels, resolution: int, roi=None, margin: float = 0.1, pad_m
         target, weight_t = target.to(device), weight_t.to(device)
     return PreparedTarget(target.contiguous(), weight_t.contiguous(), geometry,
                           content_hash(layer, geometry), c == 4, was_gray)
+
+
+def _check_square(geometry: CropGeometry, max_square_pixels: int) -> None:
+    side = geometry.side
+    if side * side > max_square_pixels:
+        limit = int(max_square_pixels ** 0.5)
+        w, h = geometry.layer_width, geometry.layer_height
+        raise CropTooLarge(f"the region to edit grows to a {side}×{side} px square on this {w}×{h} layer, "
+                         f"more than the {limit}×{limit} px the daemon works on; select a smaller "
+                         f"region (at most about {int(limit / 1.2)} px on its longer side), or crop "
+                         f"or scale the layer down")
 
 
 def tensor_to_uint8(img: torch.Tensor) -> np.ndarray:

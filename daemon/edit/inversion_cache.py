@@ -122,6 +122,18 @@ class InversionCache:
             self.stats["evicted_memory"] += 1
             log.debug("inversion cache: evicted %s from memory", old_key)
 
+    def memory_entries(self) -> list[tuple[str, Inversion]]:
+        """The inversions kept in memory, least recently used first."""
+        with self._lock:
+            return [(k, inv) for k, (inv, _) in self._memory.items()]
+
+    def forget(self, key: str) -> None:
+        """Drop an entry from memory (its file on disk stays)."""
+        with self._lock:
+            hit = self._memory.pop(key, None)
+            if hit is not None:
+                self._memory_bytes -= hit[1]
+
     # -- disk ---------------------------------------------------------------------------------
 
     def path_for(self, key: str) -> Path | None:

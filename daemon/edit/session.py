@@ -6,13 +6,14 @@ An `EditSession` owns everything an edit of one layer needs and speaks the user'
 these calls and the results back; it never touches geometry, latents or tensors.
 
 Errors are `EditError`s whose `kind` names what was wrong ("pixels", "points", "mask",
-"state") and whose message is a sentence for the user; a cancelled inversion raises
+"state", "too_large") and whose message is a sentence for the user; a cancelled inversion raises
 `EditCancelled`.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,8 +22,8 @@ import torch
 from PIL import Image as PILImage
 
 from ..model.checkpoints import LoadedModel
-from .drag import DragConfig, DragInputError, DragSession
-from .image_prep import CropGeometry, LayerError, content_hash, prepare_target, tensor_to_uint8, validate_layer
+from .drag import DragConfig, DragInputError, DragSession, DragSnapshot
+from .image_prep import CropGeometry, CropTooLarge, LayerError, content_hash, prepare_target, tensor_to_uint8, validate_layer
 from .inversion import Inversion, InversionCancelled, InversionSettings
 from .inversion_cache import InversionCache, inversion_key, invert_cached
 from .pasteback import generator_correspondence, paste_back
@@ -31,9 +32,17 @@ log = logging.getLogger("dragd.edit")
 
 PASTE_MODES = ("resample", "detail")
 
+# r1 and r2 sample features over (2r+1)² offsets per point, every step (with gradients for r1);
+# bound those samples' memory, assuming StyleGAN2's widest feature maps (512 channels, float32,
+# about 3 copies alive at once).
+_RADIUS_SAMPLE_BYTES = 1 << 30
+_SAMPLE_BYTES_PER_CHANNEL = 512 * 4 * 3
+# A session's Python objects (geometry, info, settings, tensor headers) beyond its arrays.
+_SESSION_OVERHEAD_BYTES = 16 << 10
+
 
 class EditError(ValueError):
-    """Bad input for an edit; `kind` is one of "pixels", "points", "mask", "state"."""
+    """Bad input for an edit; `kind` is one of "pixels", "points", "mask", "state", "too_large"."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -121,6 +130,8 @@ class EditSession:
         G = model.loaded.G
         try:
             prepared = prepare_target(layer, G.resolution, roi=roi, device=device)
+        except CropTooLarge as exc:
+            raise EditError("too_large", str(exc)) from None
         except LayerError as exc:
             raise EditError("pixels", str(exc)) from None
         if settings is None:
@@ -144,10 +155,20 @@ class EditSession:
         return self._render_layer(self.generator.synthesize(self.start_latent, noise_mode="const").image)
 
     def nbytes(self) -> int:
-        n = self.layer.nbytes
-        if self.generator is not self.model.loaded.G:
-            n += sum(p.numel() * p.element_size() for p in self.generator.parameters())
-        return n
+        """Memory this session holds of its own: the layer, latents, masks, the drag state and
+        its undo history, the preview base, and its Python objects. Not the tuned generator,
+        which the inversion cache and other sessions on the same pixels may share: see
+        `tuned_generator`."""
+        seen: set = set()
+        held = [self.layer, self.start_latent, self._mask, self._preview_base, self.drag_session]
+        if self.inversion is not None:
+            held.append(self.inversion.w)
+        return _SESSION_OVERHEAD_BYTES + sum(_held_bytes(x, seen) for x in held)
+
+    @property
+    def tuned_generator(self) -> torch.nn.Module | None:
+        """The session's own copy of the generator (PTI), None when it drags the model's."""
+        return None if self.generator is self.model.loaded.G else self.generator
 
     # -- dragging ------------------------------------------------------------------------------
 
@@ -165,7 +186,7 @@ class EditSession:
             if not mask_layer.any():
                 raise EditError("mask", "the selection (movable region) is empty; select the part that "
                                 "may move, or clear the selection to let everything move")
-        cfg = self._drag_config(settings)
+        cfg = self._drag_config(settings, len(points))
         gen_mask = None if mask_layer is None else _mask_to_generator(mask_layer, geo)
         try:
             if self.drag_session is None:
@@ -173,8 +194,7 @@ class EditSession:
                                                 mask=gen_mask, config=cfg)
             else:
                 self.drag_session.config = cfg
-                self.drag_session.set_mask(gen_mask)
-                self.drag_session.set_points(handles, targets)
+                self.drag_session.set_points(handles, targets, mask=gen_mask)
         except DragInputError as exc:
             raise EditError("points", f"{exc} (coordinates in the {geo.resolution}-px working image)") from None
         self._mask = mask_layer
@@ -216,7 +236,7 @@ class EditSession:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _drag_config(self, s: DragSettings) -> DragConfig:
+    def _drag_config(self, s: DragSettings, n_points: int) -> DragConfig:
         """Layer-pixel settings → DragConfig in generator pixels."""
         scale = self.geometry.scale
         kw: dict = dict(lambda_mask=float(s.lambda_mask), latent_space=s.space, tracking_norm=s.tracking,
@@ -227,10 +247,25 @@ class EditSession:
         for name in ("r1", "r2"):
             v = getattr(s, name)
             if v is not None:
-                kw[name] = max(1, int(round(float(v) * scale)))
+                kw[name] = self._radius(name, float(v), n_points)
         if s.stop_distance is not None:
             kw["stop_distance"] = max(1e-3, float(s.stop_distance) * scale)
         return DragConfig(**kw)
+
+    def _radius(self, name: str, layer_px: float, n_points: int) -> int:
+        """A radius in layer px → generator px, refused when it is past what the working image
+        offers or the samples it needs (points × (2r+1)² × channels) would outgrow memory."""
+        geo = self.geometry
+        r = max(1, int(round(layer_px * geo.scale)))
+        fit = int(math.isqrt(_RADIUS_SAMPLE_BYTES // (max(1, n_points) * _SAMPLE_BYTES_PER_CHANNEL)))
+        limit = max(1, min(geo.resolution, (fit - 1) // 2))
+        if r > limit:
+            most = max(1, int(limit / geo.scale))
+            raise EditError("too_large", f"{name} = {layer_px:g} px is {r} px of the {geo.resolution}-px working "
+                            f"image; with {n_points} point(s) it may be at most {limit} px there, i.e. "
+                            f"{most} px of this layer; use a smaller {name} (or leave it unset for the "
+                            f"default)")
+        return r
 
     def _remember_result(self, image: np.ndarray) -> None:
         """Let a later open on exactly these pixels (the host's result layer, same region and
@@ -277,6 +312,42 @@ class EditSession:
         canvas = PILImage.fromarray(self._preview_base[1].copy())
         canvas.paste(crop, (round(x0 * scale), round(y0 * scale)))
         return np.ascontiguousarray(np.asarray(canvas, dtype=np.uint8))
+
+
+def generator_nbytes(generator: torch.nn.Module) -> int:
+    """What a tuned copy costs: its synthesis weights and buffers (the mapping is shared)."""
+    syn = generator.synthesis
+    return sum(t.numel() * t.element_size() for t in list(syn.parameters()) + list(syn.buffers()))
+
+
+def _held_bytes(obj, seen: set, depth: int = 0) -> int:
+    """Bytes of the arrays and tensors reachable from obj through containers and the drag
+    engine's own objects (its optimiser state, history snapshots), each storage once; never
+    through a module (generators are counted apart)."""
+    if obj is None or depth > 6 or isinstance(obj, torch.nn.Module):
+        return 0
+    if isinstance(obj, torch.Tensor):
+        storage = obj.untyped_storage()
+        key = ("t", storage.data_ptr(), obj.device.type)
+        if key in seen:
+            return 0
+        seen.add(key)
+        return storage.nbytes()
+    if isinstance(obj, np.ndarray):
+        base = obj
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        if ("a", id(base)) in seen:
+            return 0
+        seen.add(("a", id(base)))
+        return base.nbytes
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    elif isinstance(obj, (DragSession, DragSnapshot, torch.optim.Optimizer)):
+        obj = list(vars(obj).values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_held_bytes(x, seen, depth + 1) for x in obj)
+    return 0
 
 
 def to_generator(geo: CropGeometry, points) -> np.ndarray:

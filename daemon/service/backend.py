@@ -176,6 +176,16 @@ class Backend:
         """Free everything held for the session (also used for eviction)."""
         raise NotImplementedError
 
+    def trim_memory(self, budget: int) -> Optional[int]:
+        """Drop what the backend caches beyond its sessions (e.g. inversions no session uses)
+        until sessions and caches together hold at most ``budget`` bytes, or nothing is left
+        to drop; return the bytes held then. None: the backend holds nothing but what its
+        sessions report as ``bytes`` (the server then counts those)."""
+        return None
+
+    def release_memory(self) -> None:
+        """Give memory freed by a failed job back (e.g. after running out of memory)."""
+
     def close(self) -> None:
         """Called once when the server stops (after the worker finished)."""
 

@@ -16,7 +16,8 @@ class ConfigError(Exception):
 class ServerConfig:
     endpoint: str = DEFAULT_ENDPOINT     # port 0 (or *) picks a free port
     limits: Limits = field(default_factory=Limits)
-    session_budget_bytes: int = 4 << 30  # LRU-evict sessions beyond this
+    session_budget_bytes: int = 4 << 30  # sessions + cached inversions; LRU-evict beyond this
+    session_idle_seconds: float = 3600.0  # close sessions unused this long (0: never)
     max_queued_bytes: int = 1 << 30      # pixel bytes held by queued jobs before 'busy'
     insecure: bool = False               # allow a non-loopback bind without CurveZMQ
     curve: Optional[bool] = None         # None: CurveZMQ iff the bind is not loopback

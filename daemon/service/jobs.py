@@ -5,8 +5,10 @@ method per job type, and keeps the session table in step (memory, history, evict
 """
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
+import threading
 import time
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
@@ -21,12 +23,13 @@ Reply = Tuple[Dict[str, Any], Dict[str, Image]]
 
 
 class Job:
-    __slots__ = ("id", "peer", "request_id", "type", "msg", "session", "token", "state",
-                 "step", "created", "started")
+    __slots__ = ("id", "peer", "owner", "request_id", "type", "msg", "session", "token",
+                 "state", "step", "created", "started")
 
-    def __init__(self, peer: bytes, msg: Message, session: Optional[str]):
+    def __init__(self, peer: bytes, msg: Message, session: Optional[str], owner: str = ""):
         self.id = "j-" + secrets.token_hex(6)
         self.peer = peer
+        self.owner = owner              # who may see and cancel it (Server._owner)
         self.request_id = msg.id
         self.type = msg.type
         self.msg = msg
@@ -66,8 +69,13 @@ def plain(v: Any, depth: int = 0) -> Any:
 
 
 def is_oom(e: BaseException) -> bool:
-    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or (
-        isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+    """MemoryError, torch.cuda.OutOfMemoryError, or torch's CPU allocator failing (a plain
+    RuntimeError: "DefaultCPUAllocator: can't allocate memory: you tried to allocate ...")."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text
+                                            or "can't allocate memory" in text)
 
 
 class Dispatcher:
@@ -78,18 +86,33 @@ class Dispatcher:
         self.backend = backend
         self.sessions = sessions
         self._busy_sessions = busy_sessions       # sessions of queued jobs: never evicted
+        # Sessions taken out of the table on the socket thread (their client is gone), for the
+        # worker to free in the backend.
+        self._doomed: "collections.deque[str]" = collections.deque()
+        self._doomed_lock = threading.Lock()
+        self._last_sweep = time.monotonic()
         self._handlers: Dict[str, Callable[[Job, Any, float], Reply]] = {
             "load_model": self._load_model, "open_session": self._open_session,
             "drag": self._drag, "undo": self._undo, "reset_points": self._reset_points,
             "close_session": self._close_session}
 
     def run(self, job: Job, progress: Any) -> Reply:
+        self.housekeeping(keep={job.session} if job.session else set())
         if job.session is not None:
             self.sessions.get(job.session)      # closed or evicted while queued -> unknown_session
+            self.sessions.touch(job.session, peer=job.peer)
         handler = self._handlers.get(job.type)
         if handler is None:                     # pragma: no cover (the schema rejects it)
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE)
-        return handler(job, progress, time.monotonic())
+        try:
+            return handler(job, progress, time.monotonic())
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            log.error(kv("out_of_memory", job=job.id, type=job.type, error=str(e)[:200]))
+        # Out of the except block, so the traceback's frames (and the tensors they hold) are gone.
+        self.backend.release_memory()
+        raise ProtocolError(ErrorCode.OUT_OF_MEMORY)
 
     def _load_model(self, job: Job, progress: Any, t0: float) -> Reply:
         m = job.msg
@@ -104,6 +127,9 @@ class Dispatcher:
         m, tok = job.msg, job.token
         img = m.images["image"]
         sid = "s-" + secrets.token_hex(8)
+        # The capability every later request on the session must show (the id alone is
+        # not a secret: the daemon logs it).
+        token = secrets.token_urlsafe(24)
         settings = {"model": m.get("model"), "roi": m.get("roi"), "invert": m.get("invert", {})}
         r = plain(self.backend.open_session(sid, img.data, img.width, img.height, img.channels,
                                             settings, progress, tok) or {})
@@ -112,8 +138,9 @@ class Dispatcher:
             raise Cancelled(tok.reason)
         f, images = split_images(r)
         nbytes = int(f.get("bytes") or img.nbytes)
-        self.sessions.add(sid, img.width, img.height, img.channels, f.get("model"), nbytes)
-        out = {"session": sid, "width": img.width, "height": img.height,
+        self.sessions.add(sid, img.width, img.height, img.channels, f.get("model"), nbytes,
+                          peer=job.peer, owner=job.owner, token=token)
+        out = {"session": sid, "token": token, "width": img.width, "height": img.height,
                "channels": img.channels, "model": f.get("model"),
                "resolution": f.get("resolution"), "roi": m.get("roi"),
                "seconds": time.monotonic() - t0, "bytes": nbytes}
@@ -163,8 +190,57 @@ class Dispatcher:
             log.exception(kv("close_failed", session=sid))
 
     def _evict(self, keep: Set[str]) -> None:
-        for sid in self.sessions.victims(keep | self._busy_sessions()):
+        """Get what sessions and the backend's caches hold under the budget: the backend first
+        drops cached entries no session uses, then least recently used sessions go, one at a
+        time (closing one may leave its tuned generator to the cache alone, for the next trim)."""
+        keep = keep | self._busy_sessions()
+        budget = self.sessions.budget
+        while True:
+            held = self.backend.trim_memory(budget)
+            self.sessions.held = held
+            if held is None:                    # it holds nothing beyond its sessions' bytes
+                for sid in self.sessions.victims(keep):
+                    self._drop(sid, "evicted")
+                return
+            if held <= budget:
+                return
+            sid = self.sessions.lru(keep)
+            if sid is None:
+                return
+            self._drop(sid, "evicted")
+
+    def _drop(self, sid: str, why: str) -> None:
+        self.close_quietly(sid)
+        self.sessions.remove(sid, why)
+        log.info(kv("session_" + why, session=sid, budget=self.sessions.budget,
+                    used=self.sessions.used))
+
+    def peer_gone(self, peer: bytes) -> None:
+        """The peer disconnected (socket thread): the sessions it used last are closed at
+        once for requests, and freed by the worker at its next chance."""
+        for sid in self.sessions.of_peer(peer):
+            if self.sessions.remove(sid, "client_gone"):
+                with self._doomed_lock:
+                    self._doomed.append(sid)
+                log.info(kv("session_client_gone", session=sid))
+
+    def housekeeping(self, keep: Set[str] = frozenset()) -> None:
+        """Free sessions whose client is gone, and (at most once a second) those idle past the
+        limit; then give their memory back. Worker thread, between jobs."""
+        freed = False
+        while True:
+            with self._doomed_lock:
+                if not self._doomed:
+                    break
+                sid = self._doomed.popleft()
             self.close_quietly(sid)
-            self.sessions.remove(sid, "evicted")
-            log.info(kv("session_evicted", session=sid, budget=self.sessions.budget,
-                        used=self.sessions.used))
+            freed = True
+        now = time.monotonic()
+        if now - self._last_sweep >= 1.0:
+            self._last_sweep = now
+            for sid in self.sessions.idle(keep | self._busy_sessions(), now):
+                self._drop(sid, "expired")
+                freed = True
+        if freed:
+            self._evict(set(keep))          # recount: the cache may now hold their generators
+            self.backend.release_memory()

@@ -37,6 +37,7 @@ import zmq
 from ...protocol import (JOB_TYPES, PROGRESS_FIELDS, PROTOCOL_VERSION, ErrorCode, Image, Message,
                          ProtocolError, check_event, check_result, encode, encode_error, parse_request,
                          split_images)
+from ...protocol.messages import STATUS_MAX_SESSIONS
 from .backend import Backend, Cancelled
 from .config import ConfigError, ServerConfig
 from .jobs import Dispatcher, Job, is_oom, plain
@@ -60,7 +61,8 @@ class Server:
         self.limits = self.config.limits
         self._ctx = context or zmq.Context()
         self._own_ctx = context is None
-        self.sessions = SessionTable(self.config.session_budget_bytes)
+        self.sessions = SessionTable(self.config.session_budget_bytes,
+                                     self.config.session_idle_seconds)
         self.instance = secrets.token_hex(6)
         self.endpoint: Optional[str] = None
         self.curve = False
@@ -207,31 +209,45 @@ class Server:
         finally:
             self._shutdown(router, pull, poller)
 
-    def _recv(self, router: "zmq.Socket") -> Tuple[bytes, List[Any]]:
-        """One message, keeping at most max_frames+2 parts (the rest are read and
-        dropped, so a hostile message with millions of parts cannot grow memory)."""
+    def _recv(self, router: "zmq.Socket") -> Tuple[bytes, str, List[Any], int]:
+        """One message: the sender's peer id and owner (see `_owner`), at most
+        max_frames+2 parts (the rest are read and dropped, so a hostile message with
+        millions of parts cannot grow memory), and how many parts arrived."""
         ident = router.recv(flags=zmq.NOBLOCK, copy=False)
         keep = self.limits.max_frames + 2
         parts: List[Any] = []
+        n = 0
         more = ident.more
         while more:
             f = router.recv(copy=False)
             more = f.more
+            n += 1
             if len(parts) < keep:
                 parts.append(f)
-        return ident.bytes, parts
+        return ident.bytes, self._owner(ident), parts, n
+
+    def _owner(self, ident: "zmq.Frame") -> str:
+        """Who a message comes from, as sessions and jobs record it: with CurveZMQ the
+        client's public key (the user id the ZAP handler gave the connection), so the
+        same key owns its work across reconnects; otherwise this connection."""
+        if self.curve:
+            try:
+                return "key:" + ident.get("User-Id")
+            except zmq.ZMQError:        # no ZAP user id: cannot happen with Curve on
+                pass
+        return "peer:" + ident.bytes.hex()
 
     def _serve(self, router: "zmq.Socket", budget: int) -> None:
         for _ in range(budget):
             try:
-                peer, parts = self._recv(router)
+                peer, owner, parts, arrived = self._recv(router)
             except zmq.Again:
                 return
             except zmq.ZMQError as e:
                 log.warning(kv("recv_error", error=e))
                 return
             try:
-                self._handle(peer, parts)
+                self._handle(peer, owner, parts, arrived)
             except Exception:            # never let a request kill the socket thread
                 log.exception(kv("handler_crashed", peer=peer_id(peer)))
                 self._send(peer, encode_error(None, ProtocolError(ErrorCode.INTERNAL)))
@@ -277,10 +293,11 @@ class Server:
                 mine.append(running)
         if mine:
             log.info(kv("client_gone", peer=peer_id(peer), cancelled=",".join(j.id for j in mine)))
+        self._dispatcher.peer_gone(peer)
 
-    def _handle(self, peer: bytes, parts: List[Any]) -> None:
+    def _handle(self, peer: bytes, owner: str, parts: List[Any], arrived: int) -> None:
         try:
-            msg = parse_request([p.buffer for p in parts], self.limits)
+            msg = parse_request([p.buffer for p in parts], self.limits, arrived)
         except ProtocolError as e:
             rid = e.details.pop("id", None)
             log.info(kv("bad_request", peer=peer_id(peer), id=rid, code=e.code, why=e.message))
@@ -293,19 +310,19 @@ class Server:
         t = msg.type
         try:
             if t == "ping":
-                self._reply(peer, msg, self._ping(msg))
+                self._reply(peer, msg, self._ping(msg, owner))
             elif t == "hello":
                 self._reply(peer, msg, self._hello())
             elif t == "status":
-                self._reply(peer, msg, self._status())
+                self._reply(peer, msg, self._status(owner))
             elif t == "list_models":
                 models = plain(self.backend.list_models())
                 check_result("list_models", {"models": models})
                 self._reply(peer, msg, {"models": models})
             elif t == "cancel":
-                self._cancel(peer, msg)
+                self._cancel(peer, owner, msg)
             elif t in JOB_TYPES:
-                self._enqueue(peer, msg)
+                self._enqueue(peer, owner, msg)
             else:                                  # pragma: no cover (schema rejects)
                 raise ProtocolError(ErrorCode.UNKNOWN_TYPE)
         except ProtocolError as e:
@@ -320,11 +337,12 @@ class Server:
 
     # -- immediate requests ------------------------------------------------
 
-    def _ping(self, msg: Message) -> Dict[str, Any]:
+    def _ping(self, msg: Message, owner: str) -> Dict[str, Any]:
         with self._lock:
-            running = self._running.id if self._running is not None else None
+            r = self._running
+            running = r.id if r is not None and r.owner == owner else None
             queued = len(self._queue)
-            known = {j.request_id for j in self._jobs.values()}
+            known = {j.request_id for j in self._jobs.values() if j.owner == owner}
         return {"time": time.time(), "uptime": time.monotonic() - self._started_at,
                 "running": running, "queued": queued, "instance": self.instance,
                 "unknown": [r for r in msg.get("jobs", []) if r not in known]}
@@ -347,12 +365,17 @@ class Server:
         check_result("hello", fields)
         return fields
 
-    def _status(self) -> Dict[str, Any]:
+    def _status(self, owner: str) -> Dict[str, Any]:
+        """What the daemon does, for one client: its own jobs and sessions in full (with
+        their places in the whole queue), everyone else's only as counts."""
         with self._lock:
             running = self._running
             offset = 1 if running is not None else 0
-            queue = [j.info(i + offset) for i, j in enumerate(self._queue)]
-            running_info = running.info() if running is not None else None
+            queue = [j.info(i + offset) for i, j in enumerate(self._queue) if j.owner == owner]
+            mine = running is not None and running.owner == owner
+            running_info = running.info() if mine else None
+            other_jobs = len(self._queue) + offset - len(queue) - mine
+        sessions, other_sessions = self.sessions.describe(owner, STATUS_MAX_SESSIONS)
         try:
             backend = plain(self.backend.status() or {})
         except Exception as e:
@@ -362,8 +385,8 @@ class Server:
             info = plain(self.backend.hello_info())
         except Exception:
             pass
-        fields = {"queue": queue, "running": running_info,
-                  "sessions": self.sessions.describe(),
+        fields = {"queue": queue, "running": running_info, "sessions": sessions,
+                  "others": {"sessions": other_sessions, "jobs": other_jobs},
                   "memory": {"budget": self.sessions.budget, "used": self.sessions.used,
                              "backend": backend},
                   "uptime": time.monotonic() - self._started_at,
@@ -372,16 +395,17 @@ class Server:
         check_result("status", fields)
         return fields
 
-    def _cancel(self, peer: bytes, msg: Message) -> None:
+    def _cancel(self, peer: bytes, owner: str, msg: Message) -> None:
         jid, rid = msg.get("job"), msg.get("request")
         with self._lock:
-            job = None
+            # Only the caller's own jobs: anyone else's is as unknown as one that never was.
             if jid is not None:
                 job = self._jobs.get(jid)
             else:
-                cands = [j for j in self._jobs.values() if j.request_id == rid]
-                cands.sort(key=lambda j: j.peer != peer)      # the caller's own first
-                job = cands[0] if cands else None
+                job = next((j for j in self._jobs.values()
+                            if j.request_id == rid and j.owner == owner), None)
+            if job is not None and job.owner != owner:
+                job = None
             if job is None:
                 state = None
             elif job in self._queue:
@@ -404,10 +428,11 @@ class Server:
 
     # -- queueing ------------------------------------------------------------
 
-    def _enqueue(self, peer: bytes, msg: Message) -> None:
+    def _enqueue(self, peer: bytes, owner: str, msg: Message) -> None:
         sid = msg.get("session")
         if sid is not None:
-            rec = self.sessions.get(sid)        # raises unknown_session (why it is gone)
+            # Raises unknown_session (why it is gone, to its owner only).
+            rec = self.sessions.check(sid, msg.get("token"), owner if self.curve else None)
             if msg.type == "drag":
                 self._check_drag(msg, rec)
         nbytes = sum(img.nbytes for img in msg.images.values())
@@ -421,7 +446,7 @@ class Server:
                 raise ProtocolError(ErrorCode.BUSY, "the daemon already holds %d MiB of "
                                     "queued layers; try again when a job has finished"
                                     % (queued_bytes >> 20), {"queued": len(self._queue)})
-            job = Job(peer, msg, sid)
+            job = Job(peer, msg, sid, owner)
             self._queue.append(job)
             self._jobs[job.id] = job
             position = len(self._queue) - 1 + (1 if self._running is not None else 0)
@@ -458,14 +483,23 @@ class Server:
         try:
             while True:
                 with self._cv:
-                    while not self._queue and not self._worker_exit:
+                    if not self._queue and not self._worker_exit:
                         self._cv.wait(0.5)
                     if not self._queue:
-                        break
-                    job = self._queue.popleft()
-                    job.state = "running"
-                    job.started = time.monotonic()
-                    self._running = job
+                        if self._worker_exit:
+                            break
+                        job = None
+                    else:
+                        job = self._queue.popleft()
+                        job.state = "running"
+                        job.started = time.monotonic()
+                        self._running = job
+                if job is None:                 # idle: expire sessions, free gone clients'
+                    try:
+                        self._dispatcher.housekeeping()
+                    except Exception:
+                        log.exception(kv("housekeeping_failed"))
+                    continue
                 try:
                     self._run(push, job)
                 except Exception:

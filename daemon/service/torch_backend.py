@@ -12,6 +12,7 @@ import gc
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,7 +24,8 @@ from ...protocol import ErrorCode, Image
 from ..edit.image_prep import CropGeometry
 from ..edit.inversion import InversionSettings, preset
 from ..edit.inversion_cache import InversionCache
-from ..edit.session import DragProgress, DragSettings, EditCancelled, EditError, EditModel, EditSession
+from ..edit.session import (DragProgress, DragSettings, EditCancelled, EditError, EditModel, EditSession,
+                            generator_nbytes)
 from ..model import registry as model_registry
 from ..model.checkpoints import CheckpointError, LoadedModel, load_checkpoint
 from ..model.device import DeviceError, describe_device, pick_device
@@ -74,6 +76,8 @@ class TorchBackend(Backend):
         self._models: dict[str, _Model] = {}
         self._current: str | None = None
         self._sessions: dict[str, EditSession] = {}
+        self._session_bytes: dict[str, int] = {}      # each session's own, as last counted
+        self._generator_bytes: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = weakref.WeakKeyDictionary()
         if cache_dir is None:
             cache_dir = model_registry.cache_dir().parent / "inversions"
         self.cache = InversionCache(cache_dir, max_memory_bytes=cache_memory_bytes,
@@ -185,7 +189,7 @@ class TorchBackend(Backend):
         with self._lock:
             self._sessions[session_id] = session
         recon = _image(session.reconstruction())
-        return {"model": model.name, "resolution": model.loaded.G.resolution, "bytes": session.nbytes(),
+        return {"model": model.name, "resolution": model.loaded.G.resolution, "bytes": self._counted(session_id, session),
                 "seconds": time.perf_counter() - t0, "info": _plain_info(session.info, session.geometry),
                 "image": recon}
 
@@ -204,7 +208,7 @@ class TorchBackend(Backend):
         except EditError as exc:
             raise _backend_error(exc) from None
         return {"image": _image(out.image), "handles": out.handles, "steps": out.steps, "stop": out.stop,
-                "distance": out.distance, "history": out.history, "bytes": s.nbytes(),
+                "distance": out.distance, "history": out.history, "bytes": self._counted(session_id, s),
                 "info": {"seconds": time.perf_counter() - t0}}
 
     def undo(self, session_id, steps, progress, cancel):
@@ -213,7 +217,7 @@ class TorchBackend(Backend):
             image, history, handles = s.undo(steps)
         except EditError as exc:
             raise _backend_error(exc) from None
-        return {"image": _image(image), "history": history, "handles": handles, "bytes": s.nbytes()}
+        return {"image": _image(image), "history": history, "handles": handles, "bytes": self._counted(session_id, s)}
 
     def reset_points(self, session_id):
         self._session(session_id).reset_points()
@@ -221,6 +225,45 @@ class TorchBackend(Backend):
     def close_session(self, session_id):
         with self._lock:
             self._sessions.pop(session_id, None)
+            self._session_bytes.pop(session_id, None)
+
+    def trim_memory(self, budget):
+        """Sessions' own bytes + every tuned generator once + the cache's entries; drops the
+        least recently used cache entries whose generator no session uses while over budget."""
+        with self._lock:
+            held = sum(self._session_bytes.values())
+            in_use = {id(g): g for g in (s.tuned_generator for s in self._sessions.values()) if g is not None}
+        held += sum(self._gen_bytes(g) for g in in_use.values())
+        entries = [(k, inv, id(inv.generator)) for k, inv in self.cache.memory_entries()]
+        refs: dict[int, int] = {}
+        for _, inv, gid in entries:
+            refs[gid] = refs.get(gid, 0) + 1
+        cache_only = {gid: inv.generator for _, inv, gid in entries if gid not in in_use}
+        held += sum(inv.w.nbytes for _, inv, _ in entries) + sum(self._gen_bytes(g) for g in cache_only.values())
+        for key, inv, gid in entries:          # least recently used first
+            if held <= budget:
+                break
+            if gid in in_use:                  # it frees only a latent; the session keeps the rest
+                continue
+            self.cache.forget(key)
+            held -= inv.w.nbytes
+            refs[gid] -= 1
+            if refs[gid] == 0:
+                held -= self._gen_bytes(inv.generator)
+        return held
+
+    def _gen_bytes(self, g: torch.nn.Module) -> int:
+        n = self._generator_bytes.get(g)
+        if n is None:
+            n = self._generator_bytes[g] = generator_nbytes(g)
+        return n
+
+    def _counted(self, session_id: str, s: EditSession) -> int:
+        n = s.nbytes()
+        with self._lock:
+            if session_id in self._sessions:
+                self._session_bytes[session_id] = n
+        return n
 
     def release_memory(self):
         gc.collect()
