@@ -143,7 +143,7 @@ def test_an_infinite_delta_is_refused(G, prepared, entry, caplog):
 
 
 def test_an_entry_without_a_checksum_is_a_miss(G, prepared, entry, caplog):
-    """What an older dragd wrote: no checksum in the metadata."""
+    """What an older version wrote: no checksum in the metadata."""
     path, _ = entry
     rewrite(path, lambda tensors, meta: meta.pop("checksum"))
     assert_miss_and_rebuilt(G, prepared, path, caplog, "no checksum")

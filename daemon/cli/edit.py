@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,25 +64,18 @@ def add_parser(sub) -> None:
 
 def cmd_edit(args) -> int:
     import numpy as np
-    from PIL import Image as PILImage
 
     from ...protocol import Client, DaemonUnavailable, Image, RemoteError
 
-    if not args.input.is_file():
-        raise UserFacingError(f"input image {args.input} does not exist")
-    try:
-        src = PILImage.open(args.input)
-        src.load()
-    except Exception as exc:
-        raise UserFacingError(f"cannot read {args.input} as an image: {exc}") from None
-    mode = "RGBA" if ("A" in src.getbands() or src.mode == "P" and "transparency" in src.info) else "RGB"
-    arr = np.ascontiguousarray(np.asarray(src.convert(mode), dtype=np.uint8))
+    arr = _layer_pixels(_read_image(args.input, "input image"))
     h, w, c = arr.shape
     layer = Image(arr.data, w, h, c)
+    out_format = _check_output(args.output, "output", "RGBA" if c == 4 else "RGB")
+    gif_format = _check_output(args.gif, "--gif", "RGB") if args.gif is not None else None
     mask = None
     mask_arr = None
     if args.mask is not None:
-        m = PILImage.open(args.mask).convert("L")
+        m = _read_image(args.mask, "mask").convert("L")
         if m.size != (w, h):
             raise UserFacingError(f"the mask {args.mask} is {m.size[0]}×{m.size[1]} but the image is {w}×{h}")
         mask_arr = np.ascontiguousarray(np.asarray(m, dtype=np.uint8))
@@ -134,14 +130,100 @@ def cmd_edit(args) -> int:
         if server is not None:
             server.stop()
     out = _to_pil(result.images["image"])
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    out.save(args.output)
+    _save(args.output, lambda f: out.save(f, format=out_format))
     print(f"wrote {args.output}", file=sys.stderr)
     if args.gif is not None:
         frames.append(out.convert("RGB").resize(frames[0].size) if frames else out.convert("RGB"))
-        frames[0].save(args.gif, save_all=True, append_images=frames[1:], duration=80, loop=0)
+        _save(args.gif, lambda f: frames[0].save(f, format=gif_format, save_all=True, append_images=frames[1:],
+                                                 duration=80, loop=0))
         print(f"wrote {args.gif} ({len(frames)} frames)", file=sys.stderr)
     return 0
+
+
+# Modes Pillow turns into 8-bit L/RGB/RGBA keeping what the pixels mean (RGBa is un-premultiplied).
+_EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "YCbCr", "HSV"}
+
+
+def _read_image(path: Path, what: str):
+    """The file as an 8-bit Pillow image in one of _EIGHT_BIT_MODES, or a UserFacingError saying why not."""
+    from PIL import Image as PILImage
+
+    if not path.is_file():
+        raise UserFacingError(f"{what} {path} does not exist")
+    try:
+        img = PILImage.open(path)
+        img.load()
+    except Exception as exc:
+        raise UserFacingError(f"cannot read {what} {path} as an image: {exc}") from None
+    if img.mode in _EIGHT_BIT_MODES:
+        return img
+    if img.mode == "CMYK":
+        return img.convert("RGB")         # Pillow's plain formula: an embedded ICC profile is not applied
+    # Pillow opens 16-bit grayscale as I;16*, and as I from 16-bit PGM: its own conversion to
+    # L clips at 255 instead of scaling.
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format in ("PNG", "PPM")):
+        return _sixteen_to_eight(img, path, what)
+    raise UserFacingError(f"{what} {path} {_why_not(img.mode)}; save it as an 8- or 16-bit PNG "
+                          "(grayscale, RGB or RGBA)")
+
+
+def _layer_pixels(img):
+    """An image from _read_image as the (h, w, 3 or 4) uint8 array the daemon edits."""
+    import numpy as np
+
+    alpha = "A" in img.getbands() or img.mode == "P" and "transparency" in img.info
+    return np.ascontiguousarray(np.asarray(img.convert("RGBA" if alpha else "RGB"), dtype=np.uint8))
+
+
+def _sixteen_to_eight(img, path: Path, what: str):
+    import numpy as np
+    from PIL import Image as PILImage
+
+    a = np.asarray(img).astype(np.int64)
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise UserFacingError(f"{what} {path} {_why_not('I')}; save it as an 8- or 16-bit PNG")
+    return PILImage.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8))
+
+
+def _why_not(mode: str) -> str:
+    reasons = {"I": "holds 32-bit integers (mode I), which have no fixed black and white level",
+               "F": "holds 32-bit floating-point values (mode F), which have no fixed black and white level",
+               "LAB": "is in CIELab colour (mode LAB), which dragd does not convert to RGB"}
+    return reasons.get(mode, f"has pixel mode {mode}, which has no faithful conversion to RGB")
+
+
+def _check_output(path: Path, what: str, mode: str) -> str:
+    """Before any work: the Pillow format for path's extension, able to hold a `mode` image, and
+    a folder we can write in (created if missing)."""
+    from PIL import Image as PILImage
+
+    PILImage.init()
+    fmt = PILImage.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in PILImage.SAVE:
+        kind = f"{path.suffix} files" if path.suffix else "a file without an extension"
+        raise UserFacingError(f"{what} {path}: cannot write {kind}; use .png, .jpg, .tif or .webp")
+    try:
+        PILImage.new(mode, (4, 4)).save(io.BytesIO(), format=fmt)
+    except Exception as exc:
+        raise UserFacingError(f"{what} {path}: {fmt} cannot hold this image ({exc}); use .png") from None
+    if path.is_dir():
+        raise UserFacingError(f"{what} {path} is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(f"{path} is read-only")
+    except OSError as exc:
+        raise UserFacingError(f"cannot write {what} {path}: {exc.strerror or exc}") from None
+    return fmt
+
+
+def _save(path: Path, write) -> None:
+    try:
+        write(path)
+    except OSError as exc:
+        raise UserFacingError(f"the edit ran but {path} could not be written: {exc.strerror or exc}") from None
 
 
 def _in_process_server(args):

@@ -9,7 +9,7 @@ against the target and stores fp32 deltas otherwise). Files are written to a tem
 in the same folder, fsync'd and renamed into place (atomic on POSIX and Windows), and the
 folder is trimmed to ``max_disk_bytes`` by evicting the least recently used files (file mtime,
 refreshed on every hit). Every file carries a SHA-256 of its tensors and metadata: a file that
-cannot be read back (truncated, garbage, bit flips, no checksum because an older dragd wrote
+cannot be read back (truncated, garbage, bit flips, no checksum because an older version wrote
 it, non-finite values, written for a different base) is logged, deleted and treated as a miss,
 so the inversion is redone and the entry rewritten.
 
@@ -234,7 +234,7 @@ class InversionCache:
         if meta.get("key") != key:
             raise ValueError("the file holds a different key")
         if "checksum" not in meta:
-            raise ValueError("no checksum (written by an older dragd)")
+            raise ValueError("no checksum (an older version wrote it)")
         if meta["checksum"] != _digest(tensors, meta):
             raise ValueError("checksum mismatch: the file changed after it was written")
         bad = _first_non_finite(tensors)
