@@ -490,6 +490,7 @@ def _bad_cases(res):
         ("r1", dict(r1=0), "r1"),
         ("stop", dict(stop_distance=-1.0), "stop_distance"),
         ("stall", dict(stall_steps=-1), "stall_steps"),
+        ("method", dict(method="dragan"), "method must be one of"),
         ("unknown", dict(learning_rate=0.1), "unknown"),
         ("latent shape", dict(latent=torch.zeros(1, 3, 8)), "latent must be"),
         ("latent nan", dict(latent=torch.full((1, 8), nan)), "latent contains NaN"),

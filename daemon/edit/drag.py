@@ -107,6 +107,7 @@ TRACKING_NORMS = ("l1", "l2")
 STOP_REASONS = ("converged", "max_steps", "cancelled", "stalled")
 METHODS = ("dragd", "draggan", "freedrag")
 MAX_HISTORY = 64
+SETTLE_STEPS = 10          # FreeDrag: steps allowed after every point reached its target
 
 
 def default_feature_block(num_blocks: int) -> int:
@@ -493,6 +494,8 @@ class DragSession:
                 self._delta.grad = grad
                 self._optim.step()
                 self._delta.grad = None
+            if self.config.method == "freedrag":
+                self._fd.after_step(self._fd_losses)
             self._steps_taken += 1
             self._moved = True
             return StepResult(self._steps_taken - 1, handles, dist, losses, False)
@@ -629,6 +632,10 @@ class DragSession:
         self._hold_pos = self._handles.clone()
         self._hold_ref = None
         self._moved = False
+        if cfg.method == "freedrag":
+            from .freedrag import FreeDragState   # freedrag.py builds on this module's sampling
+            self._fd = FreeDragState(self._f0, self._handles, self.res)
+            self._fd_converged = False
         self._last_ws = self._base
 
     def _split_ws(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -649,6 +656,7 @@ class DragSession:
         """Whether this step can read the features in windows: nothing but the handles'
         neighbourhoods is read unless the mask term is on."""
         return (self.config.windows and getattr(self.generator, "supports_feature_windows", False)
+                and self.config.method != "freedrag"      # its line search reaches beyond the windows
                 and (self._mask_w is None or self.config.lambda_mask == 0))
 
     def _window_boxes(self) -> tuple[list[tuple[int, int]], int]:
@@ -663,31 +671,56 @@ class DragSession:
                    for x, y in self._handles_host.tolist()]
         return centres, half
 
-    def _measure(self, feat):
-        """Track (if the latent moved), distances, losses; one host transfer."""
-        if self._moved:
-            with torch.no_grad():
-                self._handles = track_points(feat.detach(), self._handles, self._refs, self.r2,
-                                             self.res, self.config.tracking_norm)
-            self._moved = False
-        dist = (self._targets - self._handles).norm(dim=-1)
-        arrived = dist <= self.stop_distance
-        motion = motion_loss(feat, self._handles, self._targets, self.r1, self.res, (~arrived).to(feat.dtype))
-        if self.config.method == "dragd":
-            motion = motion + self._hold_loss(feat, arrived)
+    def _measure(self, feat, advance: bool = True):
+        """Track (if the latent moved), distances, losses; one host transfer. advance=False
+        (ending a run early): FreeDrag only measures, it starts no sub-move."""
+        p = self._handles.shape[0]
+        if self.config.method == "freedrag":
+            motion, extra = self._freedrag_loss(feat, advance)
+            dist = (self._targets - self._handles).norm(dim=-1)
+        else:
+            if self._moved:
+                with torch.no_grad():
+                    self._handles = track_points(feat.detach(), self._handles, self._refs, self.r2,
+                                                 self.res, self.config.tracking_norm)
+                self._moved = False
+            dist = (self._targets - self._handles).norm(dim=-1)
+            arrived = dist <= self.stop_distance
+            motion = motion_loss(feat, self._handles, self._targets, self.r1, self.res, (~arrived).to(feat.dtype))
+            if self.config.method == "dragd":
+                motion = motion + self._hold_loss(feat, arrived)
+            extra = torch.zeros(0, device=feat.device)
         if self._mask_w is not None and self.config.lambda_mask > 0:
             mask = ((feat - self._f0).abs() * self._mask_w).sum() / feat.shape[1]
         else:
             mask = torch.zeros((), device=feat.device)
         total = motion + self.config.lambda_mask * mask
-        p = self._handles.shape[0]
-        packed = torch.cat([self._handles.reshape(-1), dist,
-                            torch.stack([motion, mask, total]).detach()]).float().cpu()
+        packed = torch.cat([self._handles.reshape(-1), dist, torch.stack([motion, mask, total]).detach(),
+                            extra]).float().cpu()
         handles = packed[:2 * p].reshape(p, 2)
         self._handles_host = handles
         distances = packed[2 * p:3 * p]
-        m, k, tot = packed[3 * p:].tolist()
+        m, k, tot = packed[3 * p:3 * p + 3].tolist()
+        if self.config.method == "freedrag":
+            self._freedrag_host(packed[3 * p + 3:].tolist(), distances)
         return (handles, distances, {"motion": m, "mask": k, "total": tot}), total
+
+    def _freedrag_loss(self, feat, advance: bool):
+        """FreeDrag (freedrag.py): a sub-move starts with the line search on this pass; the loss
+        is the template loss at the current points. → (loss, [per-handle losses, arrived])."""
+        fd = self._fd
+        if advance and fd.sub_step == 0:
+            fd.boundary(feat.detach(), self._targets, self.stop_distance)
+        self._handles = fd.points.clone()
+        per = fd.loss(feat, record=advance)
+        return per.sum(), torch.cat([per.detach(), fd.arrived.to(per.dtype)])
+
+    def _freedrag_host(self, extra: list[float], dist: torch.Tensor) -> None:
+        p = len(extra) // 2
+        self._fd_losses = extra[:p]
+        near = bool((dist <= self.stop_distance).all())
+        self._fd.settle = self._fd.settle + 1 if near else 0
+        self._fd_converged = all(extra[p:]) or self._fd.settle > SETTLE_STEPS
 
     def _hold_loss(self, feat, arrived: torch.Tensor) -> torch.Tensor:
         """Σ over arrived handles of mean |F(q) − F_arrival(q)| over the disc where each arrived;
@@ -707,7 +740,7 @@ class DragSession:
         return (per_point * arrived.to(per_point.dtype)).sum()
 
     def _stop_reason(self, dist: torch.Tensor) -> str | None:
-        if bool((dist <= self.stop_distance).all()):
+        if self._fd_converged if self.config.method == "freedrag" else bool((dist <= self.stop_distance).all()):
             return "converged"
         if self._steps_taken >= self.config.max_steps:
             return "max_steps"
@@ -745,7 +778,7 @@ class DragSession:
         """End a run early: one full pass renders the image and re-tracks the handles from it."""
         ws = self._ws()
         out = self.generator.synthesize(ws, noise_mode="const")
-        (handles, dist, losses), _ = self._measure(out.features[self.feature_block - 1])
+        (handles, dist, losses), _ = self._measure(out.features[self.feature_block - 1], advance=False)
         self._last_ws = ws
         if self._stop_reason(dist) == "converged":
             reason = "converged"
