@@ -498,11 +498,11 @@ def _bad_cases(res):
     ], ok_h, ok_t
 
 
-@pytest.mark.parametrize("case", range(32))
+@pytest.mark.parametrize("case", range(33))
 def test_bad_input_is_refused_before_any_work(case):
     G = ToyBlobGenerator(resolution=64)
     cases, ok_h, ok_t = _bad_cases(64)
-    assert len(cases) == 32
+    assert len(cases) == 33
     name, kw, pattern = cases[case]
     args = dict(latent=torch.zeros(1, G.w_dim), handles=ok_h, targets=ok_t)
     args.update(kw)
