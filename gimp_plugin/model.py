@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..plugin_common import (CLOSE_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_ENDPOINT,  # noqa: F401
-                             INVERSION_QUALITIES, OPEN_WEIGHT, PREVIEW_LAYER_NAME,
+                             INVERSION_QUALITIES, METHODS, OPEN_WEIGHT, PREVIEW_LAYER_NAME,
                              START_COMMAND, STOP_GRACE, Arrow, BaseDragSettings, BaseJobModel,
                              Cancelled, Outcome, Point, UserError, merge_alpha)
 from ..plugin_common import MaskInfo as _CommonMaskInfo
@@ -44,6 +44,9 @@ INVERSION_PRESETS: Dict[str, Dict[str, Any]] = {
 
 SPACE_CHOICES = (("w-plus", "W+ (one latent per layer, more freedom)", "w+"),
                  ("w", "W (one latent, stays closer to the model)", "w"))
+METHOD_CHOICES = (("dragd", "DragGAN, arrived handles held in place", "dragd"),
+                  ("draggan", "DragGAN as published", "draggan"),
+                  ("freedrag", "FreeDrag (no point tracking)", "freedrag"))
 INVERSION_CHOICES = (("fast", "Fast", "fast"),
                      ("balanced", "Balanced", "balanced"),
                      ("quality", "Best quality (slow)", "quality"))
@@ -85,6 +88,10 @@ ARGUMENTS: Tuple[Arg, ...] = (
     Arg("latent-space", "space", "choice", "Latent spac_e",
         "W+: one latent per generator layer (more freedom); W: one shared latent",
         "w-plus", choices=SPACE_CHOICES),
+    Arg("method", "method", "choice", "Drag _method",
+        "The drag's rules: DragGAN with handles that arrived held in place while the others "
+        "are pulled, DragGAN exactly as published, or FreeDrag (adaptive feature templates, "
+        "no point tracking)", "dragd", choices=METHOD_CHOICES),
     Arg("inversion", "inversion", "choice", "_Inversion quality",
         "How hard the daemon works to reproduce the layer before dragging (PTI)",
         "balanced", choices=INVERSION_CHOICES),
@@ -142,6 +149,8 @@ class DragSettings(BaseDragSettings):
                                 % (a.name, a.lo, a.hi, v))
         if self.space not in ("w", "w+"):
             raise UserError("latent-space must be W or W+")
+        if self.method not in METHODS:
+            raise UserError("method must be one of %s" % ", ".join(METHODS))
         if self.inversion not in INVERSION_PRESETS:
             raise UserError("inversion must be one of %s" % ", ".join(INVERSION_PRESETS))
         if not self.endpoint:

@@ -6,7 +6,7 @@ drives the shared run against the daemon; :mod:`.ui` holds the dialogs.
 
 Procedure ``plug-in-dragd-drag`` (an image procedure on one layer). Arguments: see
 ``model.ARGUMENTS`` (model, max-steps, learning-rate, lambda-mask, latent-space,
-inversion, daemon, time-limit, live-preview). Return values: new-layer (the result),
+inversion, paste, daemon, time-limit, live-preview). Return values: new-layer (the result),
 steps, stop-reason ("converged", "max_steps", "cancelled" when stopped and kept,
 "stalled"). Run modes: INTERACTIVE shows the settings and progress dialogs;
 NONINTERACTIVE (scripts, tests) and WITH_LAST_VALS (Filters > Repeat) run with the

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..plugin_common import (CLOSE_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_ENDPOINT,  # noqa: F401
-                             INVERSION_QUALITIES, OPEN_WEIGHT,
+                             INVERSION_QUALITIES, METHODS, OPEN_WEIGHT,
                              PREVIEW_LAYER_NAME, SPACES, START_COMMAND, STOP_GRACE, Arrow,
                              BaseDragSettings, BaseJobModel, Cancelled, Outcome, Point,
                              UserError, merge_alpha, to_rgba)
@@ -69,6 +69,9 @@ class DragSettings(BaseDragSettings):
             raise UserError("\u03bb must be between 0 and 1000000, not %s." % self.lambda_mask)
         if self.space not in SPACES:
             raise UserError("The latent space must be W or W+, not %r." % self.space)
+        if self.method not in METHODS:
+            raise UserError("The drag method must be one of %s, not %r."
+                            % (", ".join(METHODS), self.method))
         if self.inversion not in INVERSION_QUALITIES:
             raise UserError("The inversion quality must be one of %s, not %r."
                             % (", ".join(INVERSION_QUALITIES), self.inversion))

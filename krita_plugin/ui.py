@@ -22,6 +22,8 @@ DOCKER_TITLE = "DragGAN"
 SETTINGS_GROUP = "dragd"
 
 SPACE_ITEMS = (("W+ (one latent per layer)", "w+"), ("W (one shared latent)", "w"))
+METHOD_ITEMS = (("DragGAN, arrived handles held", "dragd"), ("DragGAN as published", "draggan"),
+                ("FreeDrag (no point tracking)", "freedrag"))
 INVERSION_ITEMS = (("Fast", "fast"), ("Balanced", "balanced"), ("Best quality (slow)", "quality"))
 
 
@@ -89,6 +91,14 @@ class DragDocker(DockWidget):
             self.space_box.addItem(label, value)
         form.addRow("Latent space", self.space_box)
 
+        self.method_box = QComboBox()
+        for label, value in METHOD_ITEMS:
+            self.method_box.addItem(label, value)
+        self.method_box.setToolTip("The drag's rules: DragGAN with handles that arrived held in "
+                                   "place while the others are pulled, DragGAN as published, "
+                                   "or FreeDrag (adaptive feature templates, no point tracking)")
+        form.addRow("Drag method", self.method_box)
+
         self.inversion_box = QComboBox()
         for label, value in INVERSION_ITEMS:
             self.inversion_box.addItem(label, value)
@@ -155,6 +165,7 @@ class DragDocker(DockWidget):
             learning_rate=self.lr_spin.value(),
             lambda_mask=self.lambda_spin.value(),
             space=self.space_box.currentData(),
+            method=self.method_box.currentData(),
             inversion=self.inversion_box.currentData(),
             endpoint=self.endpoint_edit.text().strip() or DEFAULT_ENDPOINT,
             live_preview=self.preview_check.isChecked())
@@ -165,6 +176,7 @@ class DragDocker(DockWidget):
         self.lr_spin.setValue(float(s.learning_rate))
         self.lambda_spin.setValue(float(s.lambda_mask))
         self.space_box.setCurrentIndex(max(0, self.space_box.findData(s.space)))
+        self.method_box.setCurrentIndex(max(0, self.method_box.findData(s.method)))
         self.inversion_box.setCurrentIndex(max(0, self.inversion_box.findData(s.inversion)))
         self.endpoint_edit.setText(s.endpoint)
         self.preview_check.setChecked(bool(s.live_preview))

@@ -7,11 +7,14 @@ command to :func:`make_mask` / :func:`check_handles_movable` and subclass
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Optional, Sequence, Type
+from typing import Dict, Optional, Sequence, Type
 
 from .errors import UserError
 from .geometry import Arrow, Point, fmt_point
+
+_NONZERO = re.compile(rb"[^\x00]")
 
 
 @dataclass
@@ -39,6 +42,28 @@ class MaskInfo:
         x = min(max(int(p[0]), 0), self.width - 1)
         y = min(max(int(p[1]), 0), self.height - 1)
         return self.data[y * self.width + x]
+
+    def region(self) -> Optional[Dict[str, int]]:
+        """The selection's bounding box (every pixel it covers at all, feathered ones
+        included) as the protocol's ``roi``; None for the whole layer. The daemon grows it
+        by its own rule (a square with a margin, daemon/edit/image_prep.py square_box), so
+        the working image is the selected part at the model's resolution, not the layer."""
+        if self.data is None:
+            return None
+        w, h, data = self.width, self.height, self.data
+        rows = [y for y in range(h) if data[y * w:(y + 1) * w].count(0) != w]
+        if not rows:
+            return None
+        y0, y1 = rows[0], rows[-1] + 1
+        x0, x1 = w, 0
+        for y in range(y0, y1):
+            row = data[y * w:(y + 1) * w]
+            m = _NONZERO.search(row)
+            if m is None:
+                continue
+            x0 = min(x0, m.start())
+            x1 = max(x1, len(row.rstrip(b"\x00")))
+        return {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0}
 
     def describe(self) -> str:
         if self.data is None:

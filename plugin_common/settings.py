@@ -21,6 +21,11 @@ CLOSE_TIMEOUT = 2.0
 #: Inversion qualities: the daemon owns what each means (daemon/edit/inversion.py PRESETS).
 INVERSION_QUALITIES = ("fast", "balanced", "quality")
 SPACES = ("w+", "w")
+#: How the drag's result goes back into the layer (docs/PROTOCOL.md drag params ``paste``):
+#: "detail" warps the layer's own pixels along the generator's correspondence, "resample"
+#: scales the generated crop up. Detail is the default: on a photo it keeps the photo's
+#: sharpness, where the model's resolution would blur it (docs/GIMP.md has the figures).
+PASTE_MODES = ("detail", "resample")
 
 
 @dataclass
@@ -38,6 +43,7 @@ class BaseDragSettings:
     live_preview: bool = True
     preview_every: int = 2
     preview_max_size: int = 256
+    paste: str = "detail"
 
     def invert_fields(self) -> Dict[str, Any]:
         return {"method": "pti", "quality": self.inversion}
@@ -50,4 +56,5 @@ class BaseDragSettings:
             "space": self.space,
             "preview_every": int(self.preview_every) if self.live_preview else 0,
             "preview_max_size": int(self.preview_max_size),
+            "paste": self.paste,
         }

@@ -83,7 +83,8 @@ class DragTask:
                  client_factory: Callable[..., Any] = Client,
                  clock: Callable[[], float] = time.monotonic,
                  connect_timeout: float = CONNECT_TIMEOUT, stop_grace: float = STOP_GRACE,
-                 close_timeout: float = CLOSE_TIMEOUT, time_limit: Optional[float] = None):
+                 close_timeout: float = CLOSE_TIMEOUT, time_limit: Optional[float] = None,
+                 region: Optional[Dict[str, int]] = None):
         self.settings = settings
         self.image = image
         self.mask = mask
@@ -95,6 +96,10 @@ class DragTask:
         self.stop_grace = float(stop_grace)
         self.close_timeout = float(close_timeout)
         self.time_limit = None if time_limit is None else float(time_limit)
+        #: The inversion region (protocol ``roi``): the selection's box unless the host
+        #: says otherwise (a result layer continues in the region it was made in).
+        self.region = region if region is not None else (
+            mask.region() if mask is not None else None)
         self.client: Any = None
         self.session: Any = None
         self.job: Any = None
@@ -244,7 +249,7 @@ class DragTask:
         m.connected(fields)
         self._lap("connect")
         self.job = self._send(lambda: self.client.start_open_session(
-            self.image, invert=s.invert_fields(), model=s.model or None))
+            self.image, roi=self.region, invert=s.invert_fields(), model=s.model or None))
 
     def _start_drag(self) -> None:
         mask_img = None

@@ -18,7 +18,7 @@ LONG_DRAG = 1000          # a drag with max_steps >= this runs long_drag_steps (
 
 
 class RecordingBackend(NullBackend):
-    """opened: [{"size": (w, h, channels), "model", "invert"}]; drags: [{"points", "mask",
+    """opened: [{"size": (w, h, channels), "model", "invert", "roi"}]; drags: [{"points", "mask",
     "params", "ended", "cancel_reason"}]; previews: how many were sent.
 
     A model named "slow" inverts slowly; a layer fail_width px wide fails its drag with
@@ -38,7 +38,7 @@ class RecordingBackend(NullBackend):
 
     def open_session(self, session_id, image, width, height, channels, settings, progress, cancel):
         self.opened.append({"size": (width, height, channels), "model": settings.get("model"),
-                            "invert": settings.get("invert")})
+                            "invert": settings.get("invert"), "roi": settings.get("roi")})
         for i in range(self.invert_steps):
             cancel.check()
             progress({"stage": "invert", "step": i, "total": self.invert_steps})

@@ -265,7 +265,7 @@ def test_preview_layer_scaled_over_the_source_then_removed():
 def test_arguments_cover_the_settings():
     names = [a.name for a in ARGUMENTS]
     assert names == ["model", "max-steps", "learning-rate", "lambda-mask", "latent-space",
-                     "inversion", "daemon", "time-limit", "live-preview"]
+                     "inversion", "paste", "daemon", "time-limit", "live-preview"]
     s = DragSettings()
     for a in ARGUMENTS:
         assert hasattr(s, a.attr)
@@ -360,8 +360,9 @@ class FakeClient:
             self.queue.append((job, ev))
         return job
 
-    def start_open_session(self, image, invert=None, model=None):
-        job = self.start("open_session", {"invert": invert, "model": model}, {"image": image})
+    def start_open_session(self, image, roi=None, invert=None, model=None):
+        job = self.start("open_session", {"roi": roi, "invert": invert, "model": model},
+                         {"image": image})
         job.session = SimpleNamespace(id="sess-1")
         return job
 

@@ -213,13 +213,16 @@ def test_settings_validate_and_become_wire_fields():
     s = DragSettings(max_steps=40, learning_rate=0.0, lambda_mask=12.5, space="w",
                      inversion="fast", endpoint=" tcp://127.0.0.1:6000 ").validate()
     assert s.endpoint == "tcp://127.0.0.1:6000"
-    assert s.drag_params() == {"max_steps": 40, "lr": None, "lambda_mask": 12.5, "space": "w",
+    params = s.drag_params()
+    assert params.pop("paste") == "detail"            # keeps a photo's own pixels
+    assert params == {"max_steps": 40, "lr": None, "lambda_mask": 12.5, "space": "w",
                                "preview_every": 2, "preview_max_size": 256}
     assert s.invert_fields() == {"method": "pti", "quality": "fast"}
     assert DragSettings(learning_rate=0.002, live_preview=False).drag_params()["lr"] == 0.002
     assert DragSettings(live_preview=False).drag_params()["preview_every"] == 0
     for bad, pat in ((dict(max_steps=0), "step limit"), (dict(learning_rate=2), "learning"),
                      (dict(space="z"), "latent"), (dict(inversion="x"), "inversion"),
+                     (dict(paste="x"), "result pixels"),
                      (dict(endpoint=""), "empty"), (dict(endpoint="localhost:5557"),
                                                     "not a ZeroMQ address")):
         with pytest.raises(UserError, match=pat):

@@ -73,7 +73,10 @@ def test_the_package_imports_nothing_from_zmq_or_a_host():
 
 def test_settings_become_wire_fields():
     s = BaseDragSettings(max_steps=40, lambda_mask=12.5, space="w", inversion="fast")
-    assert s.drag_params() == {"max_steps": 40, "lr": None, "lambda_mask": 12.5, "space": "w",
+    params = s.drag_params()
+    assert params.pop("paste") == "detail"
+    assert BaseDragSettings(paste="resample").drag_params()["paste"] == "resample"
+    assert params == {"max_steps": 40, "lr": None, "lambda_mask": 12.5, "space": "w",
                                "preview_every": 2, "preview_max_size": 256}
     assert s.invert_fields() == {"method": "pti", "quality": "fast"}
     assert BaseDragSettings(learning_rate=0.002).drag_params()["lr"] == 0.002

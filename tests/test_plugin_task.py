@@ -42,7 +42,7 @@ def drive(task, timeout=20.0, on_tick=None):
 
 
 def small_image(w=6, h=4):
-    return Image(bytes(range(w * h * 4)), w, h, 4)
+    return Image(bytes(i % 256 for i in range(w * h * 4)), w, h, 4)
 
 
 def test_task_runs_connect_open_drag_close(server):
@@ -62,12 +62,45 @@ def test_task_runs_connect_open_drag_close(server):
     assert sent["points"] == [[[1.5, 1.5], [4.0, 2.0]]] and sent["mask"] == mask.data
     assert sent["params"]["lambda_mask"] == 7.0 and sent["params"]["preview_every"] == 2
     assert backend.opened[-1]["invert"]["quality"] == "fast"
+    assert backend.opened[-1]["roi"] == {"x": 1, "y": 0, "width": 5, "height": 4}
+    assert sent["params"]["paste"] == "detail"
     assert set(task.timings) == {"connect", "open", "drag"}
     assert task.client is None                        # closed
     deadline = time.monotonic() + 5
     while backend.sessions and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not backend.sessions                       # close_session reached the daemon
+
+
+def test_the_inversion_region_is_the_selections_box_or_what_the_host_names(server):
+    """The selection's bounding box (feathered pixels included) is the region sent; the
+    daemon grows it to its square. No selection: no region. A host may name another."""
+    endpoint, backend = server
+    w, h = 12, 8
+    data = bytearray(w * h)
+    data[2 * w + 3] = 1                    # a faint feathered pixel at (3, 2)
+    for y in range(3, 6):
+        data[y * w + 5:y * w + 9] = b"\xff" * 4
+    s = BaseDragSettings(endpoint=endpoint, paste="resample")
+    arrow = [Arrow((6.0, 4.0), (7.0, 4.0))]
+    for mask, region, sent in (
+            (make_mask(bytes(data), w, h), None, {"x": 3, "y": 2, "width": 6, "height": 4}),
+            (make_mask(None, w, h), None, None),
+            (make_mask(bytes(data), w, h), {"x": 0, "y": 0, "width": 10, "height": 8},
+             {"x": 0, "y": 0, "width": 10, "height": 8})):
+        task = DragTask(s, arrow, small_image(w, h), mask, region=region)
+        task.start()
+        drive(task)
+        assert task.model.phase == "done", task.model.error
+        assert backend.opened[-1]["roi"] == sent
+        assert backend.drags[-1]["params"]["paste"] == "resample"
+
+
+def test_mask_region_of_rows_and_columns():
+    assert make_mask(b"\x00\x00\x00\x00\x00\x07", 3, 2).region() == {
+        "x": 2, "y": 1, "width": 1, "height": 1}
+    assert make_mask(b"\x80\x00\x00\x00\x00\xff", 3, 2).region() == {
+        "x": 0, "y": 0, "width": 3, "height": 2}
 
 
 def test_task_daemon_down_fails_within_the_timeout_naming_the_start_command():

@@ -33,6 +33,9 @@ def add_drag_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lambda-mask", type=float, default=20.0, help="weight of the fixed-region term")
     p.add_argument("--space", choices=["w", "w+"], default="w+")
     p.add_argument("--tracking", choices=["l1", "l2"], default="l1")
+    p.add_argument("--method", choices=["dragd", "draggan", "freedrag"], default="dragd",
+                   help="dragd (default): the paper's loop, arrived handles held in place; draggan: "
+                        "the paper's loop; freedrag: FreeDrag's tracking-free line search")
 
 
 def add_parser(sub) -> None:
@@ -119,7 +122,7 @@ def cmd_edit(args) -> int:
         t1 = time.perf_counter()
         result = client.drag(session, points, mask=mask, progress=on_event, max_steps=args.steps,
                              lr=args.lr, lambda_mask=args.lambda_mask, space=args.space,
-                             tracking=args.tracking, preview_every=2 if args.gif else 0,
+                             tracking=args.tracking, method=args.method, preview_every=2 if args.gif else 0,
                              preview_max_size=512, paste=args.paste)
         print(f"\n{result['stop']} after {result['steps']} steps in {time.perf_counter() - t1:.1f} s; "
               f"mean distance to targets {result.get('distance') or 0:.2f} px", file=sys.stderr)

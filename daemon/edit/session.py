@@ -67,6 +67,7 @@ class DragSettings:
     lambda_mask: float = 20.0
     space: str = "w+"
     tracking: str = "l1"
+    method: str = "dragd"              # drag.METHODS
     max_steps: int = 300
     stall_steps: int = 60
     r1: float | None = None
@@ -240,7 +241,7 @@ class EditSession:
         """Layer-pixel settings → DragConfig in generator pixels."""
         scale = self.geometry.scale
         kw: dict = dict(lambda_mask=float(s.lambda_mask), latent_space=s.space, tracking_norm=s.tracking,
-                        max_steps=int(s.max_steps), stall_steps=int(s.stall_steps))
+                        max_steps=int(s.max_steps), stall_steps=int(s.stall_steps), method=s.method)
         lr = s.lr if s.lr is not None else self.model.loaded.drag_lr
         if lr is not None:
             kw["lr"] = float(lr)

@@ -325,6 +325,7 @@ def _drag_settings(params: dict) -> DragSettings:
         return None if v is None else float(v)
     return DragSettings(lr=opt("lr"), lambda_mask=float(params.get("lambda_mask", 20.0)),
                         space=params.get("space", "w+"), tracking=params.get("tracking", "l1"),
+                        method=params.get("method", "dragd"),
                         max_steps=int(params.get("max_steps", 300)), stall_steps=int(params.get("stall_steps", 60)),
                         r1=opt("r1"), r2=opt("r2"), stop_distance=opt("stop_distance"),
                         paste=params.get("paste") or "resample",
