@@ -164,7 +164,7 @@ class _OutOfMemoryBackend(NullBackend):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] . DefaultCPUAllocator: can't "
                            "allocate memory: you tried to allocate 7247757312 bytes. Error code 12")
 
-    def release_memory(self):
+    def release_memory(self, collect=True):
         self.released.set()
 
 

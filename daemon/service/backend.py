@@ -183,8 +183,9 @@ class Backend:
         sessions report as ``bytes`` (the server then counts those)."""
         return None
 
-    def release_memory(self) -> None:
-        """Give memory freed by a failed job back (e.g. after running out of memory)."""
+    def release_memory(self, collect: bool = True) -> None:
+        """Give freed memory back to the system (after running out of memory, after closing
+        sessions); ``collect`` also runs the cycle collector, a pause that holds the GIL."""
 
     def close(self) -> None:
         """Called once when the server stops (after the worker finished)."""

@@ -243,4 +243,5 @@ class Dispatcher:
                 freed = True
         if freed:
             self._evict(set(keep))          # recount: the cache may now hold their generators
-            self.backend.release_memory()
+            # No cycle collection here: its pause would stall the socket thread (status) too.
+            self.backend.release_memory(collect=False)

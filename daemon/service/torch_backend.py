@@ -265,8 +265,9 @@ class TorchBackend(Backend):
                 self._session_bytes[session_id] = n
         return n
 
-    def release_memory(self):
-        gc.collect()
+    def release_memory(self, collect=True):
+        if collect:
+            gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         _trim_heap()
