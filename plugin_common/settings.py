@@ -26,6 +26,8 @@ SPACES = ("w+", "w")
 #: scales the generated crop up. Detail is the default: on a photo it keeps the photo's
 #: sharpness, where the model's resolution would blur it (docs/GIMP.md has the figures).
 PASTE_MODES = ("detail", "resample")
+#: The drag's rules (docs/PROTOCOL.md drag params ``method``); the first is the daemon's default.
+METHODS = ("dragd", "draggan", "freedrag")
 
 
 @dataclass
@@ -38,6 +40,7 @@ class BaseDragSettings:
     learning_rate: float = 0.0
     lambda_mask: float = 20.0
     space: str = "w+"
+    method: str = METHODS[0]
     inversion: str = "balanced"
     endpoint: str = DEFAULT_ENDPOINT
     live_preview: bool = True
@@ -54,6 +57,7 @@ class BaseDragSettings:
             "lr": float(self.learning_rate) if self.learning_rate > 0 else None,
             "lambda_mask": float(self.lambda_mask),
             "space": self.space,
+            "method": self.method,
             "preview_every": int(self.preview_every) if self.live_preview else 0,
             "preview_max_size": int(self.preview_max_size),
             "paste": self.paste,

@@ -75,6 +75,9 @@ DRAG_PARAMS = Map({
     "lambda_mask": opt(Float(0.0, 1e6), 20.0),
     "space": opt(Str(choices=("w", "w+")), "w+"),
     "tracking": opt(Str(choices=("l1", "l2")), "l1"),
+    # "dragd": the paper's loop + arrived handles held in place; "draggan": the paper's loop;
+    # "freedrag": FreeDrag's tracking-free line search (Ling et al. 2024)
+    "method": opt(Str(choices=("dragd", "draggan", "freedrag")), "dragd"),
     "preview_every": opt(Int(0, 1 << 20), 0),
     "preview_max_size": opt(Int(16, None), 256),
     "r1": opt(Nullable(Float(0.0, 1024.0, lo_open=True)), None),   # None: scaled default

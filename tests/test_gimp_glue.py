@@ -264,7 +264,7 @@ def test_preview_layer_scaled_over_the_source_then_removed():
 
 def test_arguments_cover_the_settings():
     names = [a.name for a in ARGUMENTS]
-    assert names == ["model", "max-steps", "learning-rate", "lambda-mask", "latent-space",
+    assert names == ["model", "max-steps", "learning-rate", "lambda-mask", "latent-space", "method",
                      "inversion", "paste", "daemon", "time-limit", "live-preview"]
     s = DragSettings()
     for a in ARGUMENTS:

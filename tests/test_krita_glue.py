@@ -215,6 +215,7 @@ def test_settings_validate_and_become_wire_fields():
     assert s.endpoint == "tcp://127.0.0.1:6000"
     params = s.drag_params()
     assert params.pop("paste") == "detail"            # keeps a photo's own pixels
+    assert params.pop("method") == "dragd"           # the daemon's default drag
     assert params == {"max_steps": 40, "lr": None, "lambda_mask": 12.5, "space": "w",
                                "preview_every": 2, "preview_max_size": 256}
     assert s.invert_fields() == {"method": "pti", "quality": "fast"}

@@ -75,6 +75,7 @@ def test_settings_become_wire_fields():
     s = BaseDragSettings(max_steps=40, lambda_mask=12.5, space="w", inversion="fast")
     params = s.drag_params()
     assert params.pop("paste") == "detail"
+    assert params.pop("method") == "dragd"           # the daemon's default drag
     assert BaseDragSettings(paste="resample").drag_params()["paste"] == "resample"
     assert params == {"max_steps": 40, "lr": None, "lambda_mask": 12.5, "space": "w",
                                "preview_every": 2, "preview_max_size": 256}
