@@ -1,0 +1,127 @@
+"""FFHQ alignment and de-aligned paste-back on real photos (scikit-image's astronaut and cat)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dragd.daemon.edit import align, faces
+
+pytest.importorskip("dlib", reason="the faces extra: pip install 'dragd[faces]'")
+skdata = pytest.importorskip("skimage.data", reason="scikit-image (the test extra) ships the photos")
+
+R = 256
+
+
+def psnr(a, b) -> float:
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return float(10 * np.log10(255.0 ** 2 / max(np.mean(d ** 2), 1e-12)))
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return skdata.astronaut()
+
+
+@pytest.fixture(scope="module")
+def geo(astronaut):
+    return align.locate(astronaut, R)
+
+
+def pixel_centres(h, w):
+    yy, xx = np.mgrid[:h, :w]
+    return np.stack([xx + 0.5, yy + 0.5], axis=-1)
+
+
+@pytest.mark.parametrize("angle", [15, -15])
+def test_alignment_undoes_scale_rotation_and_placement(astronaut, geo, angle):
+    ref = align.align_image(astronaut, geo)
+    big = Image.fromarray(astronaut).resize((700, 700), Image.Resampling.LANCZOS)
+    big = big.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=(128, 128, 128))
+    canvas = Image.new("RGB", (2000, 1600), (40, 60, 80))
+    canvas.paste(big, (1100, 700))                       # off-centre, towards the bottom right
+    photo = np.asarray(canvas)
+    moved = align.align_image(photo, align.locate(photo, R))
+    assert psnr(moved, ref) >= 30
+
+
+def test_de_align_of_an_untouched_crop_gives_the_photo_back(astronaut, geo):
+    back = align.paste_aligned(astronaut, align.align_image(astronaut, geo), geo)
+    inside = geo.contains(pixel_centres(*astronaut.shape[:2]))
+    assert inside.sum() > 0.9 * geo.side ** 2
+    assert psnr(back[inside], astronaut[inside]) >= 35
+    assert np.array_equal(back[~inside], astronaut[~inside])
+
+
+def test_alpha_and_everything_outside_the_square_are_untouched(astronaut, geo):
+    rgba = np.dstack([astronaut, np.arange(512 * 512, dtype=np.uint32).reshape(512, 512) % 251]).astype(np.uint8)
+    edited = np.full((R, R, 3), 7, dtype=np.uint8)
+    out = align.paste_aligned(rgba, edited, geo)
+    inside = geo.contains(pixel_centres(512, 512))
+    assert np.array_equal(out[..., 3], rgba[..., 3])
+    assert np.array_equal(out[~inside], rgba[~inside])
+    deep = align.square_weight(geo.to_aligned(pixel_centres(512, 512)), geo, 0.05 * geo.side) >= 1
+    assert (out[deep][:, :3] == 7).all()
+
+
+def test_selection_limits_the_paste(astronaut, geo):
+    sel = np.zeros((512, 512), dtype=np.uint8)
+    sel[100:160, 180:270] = 255
+    out = align.paste_aligned(astronaut, np.zeros((R, R, 3), np.uint8), geo, mask=sel)
+    changed = (out != astronaut).any(-1)
+    assert changed[100:160, 180:270].any()
+    changed[100:160, 180:270] = False
+    assert not changed.any()
+
+
+def test_left_eye_lands_where_the_recipe_puts_it(astronaut, geo):
+    lm = align.refine(astronaut, faces.detect_faces(astronaut)[0]).landmarks
+    eye_left, eye_right = lm[36:42].mean(0), lm[42:48].mean(0)
+    eye_avg = (eye_left + eye_right) / 2
+    mouth = (lm[48] + lm[54]) / 2
+    # The recipe's frame: centre eye_avg + 0.1·eye_to_mouth, axes x and y of half-length s.
+    e2e, e2m = eye_right - eye_left, mouth - eye_avg
+    x = e2e - np.flipud(e2m) * [-1, 1]
+    x = x / np.hypot(*x) * max(2.0 * np.hypot(*e2e), 1.8 * np.hypot(*e2m))
+    y = np.flipud(x) * [-1, 1]
+    c = eye_avg + 0.1 * e2m
+    rel = eye_left - c
+    half = np.hypot(*x)
+    expected = R / 2 + R / 2 * np.array([rel @ x, rel @ y]) / half ** 2 - 0.5   # aligned pixel index
+    got = geo.layer_to_gen(eye_left)
+    assert np.hypot(*(got - expected)) <= 1.0
+    # And the pixels agree: the landmarks found on the aligned crop put the eye there too.
+    on_crop = faces.detect_faces(align.align_image(astronaut, geo))[0].landmarks[36:42].mean(0)
+    assert np.hypot(*(on_crop - got)) <= 1.5
+
+
+def test_points_round_trip(geo):
+    pts = np.array([[10.0, 20.0], [250.5, 130.25], [400.0, 7.0]])
+    assert np.allclose(geo.gen_to_layer(geo.layer_to_gen(pts)), pts)
+
+
+def test_the_cat_is_not_a_face():
+    with pytest.raises(align.AlignError) as err:
+        align.locate(skdata.chelsea(), R)
+    msg = str(err.value)
+    assert "no face found" in msg and "alignment off" in msg
+
+
+def test_a_selection_away_from_the_face_is_a_clear_error(astronaut):
+    with pytest.raises(align.AlignError) as err:
+        align.locate(astronaut, R, roi=(400, 400, 500, 500))
+    assert "select the face" in str(err.value)
+
+
+def test_padding_where_the_square_leaves_the_photo(astronaut):
+    corner = np.ascontiguousarray(astronaut[50:300, 100:360])   # the square leaves it at the top
+    g = align.locate(corner, R)
+    assert g.padded
+    crop = align.align_image(corner, g)
+    rows = g.layer_to_gen(np.array([[130.0, -20.0], [130.0, 40.0]]))[:, 1].round().astype(int)
+    made_up, photo = crop[rows[0]].astype(float), crop[rows[1]].astype(float)
+    # Above the photo: mirrored, blurred and faded towards the median, so far smoother.
+    assert np.abs(np.diff(made_up, axis=0)).mean() < 0.5 * np.abs(np.diff(photo, axis=0)).mean()
+    back = align.paste_aligned(corner, crop, g)
+    inside = g.contains(pixel_centres(*corner.shape[:2]))
+    assert np.array_equal(back[~inside], corner[~inside])
