@@ -382,3 +382,45 @@ def test_loading_the_task_without_pyzmq_says_how_to_install_it():
     assert "GIMP's Python (%d.%d) cannot import zmq." % sys.version_info[:2] in msg
     assert "python3-zmq python3-msgpack" in msg and "site-packages" in msg
     assert msg.endswith("See docs/GIMP.md for Flatpak, AppImage, Windows and macOS.")
+
+
+def test_previews_from_the_real_daemon_are_the_region_at_display_size_through_the_mask(
+        running_daemon):
+    """The real `dragd serve` (tiny model, no inversion): every preview is the selection's
+    region (the daemon's square for the selection's box, within the layer) at most
+    preview_max_size on a side; where the selection excludes a pixel, the preview is the
+    source there."""
+    from dragd.daemon.edit.image_prep import make_geometry
+
+    w, h = 120, 80
+    rows = [bytes(((x * 2) % 256, (y * 3) % 256, 90, 255)) for y in range(h) for x in range(w)]
+    src = Image(b"".join(rows), w, h, 4)
+    data = bytearray(w * h)
+    for y in range(30, 50):
+        data[y * w + 60:y * w + 80] = b"\xff" * 20
+    mask = make_mask(bytes(data), w, h)
+    s = BaseDragSettings(endpoint=running_daemon.endpoint, max_steps=4, preview_every=1,
+                         preview_max_size=24, paste="resample")
+    s.invert_fields = lambda: {"method": "none"}
+    task = DragTask(s, [Arrow((70.0, 40.0), (74.0, 40.0))], src, mask)
+    sizes, firsts = [], []
+    real_on_event = task.model.on_event
+
+    def on_event(kind, fields, images):
+        if images.get("preview") is not None:
+            p = images["preview"]
+            sizes.append((p.width, p.height))
+            firsts.append(bytes(p.data)[:3])
+        real_on_event(kind, fields, images)
+    task.model.on_event = on_event
+    task.start()
+    drive(task, timeout=60)
+    assert task.model.phase == "done", task.model.error
+    geo = make_geometry(h, w, 32, (60, 30, 80, 50))
+    vx0, vy0, vx1, vy1 = geo.valid
+    scale = min(1.0, 24 / max(vx1 - vx0, vy1 - vy0))
+    assert sizes and set(sizes) == {(round((vx1 - vx0) * scale), round((vy1 - vy0) * scale))}
+    # The preview's top-left pixel lies outside the selection: the source's colour there
+    # (downscaled), not the generator's.
+    want = rows[vy0 * w + vx0][:3]
+    assert all(max(abs(a - b) for a, b in zip(f, want)) <= 8 for f in firsts), (firsts, want)

@@ -118,7 +118,7 @@ class EditSession:
         self._mask: np.ndarray | None = None        # movable mask of the last drag, layer size, [0, 1]
         self._paste = "resample"
         self._max_shift = 0.0                       # longest arrow of the last drag, generator px
-        self._preview_base: tuple[tuple[int, int], np.ndarray] | None = None
+        self._preview_base: tuple | None = None      # (size, background, mask) of _preview
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -199,6 +199,7 @@ class EditSession:
         except DragInputError as exc:
             raise EditError("points", f"{exc} (coordinates in the {geo.resolution}-px working image)") from None
         self._mask = mask_layer
+        self._preview_base = None                   # made for the previous drag's mask
         last = None
         for r in self.drag_session.run(max_steps=cfg.max_steps, cancel=cancel,
                                        preview_every=settings.preview_every):
@@ -297,22 +298,36 @@ class EditSession:
         return np.ascontiguousarray(out)
 
     def _preview(self, gen_image: torch.Tensor, max_size: int) -> np.ndarray:
-        """A cheap full-layer preview at most max_size px wide/high: the layer downscaled once,
-        with the generated crop pasted into its box (no mask feathering, no detail transfer)."""
-        geo = self.geometry
-        h, w = self.layer.shape[:2]
-        scale = min(1.0, max_size / max(h, w))
-        key = (max(1, round(w * scale)), max(1, round(h * scale)))
-        if self._preview_base is None or self._preview_base[0] != key:
-            src = self.layer[..., :3] if self.layer.shape[2] >= 3 else self.layer[..., 0]
-            base = np.asarray(PILImage.fromarray(src).convert("RGB").resize(key, PILImage.Resampling.BILINEAR))
-            self._preview_base = (key, base)
-        x0, y0, x1, y1 = geo.box
+        """What the result will show, cheaply: the region being edited (the crop's part
+        inside the layer) at most max_size px on a side, the generated crop blended in
+        through the drag's mask (no detail transfer, no feathering). The host shows it as it
+        comes, so a huge layer costs it nothing per preview."""
+        vx0, vy0, vx1, vy1 = self.geometry.valid
+        scale = min(1.0, max_size / max(vx1 - vx0, vy1 - vy0))
+        size = (max(1, round((vx1 - vx0) * scale)), max(1, round((vy1 - vy0) * scale)))
+        if self._preview_base is None or self._preview_base[0] != size:
+            self._preview_base = (size, *self._preview_background(size))
+        _, base, alpha = self._preview_base
+        x0, y0, x1, _ = self.geometry.box
         side = max(1, round((x1 - x0) * scale))
+        left, top = round((vx0 - x0) * scale), round((vy0 - y0) * scale)
         crop = PILImage.fromarray(tensor_to_uint8(gen_image)).resize((side, side), PILImage.Resampling.BILINEAR)
-        canvas = PILImage.fromarray(self._preview_base[1].copy())
-        canvas.paste(crop, (round(x0 * scale), round(y0 * scale)))
-        return np.ascontiguousarray(np.asarray(canvas, dtype=np.uint8))
+        gen = np.asarray(crop.crop((left, top, left + size[0], top + size[1])), dtype=np.float32)
+        out = gen if alpha is None else base + alpha * (gen - base)
+        return np.ascontiguousarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+
+    def _preview_background(self, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The region of the layer at preview size (float RGB) and the mask there ([h, w, 1],
+        None = everything may move), made once per drag."""
+        vx0, vy0, vx1, vy1 = self.geometry.valid
+        region = self.layer[vy0:vy1, vx0:vx1]
+        src = region[..., :3] if region.shape[2] >= 3 else region[..., 0]
+        base = np.asarray(PILImage.fromarray(src).convert("RGB").resize(size, PILImage.Resampling.BILINEAR),
+                          dtype=np.float32)
+        if self._mask is None:
+            return base, None
+        m = PILImage.fromarray(np.ascontiguousarray(self._mask[vy0:vy1, vx0:vx1], dtype=np.float32))
+        return base, np.asarray(m.resize(size, PILImage.Resampling.BILINEAR), dtype=np.float32)[..., None]
 
 
 def generator_nbytes(generator: torch.nn.Module) -> int:
