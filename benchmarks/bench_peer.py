@@ -18,7 +18,8 @@ one thread, so load on the machine hits all sides alike.
 
 Printed per side: median s/step, steps, s/edit, mean final handle→target distance, stop
 reasons and convergence rate (each side by its own stop rule: theirs max(2·res/512, 2) px,
-ours `stop_distance`), plus the ratios against the authors' loop. `--ours NAME:key=value,...`
+ours `stop_distance`), the same distance for where the handles' content is found by one
+common tracker (`content_positions`), plus the ratios against the authors' loop. `--ours NAME:key=value,...`
 (repeatable) adds variants of our DragConfig, e.g. `--ours paper:method=draggan,stall_steps=0`.
 
 Modules their code imports but this never uses (PIL for the watermark, matplotlib colour maps,
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib.util
 import os
 import pickle
@@ -143,6 +145,32 @@ class TheirLoop:
         return res.stop, [(p[1], p[0]) for p in res.points]
 
 
+@functools.lru_cache(maxsize=1)
+def _start_features(G, w0_bytes: bytes, block: int):
+    import torch
+    w0 = torch.frombuffer(bytearray(w0_bytes), dtype=torch.float32).reshape(1, G.num_ws, G.w_dim)
+    with torch.no_grad():
+        return G.synthesize(w0, stop_after_block=block, render=False).features[block - 1]
+
+
+def content_positions(G, w0, w, handles, reported):
+    """Where the handles' starting content is in the image of latent w, found the same way for
+    every side: L2 nearest neighbour of each handle's starting feature (our feature block)
+    within the paper's tracking radius of the position the side reports. FreeDrag's reported
+    point is where it searched, not where the content went: this checks it."""
+    import torch
+    from dragd.daemon.edit.drag import default_feature_block, sample_features, track_points
+
+    block = default_feature_block(G.num_blocks)
+    f0 = _start_features(G, w0.contiguous().numpy().tobytes(), block)
+    with torch.no_grad():
+        f1 = G.synthesize(w, stop_after_block=block, render=False).features[block - 1]
+        refs = sample_features(f0, torch.tensor(handles, dtype=torch.float32), G.resolution)
+        r2 = max(1, round(12 / 512 * G.resolution))
+        found = track_points(f1, torch.tensor(reported, dtype=torch.float32), refs, r2, G.resolution, "l2")
+    return found.tolist()
+
+
 def _distance(handles, targets) -> float:
     return statistics.mean(((hx - tx) ** 2 + (hy - ty) ** 2) ** 0.5
                            for (hx, hy), (tx, ty) in zip(handles, targets))
@@ -185,11 +213,13 @@ def run_task(task, pkl, G, renderer, variants, max_steps, lr, sides, log):
             if r.done:
                 live[i] = False
                 last[i] = (r.handles.tolist(), r.step, r.reason)
+    finals = [torch.cat([theirs.r.w.detach()[:, :6], theirs.w0[:, 6:]], dim=1).float()] + [s.latent for s in ours]
     line = []
-    for side, sec, (pts, steps, reason) in zip(sides, secs, last):
+    for side, sec, (pts, steps, reason), w in zip(sides, secs, last, finals):
         d = _distance(pts, targets)
-        side.edits.append((sec, steps, d, reason))
-        line.append(f"{side.name}: {steps} steps {sec:.1f} s {d:.2f} px {reason}")
+        c = _distance(content_positions(G, w0, w, handles, pts), targets)
+        side.edits.append((sec, steps, d, reason, c))
+        line.append(f"{side.name}: {steps} steps {sec:.1f} s {d:.2f} px (content {c:.2f}) {reason}")
     log(f"seed {seed}, {len(handles)} handle(s) (our mapping vs theirs {mapping_diff:.1e}): " + "; ".join(line))
 
 
@@ -209,14 +239,15 @@ def summary(sides: list[Side], res: int) -> str:
     ref = sides[0]
     out = [f"peer benchmark, {res} px, {len(ref.edits)} drags, 1 thread"]
     out.append(f"{'side':<16} {'s/step':>7} {'steps med':>9} {'s/edit med':>10} {'s/edit mean':>11} "
-               f"{'final px':>8} {'conv':>6} {'≤2 px':>6} | stop reasons")
+               f"{'final px':>8} {'content px':>10} {'conv':>6} {'≤2 px':>6} | stop reasons")
     for s in sides:
-        secs, steps, dist, reasons = zip(*s.edits)
+        secs, steps, dist, reasons, content = zip(*s.edits)
         counts = {r: reasons.count(r) for r in sorted(set(reasons))}
         conv = reasons.count("converged")
         near = sum(d <= max(2, 2 * res / 512) for d in dist)
         out.append(f"{s.name:<16} {statistics.median(s.step_s):>7.3f} {statistics.median(steps):>9.0f} "
                    f"{statistics.median(secs):>10.2f} {statistics.mean(secs):>11.2f} {statistics.mean(dist):>8.2f} "
+                   f"{statistics.mean(content):>10.2f} "
                    f"{conv:>3}/{len(reasons):<2} {near:>3}/{len(reasons):<2} | {counts}")
     for s in sides[1:]:
         per_task = [a[0] / b[0] for a, b in zip(ref.edits, s.edits)]
