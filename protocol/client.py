@@ -41,6 +41,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import zmq
 
+from zmq.utils.monitor import recv_monitor_message
+
 from .curvekeys import normalise_key, read_key_file
 from .codec import Message, encode, parse_reply, parse_request, peek_id, unpack_header
 from .errors import ErrorCode, ProtocolError
@@ -51,6 +53,10 @@ log = logging.getLogger("dragd.client")
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
 SESSION_LOST = "session lost, reopening"
+MAX_TOKENS = 4096
+# The socket-monitor events that tell a refused handshake from a daemon that is not there.
+HANDSHAKE_EVENTS = ("EVENT_HANDSHAKE_SUCCEEDED", "EVENT_HANDSHAKE_FAILED_AUTH",
+                    "EVENT_HANDSHAKE_FAILED_PROTOCOL", "EVENT_HANDSHAKE_FAILED_NO_DETAIL")
 
 # ---------------------------------------------------------------------------
 # Errors
@@ -72,6 +78,31 @@ class DaemonUnavailable(RemoteError):
             msg += " (%s)" % why
         super().__init__(ErrorCode.UNAVAILABLE, msg, {"endpoint": endpoint})
         self.endpoint = endpoint
+
+
+class DaemonRefused(DaemonUnavailable):
+    """The daemon is there but refused this client's CurveZMQ handshake: ``reason`` is "key"
+    (our public key is not on its allow-list), "no_keys" (it requires CurveZMQ, we have no
+    keys) or "not_curve" (we use keys, it runs without them)."""
+
+    def __init__(self, endpoint: str, reason: str):
+        RemoteError.__init__(self, ErrorCode.UNAVAILABLE, REFUSALS[reason] % endpoint,
+                             {"endpoint": endpoint, "reason": reason})
+        self.endpoint = endpoint
+        self.reason = reason
+
+
+REFUSALS = {
+    "key": "the dragd daemon at %s refused this client's CurveZMQ key; create this machine's "
+           "key with: dragd keys client, then on the daemon's machine allow it with: "
+           "dragd keys allow client.key",
+    "no_keys": "the dragd daemon at %s requires CurveZMQ keys and this client has none; create "
+               "them with: dragd keys client, copy the daemon's server.key next to them, and on "
+               "the daemon's machine run: dragd keys allow client.key",
+    "not_curve": "the dragd daemon at %s runs without CurveZMQ (started with --insecure) but "
+                 "this client uses keys; on the daemon's machine create its keys with: "
+                 "dragd keys init, and start it again without --insecure",
+}
 
 
 class JobTimeout(RemoteError):
@@ -161,15 +192,19 @@ class Event:
 
 class Session:
     """Client-side handle of a daemon session. Holds the current layer (the opened
-    image, then the latest drag/undo result) so a lost session can be re-opened."""
+    image, then the latest drag/undo result) so a lost session can be re-opened, and the
+    session's token, which the client adds to every request naming the session."""
 
     def __init__(self, image: Image, roi: Optional[Dict[str, int]] = None,
-                 invert: Optional[Dict[str, Any]] = None, model: Optional[str] = None):
+                 invert: Optional[Dict[str, Any]] = None, model: Optional[str] = None,
+                 align: Optional[str] = None):
         self.id: Optional[str] = None
+        self.token: Optional[str] = None
         self.image = image
         self.roi = roi
         self.invert = invert
         self.model = model
+        self.align = align
         self.info: Dict[str, Any] = {}
         self.history = 0
         self.reopened = 0
@@ -188,6 +223,7 @@ class Session:
 
     def _adopt(self, m: Message) -> None:
         self.id = m["session"]
+        self.token = m["token"]
         self.info = dict(m.fields)
         if m.get("model"):
             self.model = m["model"]
@@ -282,6 +318,10 @@ class Client:
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
         self._jobs: Dict[str, Job] = {}
+        # Tokens of the sessions this client opened, by session id: so a request that names
+        # a session by id alone still proves it is ours (and, after a close, still learns why
+        # the session is gone). Forgotten on unknown_session, the oldest beyond MAX_TOKENS.
+        self._tokens: Dict[str, str] = {}
         self._sock: Optional[zmq.Socket] = None
         self._poller = zmq.Poller()
         self._last_rx = 0.0
@@ -289,6 +329,9 @@ class Client:
         self._ping_id: Optional[str] = None
         self._ping_sent = 0.0
         self._ping_jobs: Tuple[str, ...] = ()
+        self._monitor: Optional[zmq.Socket] = None
+        self._refused: Optional[str] = None      # why the daemon refused this socket
+        self._handshake_why = ""                 # a failed handshake, for DaemonUnavailable
         self._closed = False
         self._open_socket()
 
@@ -299,15 +342,38 @@ class Client:
         s.linger = 0
         if self.curve is not None:
             self.curve.apply(s)
-        s.connect(self.endpoint)
-        self._sock = s
         self._poller = zmq.Poller()
         self._poller.register(s, zmq.POLLIN)
+        self._monitor = self._watch_handshakes(s)
+        if self._monitor is not None:
+            self._poller.register(self._monitor, zmq.POLLIN)
+        s.connect(self.endpoint)
+        self._sock = s
 
-    def _reset_socket(self) -> None:
+    def _watch_handshakes(self, s: "zmq.Socket") -> Optional["zmq.Socket"]:
+        """A monitor of ``s``'s handshakes (before it connects): without it a refused key
+        looks like a daemon that is not there. None where this libzmq cannot tell."""
+        if not all(hasattr(zmq, n) for n in HANDSHAKE_EVENTS):
+            return None
+        events = sum(getattr(zmq, n) for n in HANDSHAKE_EVENTS)
+        addr = "inproc://dragd-client-monitor-%s" % secrets.token_hex(8)
+        s.monitor(addr, events)
+        m = self._ctx.socket(zmq.PAIR)
+        m.linger = 0
+        m.connect(addr)
+        return m
+
+    def _drop_socket(self) -> None:
         if self._sock is not None:
             self._sock.close(linger=0)
-        self._sock = None
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+        self._sock = self._monitor = None
+        self._refused = None
+        self._handshake_why = ""
+
+    def _reset_socket(self) -> None:
+        self._drop_socket()
         self._ping_id = None
         if not self._closed:
             self._open_socket()
@@ -315,9 +381,7 @@ class Client:
     def close(self) -> None:
         """Close the socket; outstanding jobs are dropped."""
         self._closed = True
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        self._drop_socket()
         self._jobs.clear()
 
     def __enter__(self) -> "Client":
@@ -343,9 +407,15 @@ class Client:
         return [j for j in self._jobs.values() if not j.done]
 
     def _transmit(self, job: Job) -> None:
+        if self._refused is not None:
+            # libzmq gives up on a refused connection: try afresh (the key may be allowed now).
+            self._reset_socket()
         if job.request_id:
             self._jobs.pop(job.request_id, None)
         job.request_id = self._next_id()
+        sid = job.fields.get("session")
+        if sid is not None and sid in self._tokens:
+            job.fields["token"] = self._tokens[sid]
         parts = encode(job.type, job.request_id, job.fields, job.images)
         # Fail fast on anything the daemon would reject (bad points, sizes...).
         try:
@@ -374,6 +444,11 @@ class Client:
         self._transmit(job)
         return job
 
+    def _remember_token(self, sid: str, token: str) -> None:
+        self._tokens[sid] = token
+        while len(self._tokens) > MAX_TOKENS:
+            del self._tokens[next(iter(self._tokens))]
+
     # -- receiving ---------------------------------------------------------
 
     def poll(self, timeout_ms: int = 0) -> List[Event]:
@@ -397,6 +472,7 @@ class Client:
                     except zmq.Again:
                         break
                     events.extend(self._on_message(parts))
+            events.extend(self._on_handshakes())
             events.extend(self._tick())
             if got or events or time.monotonic() >= deadline:
                 return events
@@ -467,6 +543,8 @@ class Client:
         job.result = m
         job.state = "done"
         self._jobs.pop(job.request_id, None)
+        if job.type == "open_session":
+            self._remember_token(m["session"], m["token"])
         s = job.session
         if s is not None:
             if job.type == "open_session":
@@ -482,6 +560,8 @@ class Client:
         return self._emit(job, Event("result", job, m))
 
     def _finish_error(self, job: Job, err: RemoteError) -> List[Event]:
+        if err.code == ErrorCode.UNKNOWN_SESSION:
+            self._tokens.pop(job.fields.get("session"), None)
         if (err.code == ErrorCode.UNKNOWN_SESSION and self.auto_reopen and not job.internal
                 and not job.reopened and job.session is not None
                 and job.type in ("drag", "undo", "reset_points")):
@@ -522,6 +602,8 @@ class Client:
         fields: Dict[str, Any] = {"model": s.model, "roi": s.roi}
         if s.invert:
             fields["invert"] = s.invert
+        if s.align:
+            fields["align"] = s.align
         child = Job(self, "open_session", fields, {"image": s.image}, None, s, internal=True)
         child.parent = job
         job.child = child
@@ -555,15 +637,8 @@ class Client:
         if now - alive > self.timeout:
             log.warning("event=daemon_unavailable endpoint=%s silent_s=%.1f",
                         self.endpoint, now - alive)
-            events: List[Event] = []
-            for j in out:
-                if j.internal and j.parent is not None:
-                    j = j.parent
-                if j.done:
-                    continue
-                self._fail(j, DaemonUnavailable(self.endpoint))
-                events.extend(self._emit_final_error(j))
-            self._jobs.clear()
+            why = self._handshake_why
+            events = self._fail_outstanding(lambda: DaemonUnavailable(self.endpoint, why))
             self._reset_socket()
             return events
         events = []
@@ -577,6 +652,45 @@ class Client:
                                              or now - self._ping_sent > self.heartbeat):
             self._send_ping([j for j in out if not j.done])
         return events
+
+    def _fail_outstanding(self, error: Callable[[], RemoteError]) -> List[Event]:
+        events: List[Event] = []
+        for j in self._outstanding():
+            if j.internal and j.parent is not None:
+                j = j.parent
+            if j.done:
+                continue
+            self._fail(j, error())
+            events.extend(self._emit_final_error(j))
+        self._jobs.clear()
+        return events
+
+    def _on_handshakes(self) -> List[Event]:
+        """Read the socket monitor; when the daemon refused the handshake, fail every
+        outstanding job at once with a DaemonRefused that says what to do."""
+        while self._monitor is not None:
+            try:
+                ev = recv_monitor_message(self._monitor, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            kind, value = ev["event"], ev["value"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshake_why = ""
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._refused = "key"
+            elif (kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                  and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH):
+                self._refused = "not_curve" if self.curve is not None else "no_keys"
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.curve is not None:
+                # A Curve daemon drops a hello it cannot decrypt: our server.key is not its key.
+                self._handshake_why = ("the CurveZMQ handshake failed: check that server.key "
+                                       "holds this daemon's public key, which on the daemon's "
+                                       "machine this prints: dragd keys show")
+        if self._refused is None:
+            return []
+        reason = self._refused
+        log.warning("event=daemon_refused endpoint=%s reason=%s", self.endpoint, reason)
+        return self._fail_outstanding(lambda: DaemonRefused(self.endpoint, reason))
 
     def _send_ping(self, jobs: List[Job]) -> None:
         self._ping_id = self._next_id("hb")
@@ -657,20 +771,23 @@ class Client:
     def start_open_session(self, image: Image, *, roi: Optional[Dict[str, int]] = None,
                            invert: Optional[Dict[str, Any]] = None,
                            model: Optional[str] = None,
-                           on_event: Optional[Callable[[Event], Any]] = None) -> Job:
+                           on_event: Optional[Callable[[Event], Any]] = None,
+                           align: Optional[str] = None) -> Job:
         """Non-blocking open; ``job.session`` is filled in when the result arrives."""
-        s = Session(image, roi, invert, model)
+        s = Session(image, roi, invert, model, align)
         fields: Dict[str, Any] = {"model": model, "roi": roi}
         if invert:
             fields["invert"] = invert
+        if align:
+            fields["align"] = align
         return self.start("open_session", fields, {"image": image}, on_event=on_event,
                           session=s)
 
     def open_session(self, image: Image, *, roi: Optional[Dict[str, int]] = None,
                      invert: Optional[Dict[str, Any]] = None, model: Optional[str] = None,
                      progress: Optional[Callable[[Event], Any]] = None,
-                     timeout: Optional[float] = None) -> Session:
-        job = self.start_open_session(image, roi=roi, invert=invert, model=model)
+                     timeout: Optional[float] = None, align: Optional[str] = None) -> Session:
+        job = self.start_open_session(image, roi=roi, invert=invert, model=model, align=align)
         self.wait(job, timeout, progress)
         assert job.session is not None
         return job.session
@@ -748,5 +865,5 @@ class Client:
 
 
 __all__ = ["Client", "Job", "Event", "Session", "CurveConfig", "RemoteError",
-           "DaemonUnavailable", "JobTimeout", "DEFAULT_ENDPOINT", "SESSION_LOST",
+           "DaemonUnavailable", "DaemonRefused", "JobTimeout", "DEFAULT_ENDPOINT", "SESSION_LOST",
            "normalise_points"]

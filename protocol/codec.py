@@ -13,9 +13,9 @@ import msgpack
 from .errors import ErrorCode, ProtocolError
 from .image import Image, buffer_nbytes
 from .limits import DEFAULT_LIMITS, Limits
-from .messages import (ENVELOPE, EVENTS, FINAL_TYPES, FRAME_DESC, MAX_ID_LEN,
-                       PROTOCOL_VERSION, REQUESTS, RESULTS, FrameSpec)
-from .validate import check_fields
+from .messages import (ENVELOPE, EVENTS, FINAL_TYPES, FRAME_DESC, MAX_ERROR_CHARS,
+                       MAX_ID_LEN, PROTOCOL_VERSION, REQUESTS, RESULTS, FrameSpec)
+from .validate import check_fields, shown
 
 
 class Message:
@@ -84,6 +84,8 @@ def encode(type: str, id: Optional[str], fields: Optional[Dict[str, Any]] = None
 
 def error_fields(err: ProtocolError, job: Optional[str] = None) -> Dict[str, Any]:
     f = err.fields()
+    # Within the error event's bound, so a client can always read why it was refused.
+    f["message"] = f["message"][:MAX_ERROR_CHARS]
     if job is not None:
         f["job"] = job
     return f
@@ -124,11 +126,10 @@ def _check_version(h: Dict[str, Any]) -> None:
                             "('v'); update the plug-in and the daemon to the same release")
     v = h["v"]
     if type(v) is not int or v != PROTOCOL_VERSION:
-        shown = v if isinstance(v, (int, str)) and not isinstance(v, bool) else repr(v)[:20]
         raise ProtocolError(ErrorCode.VERSION_MISMATCH,
                             "this message speaks dragd protocol v%s but v%d is expected; "
                             "update the plug-in and the daemon to the same dragd release"
-                            % (shown, PROTOCOL_VERSION),
+                            % (v if type(v) is int else shown(v, 20), PROTOCOL_VERSION),
                             {"expected": PROTOCOL_VERSION,
                              "got": v if isinstance(v, int) and not isinstance(v, bool)
                              else None})
@@ -189,16 +190,19 @@ def _decode_frames(h: Dict[str, Any], parts: Sequence[Any], specs: Dict[str, Fra
     return images
 
 
-def parse_request(parts: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
+def parse_request(parts: Sequence[Any], limits: Limits = DEFAULT_LIMITS,
+                  arrived: Optional[int] = None) -> Message:
     """Validate a request (list of frames: header + pixel buffers). Raises ProtocolError;
-    ``err.details['id']`` is the request id when one could be read."""
+    ``err.details['id']`` is the request id when one could be read. ``arrived``: how many
+    frames came, where the caller kept only the first of a message with too many."""
     if not parts:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "empty message")
     rid = None
+    n = len(parts) if arrived is None else arrived
     try:
-        if len(parts) > 1 + limits.max_frames:
+        if n > 1 + limits.max_frames:
             raise ProtocolError(ErrorCode.TOO_LARGE, "the message has %d frames; at most %d "
-                                "are allowed" % (len(parts), 1 + limits.max_frames))
+                                "are allowed" % (n, 1 + limits.max_frames))
         h = unpack_header(parts[0], limits)
         rid = peek_id(h)
         _check_version(h)
@@ -207,8 +211,8 @@ def parse_request(parts: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Mess
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "the message has no 'type'")
         spec = REQUESTS.get(t)
         if spec is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "unknown request type %r; update the "
-                                "plug-in and the daemon to the same dragd release" % t[:40])
+            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "unknown request type %s; update the "
+                                "plug-in and the daemon to the same dragd release" % shown(t))
         if rid is None:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "%s: 'id' must be a string of 1 to %d "
                                 "characters" % (t, MAX_ID_LEN))
@@ -246,13 +250,13 @@ def parse_reply(parts: Sequence[Any], request_type: Optional[str] = None,
     if t == "result":
         spec = RESULTS.get(request_type or "")
         if spec is None:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "result for unknown request type %r"
-                                % request_type)
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "result for unknown request type %s"
+                                % shown(request_type))
         where = "%s result" % request_type
     elif isinstance(t, str) and t in EVENTS:
         spec, where = EVENTS[t], t
     else:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, "unknown reply type %r" % (t,))
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "unknown reply type %s" % shown(t))
     body = {k: v for k, v in h.items() if k not in ENVELOPE}
     fields = check_fields(body, spec.fields, where, limits, fill_defaults=False)
     images = _decode_frames(h, parts, spec.frames, where, limits)

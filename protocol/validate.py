@@ -14,6 +14,26 @@ from .limits import Limits
 MISSING = object()
 
 
+def shown(v: Any, limit: int = 40) -> str:
+    """An untrusted value as an error sentence may quote it: its repr (control characters
+    escaped), cut after ``limit`` characters, so no request can make a reply (or the log
+    line that records it) long or unprintable."""
+    if isinstance(v, (str, bytes)):
+        r = repr(v[:limit])
+        return r + ("...(%d long)" % len(v) if len(v) > limit else "")
+    if v is None or isinstance(v, (bool, int, float)):
+        r = repr(v)
+        return r if len(r) <= limit else r[:limit] + "..."
+    return "a %s" % type(v).__name__
+
+
+def clean(s: str, limit: int = 64) -> str:
+    """An untrusted name (a map key) inside a field path: non-printable characters
+    escaped, cut after ``limit`` characters."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s[:limit])
+    return out + ("..." if len(s) > limit else "")
+
+
 def _fail(code: str, where: str, what: str) -> ProtocolError:
     """A field-level error: what is wrong where, then what the user can do."""
     return ProtocolError(code, "%s: %s. %s" % (where, what, ERROR_SENTENCES[code]),
@@ -90,8 +110,8 @@ class Str(T):
             raise _fail(ErrorCode.BAD_MESSAGE, where, "expected a string")
         if self.choices is not None:
             if v not in self.choices:
-                raise _fail(ErrorCode.BAD_VALUE, where, "%r is not one of %s" % (
-                    v[:40], ", ".join(self.choices)))
+                raise _fail(ErrorCode.BAD_VALUE, where, "%s is not one of %s" % (
+                    shown(v), ", ".join(self.choices)))
         elif not (self.min_len <= len(v) <= self.max_len):
             raise _fail(ErrorCode.BAD_VALUE, where, "length must be %d..%d" % (
                 self.min_len, self.max_len))
@@ -198,7 +218,7 @@ class FreeMap(T):
         for k, x in v.items():
             if not isinstance(k, str) or not (1 <= len(k) <= 128):
                 raise _fail(ErrorCode.BAD_MESSAGE, where, "keys must be short strings")
-            out[k] = self.value.check(x, "%s.%s" % (where, k), limits)
+            out[k] = self.value.check(x, "%s.%s" % (where, clean(k)), limits)
         return out
 
 
@@ -232,11 +252,11 @@ def check_fields(v: Dict[str, Any], spec: Dict[str, Field], where: str,
                  limits: Limits, fill_defaults: bool = True) -> Dict[str, Any]:
     for k in v:
         if k not in spec:
-            name = k if isinstance(k, str) else repr(k)
             raise ProtocolError(
                 ErrorCode.UNKNOWN_FIELD,
-                "%s: unknown field %r; update the plug-in and the daemon to the same "
-                "dragd release" % (where, name[:64]), {"field": "%s.%s" % (where, name[:64])})
+                "%s: unknown field %s; update the plug-in and the daemon to the same "
+                "dragd release" % (where, shown(k, 64)),
+                {"field": "%s.%s" % (where, clean(k) if isinstance(k, str) else shown(k))})
     out: Dict[str, Any] = {}
     for name, f in spec.items():
         w = "%s.%s" % (where, name)

@@ -22,9 +22,11 @@ def cmd_status(args) -> int:
             raise UserFacingError(exc.message) from None
     print(f"dragd {hello['daemon_version']} (protocol {hello['protocol']}) at {args.connect}")
     print(f"device: {hello['device']}; model: {hello.get('loaded_model')}; uptime {st.get('uptime', 0):.0f} s")
-    running = st.get("running")
+    # The daemon details only this client's own jobs and sessions, and counts the others'.
+    running, others = st.get("running"), st.get("others") or {}
     print(f"running: {running['type'] + ' ' + running['job'] if running else 'nothing'}; "
-          f"queued: {len(st['queue'])}")
+          f"queued: {len(st['queue'])}; other clients' jobs: {others.get('jobs', 0)}")
     mem = st["memory"]
-    print(f"sessions: {len(st['sessions'])} using {mem['used'] / 2**20:.0f} of {mem['budget'] / 2**20:.0f} MiB")
+    print(f"sessions: {len(st['sessions'])} of this client, {others.get('sessions', 0)} of others, "
+          f"using {mem['used'] / 2**20:.0f} of {mem['budget'] / 2**20:.0f} MiB")
     return 0
