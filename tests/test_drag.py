@@ -582,3 +582,19 @@ def test_default_feature_block_is_the_papers_6th_but_never_the_last():
     # 512 and 1024: block 6 (128 px) as in the paper; smaller models: one block before the last.
     assert [default_feature_block(GeneratorConfig(resolution=r).num_blocks)
             for r in (1024, 512, 256, 128, 64, 32, 8)] == [6, 6, 6, 5, 4, 3, 1]
+
+
+def test_held_handles_read_the_same_features_with_and_without_windows(tiny_real):
+    """Handle 0 is at its target from the start, so its hold term is on for the whole drag:
+    read through the feature windows it must give what the whole map gives."""
+    G = tiny_real
+    assert G.supports_feature_windows
+    w = G.mapping(torch.randn(1, 32, generator=torch.Generator().manual_seed(3)))
+    h, t = [[20.0, 20.0], [44.0, 40.0]], [[20.0, 20.0], [36.0, 44.0]]
+    a = DragSession(G, w, h, t, lr=0.01, stop_distance=3.0)
+    b = DragSession(G, w, h, t, lr=0.01, stop_distance=3.0, windows=False)
+    for _ in range(10):
+        ra, rb = a.step(), b.step()
+        assert torch.equal(ra.handles, rb.handles)
+        assert ra.losses["motion"] == pytest.approx(rb.losses["motion"], rel=1e-4)
+    assert float(ra.distances[0]) <= 3.0                 # still held
