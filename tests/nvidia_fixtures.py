@@ -228,8 +228,22 @@ class NewObj:
         self.cls, self.state = cls, state
 
 
+class UnhashedDict:
+    """Pickled as a dict of `items` without ever hashing the keys here (the hash-bomb tests)."""
+
+    def __init__(self, items: list):
+        self.items = items
+
+
 class FixturePickler(pickle._Pickler):
     def save(self, obj, save_persistent_id=True):
+        if isinstance(obj, UnhashedDict):
+            self.write(pickle.EMPTY_DICT + pickle.MARK)
+            for k, v in obj.items:
+                self.save(k)
+                self.save(v)
+            self.write(pickle.SETITEMS)
+            return
         if isinstance(obj, GlobalRef):
             if id(obj) in self.memo:
                 self.write(self.get(self.memo[id(obj)][0]))
@@ -674,3 +688,43 @@ def storage_bytes_with(inner: Any) -> Reduce:
     """`torch.storage._load_from_bytes` whose legacy bytes hide `inner` in the storage record."""
     data = legacy_storage_bytes(torch.zeros(4), inner=inner)
     return Reduce(GlobalRef("torch.storage", "_load_from_bytes"), (data,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile files: tiny pickles whose shared references multiply when walked as trees
+
+
+def shared_list_dag(depth: int, width: int) -> list:
+    """[x]*width nested `depth` times: pickled as one memo reference per item, a few bytes a
+    level, but width**depth values when walked as a tree."""
+    node: Any = [0]
+    for _ in range(depth):
+        node = [node] * width
+    return node
+
+
+def module_dag(depth: int) -> Reduce:
+    """A persistent module whose two submodules are the same module, `depth` levels deep."""
+    node = persistent("FullyConnectedLayer", "class FullyConnectedLayer: pass\n",
+                      module_state({"weight": parameter(torch.zeros(1))}, {}, {}, {}, (), {}))
+    for _ in range(depth):
+        node = persistent("FullyConnectedLayer", "class FullyConnectedLayer: pass\n",
+                          module_state({}, {}, {"a": node, "b": node}, {}, (), {}))
+    return node
+
+
+def tf_component_dag(depth: int, width: int) -> NewObj:
+    """A TensorFlow network whose components are `width` references to one network, nested."""
+    node = tf_network("leaf", {}, [("w", np_array(np.zeros(1)))])
+    for i in range(depth):
+        node = tf_network(f"n{i}", {}, [], components={f"c{j}": node for j in range(width)})
+    return node
+
+
+def cloned_tensor_bomb(storage_floats: int, copies: int) -> Reduce:
+    """`copies` tensors that each copy (offset 1: not a plain view) one shared storage."""
+    storage = Reduce(GlobalRef("torch.storage", "_load_from_bytes"),
+                     (legacy_storage_bytes(torch.zeros(storage_floats)),))
+    rebuild = GlobalRef("torch._utils", "_rebuild_tensor_v2")
+    args = (storage, 1, (storage_floats - 1,), (1,), False, collections.OrderedDict())
+    return [Reduce(rebuild, args) for _ in range(copies)]

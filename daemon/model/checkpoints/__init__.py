@@ -37,7 +37,7 @@ from .unpickler import (ALLOWED_GLOBALS, PersistentRecord, RestrictedUnpickler, 
                         restricted_load)
 from .nvidia import _from_nvidia_pickle_dict
 from .tensorflow import _from_tf_pickle
-from .rosinality import (load_rosinality, rosinality_discriminator_to_ours,
+from .rosinality import (check_zip_inflation, load_rosinality, rosinality_discriminator_to_ours,
                          rosinality_generator_config, rosinality_to_ours)
 from .native import load_native, save_native
 
@@ -53,7 +53,7 @@ def load_network_pickle(path: str | os.PathLike, name: str | None = None) -> Loa
                               "StyleGAN network records and tensors; this one asks for something else, so it "
                               "is not loaded (loading it with plain pickle could run arbitrary code)") from None
     except (EOFError, pickle.UnpicklingError) as exc:
-        if isinstance(exc, EOFError) or "truncated" in str(exc):
+        if isinstance(exc, EOFError) or "truncated" in str(exc) or "exhausted" in str(exc):
             raise CheckpointError(f"checkpoint {name} is truncated (incomplete download?): {exc}; "
                                   "download it again") from None
         raise CheckpointError(f"checkpoint {name} is not a valid pickle ({exc})") from None
@@ -142,6 +142,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         if kind == "torch-zip":
             try:
                 with zipfile.ZipFile(p) as z:
+                    check_zip_inflation(z, p.stat().st_size, p.name)
                     names = z.namelist()
             except (zipfile.BadZipFile, ValueError, NotImplementedError, OSError, EOFError):
                 raise CheckpointError(f"checkpoint {p.name} is a truncated or damaged zip file (incomplete "

@@ -4,6 +4,7 @@ file holds, before anything is allocated)."""
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,19 +39,42 @@ def _is_int(v) -> bool:
 
 _FILTER_TAPS = [1, 3, 3, 1]
 
-def _plain(obj, depth=0):
-    """EasyDict → dict, recursively (init kwargs)."""
+#: Init kwargs are a few dozen values; a tree far larger is shared references multiplying.
+_MAX_KWARGS_NODES = 10_000
+
+#: Longest module, parameter or variable name we accept (keys are joined along the tree).
+MAX_NAME_CHARS = 200
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 2, 60, 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+
+def _short(value) -> str:
+    """repr of a value read from a checkpoint, bounded (it may be huge, or a shared-reference DAG)."""
+    return _SHORT.repr(value)
+
+def _plain(obj, depth=0, budget=None):
+    """EasyDict → dict, recursively (init kwargs), visiting at most _MAX_KWARGS_NODES values."""
+    budget = [_MAX_KWARGS_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise CheckpointError(f"init kwargs hold more than {_MAX_KWARGS_NODES} values (shared references "
+                              "repeated over and over?)")
     if depth > 20:
         raise CheckpointError("init kwargs nested too deeply")
     if isinstance(obj, dict):
-        return {k: _plain(v, depth + 1) for k, v in obj.items()}
+        return {k: _plain(v, depth + 1, budget) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v, depth + 1) for v in obj)
+        return type(obj)(_plain(v, depth + 1, budget) for v in obj)
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
 
 def _filter_taps_ok(taps) -> bool:
+    # only a short flat list is worth converting: numpy would expand a nested DAG in full
+    if not (isinstance(taps, (list, tuple)) and len(taps) <= 8
+            and all(isinstance(v, (int, float)) for v in taps)):
+        return False
     try:
         return list(np.asarray(taps, dtype=np.float64).ravel()) == _FILTER_TAPS and np.asarray(taps).ndim == 1
     except (TypeError, ValueError):

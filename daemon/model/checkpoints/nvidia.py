@@ -12,7 +12,7 @@ import torch
 from ..ops import setup_filter
 from ..stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from .common import (CheckpointError, LoadedModel, SUPPORTED, _FILTER_TAPS, _build, _filter_taps_ok,
-                     _finish, _is_int, _plain, _require)
+                     MAX_NAME_CHARS, _finish, _is_int, _plain, _require, _short)
 from .unpickler import PersistentRecord
 
 
@@ -101,7 +101,7 @@ def _generator_config_from_record(rec: PersistentRecord, code: _ModuleCode, what
     known = {"z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", "synthesis_kwargs"}
     for k, v in g.items():
         if k not in known and v is not None:       # e.g. DragGAN's `resize`, StyleGAN-Human's `square`
-            raise CheckpointError(f"{what}: generator option {k}={v!r} is not supported")
+            raise CheckpointError(f"{what}: generator option {k}={_short(v)} is not supported")
     for k in ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"):
         _require(_is_int(g.get(k)), f"{what}: generator init argument {k} missing or not an integer")
     if g["c_dim"] != 0:
@@ -125,14 +125,14 @@ def _generator_config_from_record(rec: PersistentRecord, code: _ModuleCode, what
         (), _merge(dict(in_channels=0, out_channels=0, w_dim=g["w_dim"], resolution=4), layer_kw, what),
         f"{what} SynthesisLayer")
     arch = b.get("architecture", "skip")
-    _require(arch == "skip", f"{what}: synthesis architecture {arch!r} is not supported (only 'skip', "
+    _require(arch == "skip", f"{what}: synthesis architecture {_short(arch)} is not supported (only 'skip', "
                              "the StyleGAN2 config-F layout)")
     _require(lyr.get("use_noise", True) is True, f"{what}: generators without noise inputs are not supported")
     _require(lyr.get("activation", "lrelu") == "lrelu" and m.get("activation", "lrelu") == "lrelu",
              f"{what}: only the lrelu activation is supported")
     _require(lyr.get("kernel_size", 3) == 3, f"{what}: only 3×3 synthesis convolutions are supported")
     for taps in (b.get("resample_filter", _FILTER_TAPS), lyr.get("resample_filter", _FILTER_TAPS)):
-        _require(_filter_taps_ok(taps), f"{what}: resample filter {taps!r} is not supported (only [1,3,3,1])")
+        _require(_filter_taps_ok(taps), f"{what}: resample filter {_short(taps)} is not supported (only [1,3,3,1])")
     conv_clamp = b.get("conv_clamp")
     try:
         return GeneratorConfig(
@@ -153,7 +153,7 @@ def _discriminator_config_from_record(rec: PersistentRecord, code: _ModuleCode, 
         _require(_is_int(d.get(k)), f"{what}: discriminator init argument {k} missing or not an integer")
     _require(d["c_dim"] == 0, f"{what}: conditional discriminators (c_dim={d['c_dim']}) are not supported")
     arch = d.get("architecture", "resnet")
-    _require(arch == "resnet", f"{what}: discriminator architecture {arch!r} is not supported (only 'resnet')")
+    _require(arch == "resnet", f"{what}: discriminator architecture {_short(arch)} is not supported (only 'resnet')")
     blk, _ = code.sig("DiscriminatorBlock").bind(
         (), _merge(dict(in_channels=0, tmp_channels=0, out_channels=0, resolution=4, first_layer_idx=0,
                         img_channels=d["img_channels"], architecture=arch, conv_clamp=d.get("conv_clamp")),
@@ -176,11 +176,23 @@ def _discriminator_config_from_record(rec: PersistentRecord, code: _ModuleCode, 
         mbstd_num_channels=int(epi.get("mbstd_num_channels", 1)),
         num_fp16_res=int(d.get("num_fp16_res", 0) or 0))
 
-def _record_state_dict(rec: PersistentRecord, prefix: str = "", out: dict | None = None, depth: int = 0) -> dict:
-    """Flatten a record tree into a state dict (parameters + persistent buffers)."""
+_MAX_MODULES = 10_000
+
+def _record_state_dict(rec: PersistentRecord, prefix: str = "", out: dict | None = None, depth: int = 0,
+                       seen: set | None = None) -> dict:
+    """Flatten a record tree into a state dict (parameters + persistent buffers). Each record
+    is visited once: a module reached twice is refused, since a tree of shared references
+    would otherwise be walked (and its names joined) an exponential number of times."""
     out = {} if out is None else out
+    seen = set() if seen is None else seen
     if depth > 32:
         raise CheckpointError("network module tree nested too deeply")
+    if id(rec) in seen:
+        raise CheckpointError(f"network module {prefix or 'top level'} is the same object as another module "
+                              "of the tree (shared references)")
+    seen.add(id(rec))
+    if len(seen) > _MAX_MODULES:
+        raise CheckpointError(f"network module tree has more than {_MAX_MODULES} modules")
     st = rec.state
     non_persistent = st.get("_non_persistent_buffers_set") or set()
     for group in ("_parameters", "_buffers"):
@@ -188,18 +200,27 @@ def _record_state_dict(rec: PersistentRecord, prefix: str = "", out: dict | None
         if not isinstance(items, dict):
             raise CheckpointError(f"malformed module state at {prefix or 'top level'}")
         for name, t in items.items():
+            _check_name(name, prefix)
             if t is None or (group == "_buffers" and name in non_persistent):
                 continue
             if not isinstance(t, torch.Tensor):
                 raise CheckpointError(f"{prefix}{name} is not a tensor")
             out[prefix + name] = t
-    for name, child in (st.get("_modules") or {}).items():
+    modules = st.get("_modules") or {}
+    if not isinstance(modules, dict):
+        raise CheckpointError(f"malformed module state at {prefix or 'top level'}")
+    for name, child in modules.items():
+        _check_name(name, prefix)
         if child is None:
             continue
         if not isinstance(child, PersistentRecord):
             raise CheckpointError(f"submodule {prefix}{name} is not a persistent network module")
-        _record_state_dict(child, f"{prefix}{name}.", out, depth + 1)
+        _record_state_dict(child, f"{prefix}{name}.", out, depth + 1, seen)
     return out
+
+def _check_name(name, prefix: str) -> None:
+    if not isinstance(name, str) or len(name) > MAX_NAME_CHARS:
+        raise CheckpointError(f"module state at {prefix or 'top level'} has a name that is not a short string")
 
 def _drop_resample_filters(sd: dict, what: str) -> dict:
     ref = setup_filter(_FILTER_TAPS)
@@ -216,7 +237,7 @@ def _from_nvidia_pickle_dict(data: dict, name: str) -> LoadedModel:
     warnings: list[str] = []
     key = next((k for k in ("G_ema", "G") if isinstance(data.get(k), PersistentRecord)), None)
     if key is None:
-        raise CheckpointError(f"{name}: network pickle without G_ema or G (keys: {sorted(map(str, data))[:8]})")
+        raise CheckpointError(f"{name}: network pickle without G_ema or G (keys: {_short(sorted(map(str, data))[:8])})")
     if key == "G":
         warnings.append("no G_ema in the pickle: using the raw training generator G")
     rec = data[key]

@@ -6,6 +6,7 @@ import math
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -174,8 +175,23 @@ def _torch_load_weights_only(path, name: str):
         raise CheckpointError(f"checkpoint {name} is a damaged torch.save file (incomplete or corrupted download?): "
                               f"{type(exc).__name__}: {str(exc)[:160]}") from None
 
+def check_zip_inflation(z: zipfile.ZipFile, file_bytes: int, name: str) -> None:
+    """torch.save stores its members uncompressed; members that claim to inflate far beyond the
+    file (a zip bomb) are refused before anything is inflated."""
+    claimed = sum(info.file_size for info in z.infolist())
+    if claimed > 2 * file_bytes + (1 << 20):
+        raise CheckpointError(f"checkpoint {name} is refused: its zip members would inflate to {claimed >> 20} MiB "
+                              f"from a {file_bytes}-byte file (torch.save files are not compressed; a zip bomb?)")
+
 def load_rosinality(path: str | os.PathLike, name: str | None = None) -> LoadedModel:
     name = name or Path(path).name
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                check_zip_inflation(z, os.path.getsize(path), name)
+        except (zipfile.BadZipFile, ValueError, NotImplementedError, OSError, EOFError):
+            raise CheckpointError(f"checkpoint {name} is a truncated or damaged zip file (incomplete "
+                                  "download?); download it again") from None
     obj = _torch_load_weights_only(path, name)
     try:
         return _from_rosinality_obj(obj, name)

@@ -9,7 +9,7 @@ import torch
 
 from ..stylegan2 import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from .common import (CheckpointError, LoadedModel, SUPPORTED, _FILTER_TAPS, _build, _filter_taps_ok,
-                     _finish, _is_int, _plain, _require)
+                     MAX_NAME_CHARS, _finish, _is_int, _plain, _require, _short)
 from .unpickler import TFNetworkRecord, _NDArrayBuilder
 
 
@@ -26,12 +26,21 @@ _TF_D_KWARGS = {"label_size", "resolution", "num_channels", "architecture", "fma
 
 def _tf_params(net: TFNetworkRecord, what: str) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
+    seen: set[int] = set()
 
     def walk(prefix, n, depth):
         if depth > 8 or not isinstance(n, TFNetworkRecord) or not isinstance(n.state, dict):
             raise CheckpointError(f"{what}: malformed TensorFlow network")
-        for item in n.state.get("variables") or []:
-            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+        if id(n) in seen:      # walked as a tree, shared components would multiply
+            raise CheckpointError(f"{what}: TensorFlow component {prefix or 'top level'} is the same object as "
+                                  "another component (shared references)")
+        seen.add(id(n))
+        variables, components = n.state.get("variables") or [], n.state.get("components") or {}
+        if not isinstance(variables, list) or not isinstance(components, dict):
+            raise CheckpointError(f"{what}: malformed TensorFlow network")
+        for item in variables:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+                    and len(item[0]) <= MAX_NAME_CHARS):
                 raise CheckpointError(f"{what}: malformed TensorFlow variable list")
             value = item[1]
             if isinstance(value, _NDArrayBuilder):
@@ -41,7 +50,9 @@ def _tf_params(net: TFNetworkRecord, what: str) -> dict[str, np.ndarray]:
             if not isinstance(value, np.ndarray):
                 raise CheckpointError(f"{what}: TensorFlow variable {item[0]} is not an array")
             out[prefix + item[0]] = value
-        for cname, comp in (n.state.get("components") or {}).items():
+        for cname, comp in components.items():
+            if not isinstance(cname, str) or len(cname) > MAX_NAME_CHARS:
+                raise CheckpointError(f"{what}: malformed TensorFlow component name")
             walk(f"{prefix}{cname}/", comp, depth + 1)
 
     walk("", net, 0)
@@ -75,7 +86,7 @@ def _from_tf_pickle(obj: tuple, name: str) -> LoadedModel:
 
     _require(k("label_size", 0) == 0, f"{what}: conditional models are not supported")
     _require(k("architecture", "skip") == "skip", f"{what}: synthesis architecture "
-                                                  f"{k('architecture', 'skip')!r} is not supported")
+                                                  f"{_short(k('architecture', 'skip'))} is not supported")
     _require(k("use_noise", True) is True, f"{what}: generators without noise are not supported")
     _require(k("nonlinearity", "lrelu") == "lrelu" and k("mapping_nonlinearity", "lrelu") == "lrelu",
              f"{what}: only lrelu is supported")
@@ -145,7 +156,7 @@ def _tf_discriminator(tf_D, what: str) -> Discriminator:
         return default if v is None else v
 
     _require(k("label_size", 0) == 0, "conditional discriminator")
-    _require(k("architecture", "resnet") == "resnet", f"architecture {k('architecture', 'resnet')!r}")
+    _require(k("architecture", "resnet") == "resnet", f"architecture {_short(k('architecture', 'resnet'))}")
     _require(k("nonlinearity", "lrelu") == "lrelu", "activation is not lrelu")
     _require(_filter_taps_ok(k("resample_kernel", _FILTER_TAPS)), "resample kernel is not [1,3,3,1]")
     conv_clamp = kw.get("conv_clamp")

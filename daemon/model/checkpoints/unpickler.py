@@ -4,10 +4,19 @@ Plain ``pickle`` would run the Python source those pickles embed. Here only the 
 `ALLOWED_GLOBALS` resolve, each to a function of ours that builds inert data (records of class
 name, init kwargs and state; tensors and arrays rebuilt from their raw bytes by our own
 readers); every other global is refused with a CheckpointError naming it. This file imports
-nothing of the generator, so it can be audited on its own."""
+nothing of the generator, so it can be audited on its own.
+
+Loading is also bounded, so that a small file cannot make it run for ever or exhaust memory
+(a "billion laughs" pickle reuses one object through the memo thousands of times at two bytes
+a reference): the unpickler is Python's own (its memo is a dict; the C one allocates an array
+as long as the largest memo index the file names), a length field may not ask for more bytes
+than the file has, what our functions build is charged against a budget proportional to the
+file's size, dict keys and set members must be plain values (hashing a tuple that refers to
+itself through shared references takes exponential time), and nesting is limited."""
 from __future__ import annotations
 
 import collections
+import contextvars
 import io
 import math
 import pickle
@@ -114,13 +123,140 @@ _LEGACY_TORCH_PROTOCOL = 1001
 
 _MAX_TENSOR_BYTES = 4 << 30
 
-class _NoGlobalsUnpickler(pickle.Unpickler):
+#: Per object our functions build (record, tensor, array, copy), on top of its data bytes.
+_OBJECT_BYTES = 64
+
+_MAX_DEPTH = 200
+
+_MAX_KEY_ITEMS = 16
+
+
+class LoadBudget:
+    """How much one load may build: twice the file's size plus a fixed allowance (a network
+    pickle holds its tensor data once, so a real one needs about its own size)."""
+
+    def __init__(self, file_bytes: int):
+        self.file_bytes = file_bytes
+        self.limit = 2 * file_bytes + (64 << 20)
+        self.spent = 0
+
+    def charge(self, nbytes: int) -> None:
+        self.spent += nbytes + _OBJECT_BYTES
+        if self.spent > self.limit:
+            raise _Refused(f"it builds more than {self.limit >> 20} MiB from a {self.file_bytes}-byte file "
+                           "(the same objects referenced over and over: a 'billion laughs' pickle?)")
+
+_BUDGET: contextvars.ContextVar[LoadBudget | None] = contextvars.ContextVar("dragd_load_budget", default=None)
+
+def _charge(nbytes: int) -> None:
+    budget = _BUDGET.get()
+    if budget is None:
+        raise _Refused("loader functions may only run inside restricted_load")
+    budget.charge(nbytes)
+
+def _check_key(key, what: str) -> None:
+    """Dict keys and set members: plain values, or small tuples of them (anything else could
+    cost exponential time to hash)."""
+    todo, seen = [key], 0
+    while todo:
+        k = todo.pop()
+        seen += 1
+        if seen > _MAX_KEY_ITEMS:
+            raise _Refused(f"{what} is a tuple too large to be a key")
+        if isinstance(k, tuple):
+            todo.extend(k)
+        elif not isinstance(k, (str, bytes, int, float, type(None))):
+            raise _Refused(f"{what} of type {type(k).__name__} (only plain values may be keys)")
+
+class _ClampedReader:
+    """A file whose reads never ask for more than it has left: a length field of 2**60 must not
+    allocate 2**60 bytes before finding out the file is short."""
+
+    def __init__(self, f, size: int):
+        self._f, self._left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._f.read(n)
+        self._left -= len(data)
+        return data
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def readline(self) -> bytes:
+        line = self._f.readline(max(self._left, 0))
+        self._left -= len(line)
+        return line
+
+def _stream_size(f) -> int:
+    here = f.tell()
+    end = f.seek(0, io.SEEK_END)
+    f.seek(here)
+    return end - here
+
+class _BoundedUnpickler(pickle._Unpickler):
+    """Python's unpickler with the bounds above (see the module docstring)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, f):
+        size = _stream_size(f)
+        self._size = size
+        super().__init__(_ClampedReader(f, size))
+
+    def load_mark(self):
+        if len(self.metastack) >= _MAX_DEPTH:
+            raise _Refused(f"pickle nested more than {_MAX_DEPTH} levels deep")
+        super().load_mark()
+    dispatch[pickle.MARK[0]] = load_mark
+
+    def load_bytearray8(self):
+        (n,) = struct.unpack("<Q", self.read(8))
+        if n > self._size:
+            raise _Refused("a byte array longer than the file")
+        self.append(bytearray(self.read(n)))
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+
+    def load_dict(self):
+        items = self.pop_mark()
+        for key in items[::2]:
+            _check_key(key, "dict key")
+        self.append({items[i]: items[i + 1] for i in range(0, len(items), 2)})
+    dispatch[pickle.DICT[0]] = load_dict
+
+    def load_setitem(self):
+        _check_key(self.stack[-2], "dict key")
+        super().load_setitem()
+    dispatch[pickle.SETITEM[0]] = load_setitem
+
+    def load_setitems(self):
+        for key in self.stack[::2]:
+            _check_key(key, "dict key")
+        super().load_setitems()
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+
+    def load_additems(self):
+        for item in self.stack:
+            _check_key(item, "set member")
+        super().load_additems()
+    dispatch[pickle.ADDITEMS[0]] = load_additems
+
+    def load_frozenset(self):
+        for item in self.stack:
+            _check_key(item, "set member")
+        super().load_frozenset()
+    dispatch[pickle.FROZENSET[0]] = load_frozenset
+
+class _NoGlobalsUnpickler(_BoundedUnpickler):
     """Plain data only: any global at all is refused."""
 
     def find_class(self, module, name):
         raise _Refused(f"refused global {module}.{name} inside legacy tensor bytes")
 
-class _LegacyStorageUnpickler(pickle.Unpickler):
+class _LegacyStorageUnpickler(_BoundedUnpickler):
     """The object record of a legacy `torch.save`: storage type names and storage references."""
 
     def __init__(self, f):
@@ -135,7 +271,7 @@ class _LegacyStorageUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
-            raise _Refused(f"unexpected persistent id in legacy tensor bytes: {str(pid)[:80]}")
+            raise _Refused(f"unexpected persistent id in legacy tensor bytes (a {type(pid).__name__})")
         _, stype, key, _location, numel, view = pid
         if not isinstance(stype, _StorageType) or not isinstance(key, str) or not _is_int(numel) or numel < 0:
             raise _Refused("malformed storage reference in legacy tensor bytes")
@@ -195,6 +331,7 @@ def _read_legacy_storage(data: bytes) -> _Storage:
         if len(raw) != count * itemsize:
             raise _Refused("legacy tensor bytes are truncated")
         if key == root.key:
+            _charge(count * itemsize)
             flat = torch.empty(count, dtype=dtype)
             if count:
                 flat.view(torch.uint8).numpy()[:] = np.frombuffer(raw, dtype=np.uint8)
@@ -218,7 +355,9 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
             raise _Refused("tensor geometry exceeds its storage")
     flat = storage.flat
     if storage_offset == 0 and numel == flat.numel() and stride == _contiguous_strides(size):
+        _charge(0)
         return flat.view(size)                # the whole storage, contiguous: no copy needed
+    _charge(numel * flat.element_size())
     return flat.as_strided(size, stride, storage_offset).clone()
 
 def _contiguous_strides(size: tuple) -> tuple:
@@ -231,6 +370,7 @@ def _contiguous_strides(size: tuple) -> tuple:
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
     if not isinstance(data, torch.Tensor):
         raise _Refused("parameter rebuilt from something that is not a tensor")
+    _charge(0)
     return data
 
 def _rebuild_parameter_with_state(data, requires_grad=False, backward_hooks=None, state=None):
@@ -249,6 +389,7 @@ def _reconstruct_persistent_obj(meta):
     class_name, module_src, state = meta.get("class_name"), meta.get("module_src"), meta.get("state")
     if not isinstance(class_name, str) or not isinstance(module_src, str) or not isinstance(state, dict):
         raise _Refused("malformed torch_utils.persistence record")
+    _charge(_OBJECT_BYTES * len(state))
     return PersistentRecord(class_name, module_src, dict(state), meta.get("version"))
 
 _NP_DTYPE_RE = re.compile(r"^(b1|\?|[iu][1248]|f[248]|c(8|16))$")
@@ -277,6 +418,7 @@ def _np_scalar(dtype, data=None):
     dt = dtype.resolve()
     if len(data) != dt.itemsize:
         raise _Refused("malformed numpy scalar")
+    _charge(0)
     return np.frombuffer(data, dtype=dt, count=1)[0]
 
 class _NDArrayBuilder(_Inert):
@@ -307,6 +449,7 @@ def _np_array(raw, dtype, shape, order) -> np.ndarray:
     dt = dtype.resolve()
     if math.prod(shape) * dt.itemsize != len(raw):
         raise _Refused("numpy array data does not match its shape")
+    _charge(2 * len(raw))
     return np.frombuffer(bytes(raw), dtype=dt).reshape(shape, order=order).copy()
 
 def _np_reconstruct(cls, shape, typecode):
@@ -321,7 +464,31 @@ def _codecs_encode(text, encoding="utf-8"):
     """Protocol-2 pickles spell bytes as _codecs.encode(str, 'latin1')."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise _Refused("_codecs.encode used for something other than bytes")
+    _charge(len(text))
     return text.encode("latin1")
+
+def _copied_items(items, what: str) -> list:
+    """set(list), frozenset(list): each call copies, so each is charged, and members must be
+    plain values."""
+    if not isinstance(items, (list, tuple, set, frozenset)):
+        raise _Refused(f"{what} built from something that is not a list")
+    _charge(_OBJECT_BYTES * len(items))
+    for item in items:
+        _check_key(item, f"{what} member")
+    return list(items)
+
+def _set(items=()):
+    return set(_copied_items(items, "set"))
+
+def _frozenset(items=()):
+    return frozenset(_copied_items(items, "frozenset"))
+
+def _ordered_dict(*args):
+    """Pickles build an OrderedDict empty and fill it with SETITEMS (whose keys are checked)."""
+    if args not in ((), ((),), ([],)):
+        raise _Refused("OrderedDict built from arguments")
+    _charge(0)
+    return collections.OrderedDict()
 
 _NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray")
 
@@ -332,9 +499,9 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
     ("dnnlib.util", "EasyDict"): _EasyDict,
     ("dnnlib.tflib.network", "Network"): TFNetworkRecord,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("builtins", "set"): set, ("__builtin__", "set"): set,
-    ("builtins", "frozenset"): frozenset, ("__builtin__", "frozenset"): frozenset,
+    ("collections", "OrderedDict"): _ordered_dict,
+    ("builtins", "set"): _set, ("__builtin__", "set"): _set,
+    ("builtins", "frozenset"): _frozenset, ("__builtin__", "frozenset"): _frozenset,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
@@ -350,7 +517,7 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     **{(m, "_frombuffer"): _np_frombuffer for m in _NUMPY_NUMERIC},
 }
 
-class RestrictedUnpickler(pickle.Unpickler):
+class RestrictedUnpickler(_BoundedUnpickler):
     """Resolves only `ALLOWED_GLOBALS`; everything else raises a CheckpointError naming it."""
 
     def find_class(self, module, name):
@@ -363,5 +530,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise _Refused("refused persistent id (network pickles have none)")
 
 def restricted_load(f) -> Any:
-    """Unpickle a network pickle with `RestrictedUnpickler` (raises CheckpointError/pickle errors)."""
-    return RestrictedUnpickler(f).load()
+    """Unpickle a network pickle with `RestrictedUnpickler`, within a `LoadBudget` of the
+    stream's size (raises CheckpointError/pickle errors)."""
+    token = _BUDGET.set(LoadBudget(_stream_size(f)))
+    try:
+        return RestrictedUnpickler(f).load()
+    finally:
+        _BUDGET.reset(token)
