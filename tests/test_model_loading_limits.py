@@ -169,3 +169,19 @@ def test_zip_members_inflating_far_beyond_the_file_are_refused_before_inflating(
                 member.write(zeros)
     assert p.stat().st_size < 2 << 20
     _refused(p, "would inflate")
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 3 (part): an unusable --cache-dir is a sentence
+
+
+@pytest.mark.parametrize("kind", ["file", "under_a_file", "read_only_fs"])
+def test_serve_with_an_unusable_cache_dir_is_a_sentence(tmp_path, capsys, kind):
+    from dragd.daemon import cli
+
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    cache = {"file": f, "under_a_file": f / "sub", "read_only_fs": Path("/proc/dragd-cache")}[kind]
+    assert cli.main(["serve", "--bind", "tcp://127.0.0.1:1", "--device", "cpu", "--cache-dir", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert f"--cache-dir {cache}" in err and "Traceback" not in err
