@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,30 @@ from .ops import (LRELU_GAIN, bias_act, conv2d_resample, modulated_conv2d,
                   normalize_2nd_moment, setup_filter, upsample2d)
 
 NOISE_MODES = ("const", "random", "none")
+
+
+def _check_fields(cfg, rules: dict) -> None:
+    """Every field of `cfg` of the type and in the range `rules` names: checkpoints come from
+    the internet, and a config such as z_dim=0 or channel_max=-1 would otherwise fail deep in
+    torch (ZeroDivisionError, RuntimeError) instead of with a sentence naming the field."""
+    for name, (kind, lo, hi) in rules.items():
+        v = getattr(cfg, name)
+        if v is None and kind in ("int?", "float?"):
+            continue
+        if kind.startswith("int"):
+            ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok:
+            raise ValueError(f"{name} must be {'an integer' if kind.startswith('int') else 'a number'}, "
+                             f"got {v!r:.40}")
+        if not lo <= v <= hi:
+            raise ValueError(f"{name} must be in {lo}…{hi}, got {v!r:.40}")
+        # numpy scalars (as pickles hold them) become plain numbers, so to_json() can store them
+        object.__setattr__(cfg, name, int(v) if kind.startswith("int") else float(v))
+
+
+_SIZE = 1 << 14        # far above any published StyleGAN2 width
 
 
 def _config_from_json(cls, text: str, what: str):
@@ -55,13 +80,19 @@ class GeneratorConfig:
     w_avg_beta: float = 0.995
 
     def __post_init__(self):
-        log2 = math.log2(self.resolution)
-        if self.resolution < 8 or self.resolution > 1024 or log2 != int(log2):
+        _check_fields(self, {"resolution": ("int", 0, 1 << 30), "z_dim": ("int", 1, _SIZE), "w_dim": ("int", 1, _SIZE),
+                             "img_channels": ("int", 1, 4), "channel_base": ("int", 1, 1 << 24),
+                             "channel_max": ("int", 1, _SIZE), "mapping_layers": ("int", 1, 32),
+                             "mapping_lr_multiplier": ("float", 1e-6, 1e3), "layer_features": ("int?", 1, _SIZE),
+                             "conv_clamp": ("float?", 1e-6, 1e6), "num_fp16_res": ("int", 0, 16),
+                             "w_avg_beta": ("float", 0.0, 1.0)})
+        if not 8 <= self.resolution <= 1024 or self.resolution & (self.resolution - 1):
             raise ValueError(f"resolution must be a power of two in 8…1024, got {self.resolution}")
         if self.img_channels not in (1, 3, 4):
             raise ValueError(f"img_channels must be 1, 3 or 4, got {self.img_channels}")
-        if self.mapping_layers < 1:
-            raise ValueError("mapping_layers must be ≥ 1")
+        if self.channel_base < self.resolution:
+            raise ValueError(f"channel_base {self.channel_base} leaves the {self.resolution}-px block without "
+                             "channels (it must be at least the resolution)")
 
     @property
     def num_blocks(self) -> int:
@@ -386,6 +417,17 @@ class DiscriminatorConfig:
     mbstd_group_size: int | None = 4       # None = whole minibatch (as NVIDIA's code allows)
     mbstd_num_channels: int = 1
     num_fp16_res: int = 0                  # recorded only
+
+    def __post_init__(self):
+        _check_fields(self, {"resolution": ("int", 0, 1 << 30), "img_channels": ("int", 1, 4),
+                             "channel_base": ("int", 1, 1 << 24), "channel_max": ("int", 1, _SIZE),
+                             "conv_clamp": ("float?", 1e-6, 1e6), "mbstd_group_size": ("int?", 1, 1024),
+                             "mbstd_num_channels": ("int", 1, 64), "num_fp16_res": ("int", 0, 16)})
+        if not 8 <= self.resolution <= 1024 or self.resolution & (self.resolution - 1):
+            raise ValueError(f"resolution must be a power of two in 8…1024, got {self.resolution}")
+        if self.channel_base < self.resolution:
+            raise ValueError(f"channel_base {self.channel_base} leaves the {self.resolution}-px block without "
+                             "channels (it must be at least the resolution)")
 
     def channels(self, res: int) -> int:
         return min(self.channel_base // res, self.channel_max)

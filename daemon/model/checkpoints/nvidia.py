@@ -137,13 +137,11 @@ def _generator_config_from_record(rec: PersistentRecord, code: _ModuleCode, what
     try:
         return GeneratorConfig(
             resolution=g["img_resolution"], z_dim=g["z_dim"], w_dim=g["w_dim"], img_channels=g["img_channels"],
-            channel_base=int(s.get("channel_base", 32768)), channel_max=int(s.get("channel_max", 512)),
-            mapping_layers=int(m.get("num_layers", 8)),
-            mapping_lr_multiplier=float(m.get("lr_multiplier", 0.01)),
-            layer_features=m.get("layer_features"),
-            conv_clamp=None if conv_clamp is None else float(conv_clamp),
-            num_fp16_res=int(s.get("num_fp16_res", 0) or 0),
-            w_avg_beta=float(m["w_avg_beta"]) if m.get("w_avg_beta") is not None else 0.995)
+            channel_base=s.get("channel_base", 32768), channel_max=s.get("channel_max", 512),
+            mapping_layers=m.get("num_layers", 8), mapping_lr_multiplier=m.get("lr_multiplier", 0.01),
+            layer_features=m.get("layer_features"), conv_clamp=conv_clamp,
+            num_fp16_res=s.get("num_fp16_res", 0) or 0,
+            w_avg_beta=m["w_avg_beta"] if m.get("w_avg_beta") is not None else 0.995)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{what}: unsupported generator configuration ({exc})") from None
 
@@ -168,13 +166,14 @@ def _discriminator_config_from_record(rec: PersistentRecord, code: _ModuleCode, 
              f"{what}: discriminator resample filter is not [1,3,3,1]")
     conv_clamp = d.get("conv_clamp")
     gs = epi.get("mbstd_group_size", 4)
-    return DiscriminatorConfig(
-        resolution=d["img_resolution"], img_channels=d["img_channels"],
-        channel_base=int(d.get("channel_base", 32768)), channel_max=int(d.get("channel_max", 512)),
-        conv_clamp=None if conv_clamp is None else float(conv_clamp),
-        mbstd_group_size=None if gs is None else int(gs),
-        mbstd_num_channels=int(epi.get("mbstd_num_channels", 1)),
-        num_fp16_res=int(d.get("num_fp16_res", 0) or 0))
+    try:
+        return DiscriminatorConfig(
+            resolution=d["img_resolution"], img_channels=d["img_channels"],
+            channel_base=d.get("channel_base", 32768), channel_max=d.get("channel_max", 512),
+            conv_clamp=conv_clamp, mbstd_group_size=gs, mbstd_num_channels=epi.get("mbstd_num_channels", 1),
+            num_fp16_res=d.get("num_fp16_res", 0) or 0)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{what}: unsupported discriminator configuration ({exc})") from None
 
 _MAX_MODULES = 10_000
 

@@ -52,7 +52,7 @@ def rosinality_generator_config(g: dict, what: str = "rosinality checkpoint") ->
         return GeneratorConfig(resolution=resolution, z_dim=int(z_dim), w_dim=int(style_dim), img_channels=img_channels,
                                channel_base=base, channel_max=cmax, mapping_layers=n_mlp,
                                mapping_lr_multiplier=0.01, layer_features=None, conv_clamp=None)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{what}: unsupported generator ({exc})") from None
 
 class _WeightReader:
@@ -124,8 +124,11 @@ def rosinality_discriminator_to_ours(d: dict, resolution: int, what: str = "rosi
         channels[2 ** (log2 - k)] = int(take(f"convs.{k}.conv2.1.weight").shape[0])
     base, cmax = _infer_channels(channels, what)
     img_channels = int(d["convs.0.0.weight"].shape[1])
-    cfg = DiscriminatorConfig(resolution=resolution, img_channels=img_channels, channel_base=base,
-                              channel_max=cmax, conv_clamp=None, mbstd_group_size=4, mbstd_num_channels=1)
+    try:
+        cfg = DiscriminatorConfig(resolution=resolution, img_channels=img_channels, channel_base=base,
+                                  channel_max=cmax, conv_clamp=None, mbstd_group_size=4, mbstd_num_channels=1)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{what}: unsupported discriminator ({exc})") from None
     sd = {f"b{resolution}.fromrgb.weight": take("convs.0.0.weight"),
           f"b{resolution}.fromrgb.bias": take("convs.0.1.bias")}
     for k in range(1, log2 - 1):

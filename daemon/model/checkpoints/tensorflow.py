@@ -94,15 +94,17 @@ def _from_tf_pickle(obj: tuple, name: str) -> LoadedModel:
     params = _tf_params(tf_Gs, what)
     if any(re.fullmatch(r"synthesis/ToRGB_lod\d+/.*", n) for n in params):
         raise CheckpointError(f"{what}: 'orig' synthesis architecture (ToRGB_lod) is not supported")
-    w_dim = int(k("dlatent_size", 512))
+    w_dim = k("dlatent_size", 512)
     conv_clamp = kw.get("conv_clamp")
-    cfg = GeneratorConfig(
-        resolution=int(k("resolution", 1024)), z_dim=int(k("latent_size", 512)), w_dim=w_dim,
-        img_channels=int(k("num_channels", 3)), channel_base=int(k("fmap_base", 16384)) * 2,
-        channel_max=int(k("fmap_max", 512)), mapping_layers=int(k("mapping_layers", 8)),
-        mapping_lr_multiplier=float(k("mapping_lrmul", 0.01)), layer_features=kw.get("mapping_fmaps"),
-        conv_clamp=None if conv_clamp is None else float(conv_clamp),
-        num_fp16_res=int(k("num_fp16_res", 0)), w_avg_beta=float(k("w_avg_beta", 0.995)))
+    try:
+        cfg = GeneratorConfig(
+            resolution=k("resolution", 1024), z_dim=k("latent_size", 512), w_dim=w_dim,
+            img_channels=k("num_channels", 3), channel_base=_doubled(k("fmap_base", 16384)),
+            channel_max=k("fmap_max", 512), mapping_layers=k("mapping_layers", 8),
+            mapping_lr_multiplier=k("mapping_lrmul", 0.01), layer_features=kw.get("mapping_fmaps"),
+            conv_clamp=conv_clamp, num_fp16_res=k("num_fp16_res", 0), w_avg_beta=k("w_avg_beta", 0.995))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{what}: unsupported generator configuration ({exc})") from None
     P = lambda n: _tf_get(params, n, what)  # noqa: E731
     sd: dict[str, np.ndarray] = {"mapping.w_avg": P("dlatent_avg")}
     for i in range(cfg.mapping_layers):
@@ -160,12 +162,14 @@ def _tf_discriminator(tf_D, what: str) -> Discriminator:
     _require(k("nonlinearity", "lrelu") == "lrelu", "activation is not lrelu")
     _require(_filter_taps_ok(k("resample_kernel", _FILTER_TAPS)), "resample kernel is not [1,3,3,1]")
     conv_clamp = kw.get("conv_clamp")
-    cfg = DiscriminatorConfig(
-        resolution=int(k("resolution", 1024)), img_channels=int(k("num_channels", 3)),
-        channel_base=int(k("fmap_base", 16384)) * 2, channel_max=int(k("fmap_max", 512)),
-        conv_clamp=None if conv_clamp is None else float(conv_clamp),
-        mbstd_group_size=int(k("mbstd_group_size", 4)),    # D_stylegan2's own default
-        mbstd_num_channels=int(k("mbstd_num_features", 1)), num_fp16_res=int(k("num_fp16_res", 0)))
+    try:
+        cfg = DiscriminatorConfig(
+            resolution=k("resolution", 1024), img_channels=k("num_channels", 3),
+            channel_base=_doubled(k("fmap_base", 16384)), channel_max=k("fmap_max", 512), conv_clamp=conv_clamp,
+            mbstd_group_size=k("mbstd_group_size", 4),    # D_stylegan2's own default
+            mbstd_num_channels=k("mbstd_num_features", 1), num_fp16_res=k("num_fp16_res", 0))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{what}: unsupported discriminator configuration ({exc})") from None
     params = _tf_params(tf_D, what)
     P = lambda n: _tf_get(params, n, what)  # noqa: E731
     sd = {}
@@ -186,3 +190,9 @@ def _tf_discriminator(tf_D, what: str) -> Discriminator:
     sd["b4.out.bias"] = P("Output/bias")
     return _build(Discriminator, cfg,
                   {n: torch.from_numpy(np.array(v, dtype=np.float32, order="C")) for n, v in sd.items()}, f"{what} (D)")
+
+
+def _doubled(fmap_base):
+    """TF's fmap_base is half of PyTorch's channel_base; a non-integer is left for the config
+    to refuse by name."""
+    return fmap_base * 2 if isinstance(fmap_base, int) and not isinstance(fmap_base, bool) else fmap_base
