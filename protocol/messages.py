@@ -152,6 +152,8 @@ REQUESTS: Dict[str, MessageSpec] = {
     "open_session": MessageSpec(
         {"model": opt(Nullable(MODEL_NAME), None),
          "roi": opt(Nullable(ROI), None),
+         # auto: what the model's metadata says (FFHQ models: ffhq), else none.
+         "align": opt(Str(choices=("auto", "ffhq", "none")), "auto"),
          # {} rather than absent, so the daemon always gets the filled-in defaults.
          "invert": opt(INVERT, {})},
         frames={"image": FrameSpec(required=True)},

@@ -125,3 +125,75 @@ def test_padding_where_the_square_leaves_the_photo(astronaut):
     back = align.paste_aligned(corner, crop, g)
     inside = g.contains(pixel_centres(*corner.shape[:2]))
     assert np.array_equal(back[~inside], corner[~inside])
+
+
+# ---------------------------------------------------------------------------------------------
+# Through a real daemon
+
+
+@pytest.fixture(scope="module")
+def ffhq_daemon(tmp_path_factory):
+    """`dragd serve` with an FFHQ-architecture generator (8 mapping layers, random weights,
+    small channels) whose metadata says `align: ffhq`, as an FFHQ model's does."""
+    import torch
+
+    from dragd.daemon.model.checkpoints import save_native
+    from dragd.daemon.model.stylegan2 import Generator
+
+    from daemon_fixture import start_daemon
+
+    torch.manual_seed(0)
+    G = Generator(resolution=64, z_dim=32, w_dim=32, channel_base=1024, channel_max=32, mapping_layers=8).eval()
+    path = tmp_path_factory.mktemp("ffhq") / "tiny-ffhq.safetensors"
+    save_native(path, G, None, info={"source": "tests/test_align.py", "align": "ffhq"}, dtype=torch.float32)
+    d = start_daemon(path, tmp_path_factory.mktemp("daemon"))
+    yield d
+    d.stop()
+
+
+def _image(arr):
+    from dragd.protocol.image import Image as WireImage
+    h, w, c = arr.shape
+    return WireImage(np.ascontiguousarray(arr).tobytes(), w, h, c)
+
+
+FAST = {"method": "w", "w_steps": 2}
+
+
+def test_a_drag_on_the_aligned_astronaut_keeps_everything_outside_the_face(ffhq_daemon, astronaut):
+    from dragd.protocol.client import Client
+
+    with Client(ffhq_daemon.endpoint, timeout=120) as c:
+        s = c.open_session(_image(astronaut), invert=FAST)
+        info = s.info["info"]
+        assert info["align"] == "ffhq", info
+        assert info["domain"]["verdict"] in ("good", "poor") and "psnr" in info["domain"]
+        quad = np.array(info["align_quad"])
+        centre = quad.mean(axis=0)
+        results = [c.drag(s, [(tuple(centre), tuple(centre + [4.0, 2.0]))], max_steps=3, paste=paste)
+                   for paste in ("resample", "detail")]
+    geo = align.AlignedGeometry(512, 512, tuple(map(tuple, quad)), 64)
+    inside = geo.contains(pixel_centres(512, 512))
+    for r in results:
+        out = np.frombuffer(r.image.data, np.uint8).reshape(r.image.height, r.image.width, r.image.channels)
+        assert out.shape == astronaut.shape
+        assert np.array_equal(out[~inside], astronaut[~inside])
+        assert not np.array_equal(out[inside], astronaut[inside])
+
+
+def test_no_face_is_a_clear_error_and_alignment_off_still_edits(ffhq_daemon):
+    from dragd.protocol.client import Client, RemoteError
+
+    cat = skdata.chelsea()
+    with Client(ffhq_daemon.endpoint, timeout=120) as c:
+        with pytest.raises(RemoteError) as err:
+            c.open_session(_image(cat), invert=FAST)
+        assert err.value.code == "bad_value"
+        assert "no face found" in err.value.message and "alignment off" in err.value.message
+        s = c.open_session(_image(cat), invert=FAST, align="none")
+        assert s.info["info"]["align"] == "none"
+        with pytest.raises(RemoteError) as err:                 # a handle off the aligned face
+            s2 = c.open_session(_image(skdata.astronaut()), invert=FAST, align="ffhq")
+            c.drag(s2, [((500.0, 500.0), (505.0, 500.0))], max_steps=2)
+        assert err.value.code == "bad_points"
+        assert "outside the aligned square" in err.value.message

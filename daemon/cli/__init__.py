@@ -9,10 +9,10 @@ import argparse
 import logging
 import sys
 
-from . import demo, edit, install_plugins, keys, models, serve, status
+from . import align, demo, edit, install_plugins, keys, models, serve, status
 from .errors import UserFacingError
 
-COMMAND_GROUPS = (serve, edit, demo, status, keys, install_plugins, models)
+COMMAND_GROUPS = (serve, edit, demo, status, keys, install_plugins, models, align)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -58,6 +58,9 @@ def add_parser(sub) -> None:
     e.add_argument("--quality", choices=["fast", "balanced", "quality"], default="balanced",
                    help="inversion preset (default balanced)")
     e.add_argument("--model", default=None, help="model name or checkpoint path (default: the daemon's)")
+    e.add_argument("--align", choices=["auto", "ffhq", "none"], default="auto",
+                   help="face alignment: auto (default) = what the model wants (FFHQ models: ffhq); "
+                   "ffhq: detect the face and align it as FFHQ's (needs pip install 'dragd[faces]'); none: off")
     e.add_argument("--connect", default=DEFAULT_ENDPOINT, help="daemon endpoint to try first")
     e.add_argument("--in-process", action="store_true", help="don't look for a daemon")
     e.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
@@ -110,8 +113,9 @@ def cmd_edit(args) -> int:
         t0 = time.perf_counter()
         session = client.open_session(layer, roi=roi, model=args.model,
                                       invert={"method": "pti", "quality": args.quality},
-                                      progress=_print_progress)
+                                      progress=_print_progress, align=args.align)
         print(f"\ninverted in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        _print_domain(session.info.get("info") or {})
 
         def on_event(ev):
             _print_progress(ev)
@@ -268,6 +272,20 @@ def _to_pil(img):
 
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[img.channels]
     return PILImage.frombuffer(mode, (img.width, img.height), bytes(img.data), "raw", mode, 0, 1)
+
+
+def _print_domain(info: dict) -> None:
+    """How well the model could reconstruct the picture, before the drag is waited for."""
+    if info.get("align") == "ffhq":
+        print("face found, aligned (FFHQ)", file=sys.stderr)
+    d = info.get("domain")
+    if not isinstance(d, dict) or "verdict" not in d:
+        return
+    print(f"reconstruction: {d['verdict']} (PSNR {d.get('psnr', 0):.1f} dB, threshold "
+          f"{d.get('threshold_psnr', 0):.1f} dB; {d.get('perceptual_backend', 'perceptual')} distance "
+          f"{d.get('perceptual', 0):.3f})", file=sys.stderr)
+    if d.get("message"):
+        print(f"warning: {d['message']}", file=sys.stderr)
 
 
 def _print_progress(ev) -> None:

@@ -22,6 +22,9 @@ import torch
 from PIL import Image as PILImage
 
 from ..model.checkpoints import LoadedModel
+from . import align as face_align
+from .domain import assess as assess_domain
+from .faces import FacesUnavailable
 from .drag import DragConfig, DragInputError, DragSession, DragSnapshot
 from .image_prep import CropGeometry, CropTooLarge, LayerError, content_hash, prepare_target, tensor_to_uint8, validate_layer
 from .inversion import Inversion, InversionCancelled, InversionSettings
@@ -42,7 +45,8 @@ _SESSION_OVERHEAD_BYTES = 16 << 10
 
 
 class EditError(ValueError):
-    """Bad input for an edit; `kind` is one of "pixels", "points", "mask", "state", "too_large"."""
+    """Bad input for an edit; `kind` is one of "pixels", "points", "mask", "state", "too_large",
+    "align"."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -125,19 +129,21 @@ class EditSession:
     @classmethod
     def open(cls, model: EditModel, layer: np.ndarray, *, roi: tuple[int, int, int, int] | None,
              settings: InversionSettings | None, cache: InversionCache | None, device,
-             progress: InversionProgress, cancel: Callable[[], bool]) -> "EditSession":
-        """Crop (the ROI grown to a square), invert (or reuse the cache), ready to drag.
+             progress: InversionProgress, cancel: Callable[[], bool], align: str = "auto") -> "EditSession":
+        """Crop (the FFHQ-aligned face when `align` or the model's metadata asks for it, else the
+        ROI grown to a square), invert (or reuse the cache), ready to drag.
         `settings` None edits the mean face instead of inverting."""
         G = model.loaded.G
         try:
-            prepared = prepare_target(layer, G.resolution, roi=roi, device=device)
+            prepared = _prepare(model, layer, roi, align, device)
         except CropTooLarge as exc:
             raise EditError("too_large", str(exc)) from None
         except LayerError as exc:
             raise EditError("pixels", str(exc)) from None
+        aligned = isinstance(prepared.geometry, face_align.AlignedGeometry)
         if settings is None:
-            return cls(model, layer, prepared.geometry, G, G.mean_w().unsqueeze(0), {"inversion": "none"},
-                       None, cache)
+            return cls(model, layer, prepared.geometry, G, G.mean_w().unsqueeze(0),
+                       {"inversion": "none", "align": prepared.geometry.kind if aligned else "none"}, None, cache)
 
         def on_progress(ev):
             progress("invert" if ev.phase == "pivot" else "tune", ev.step, ev.total,
@@ -149,6 +155,8 @@ class EditSession:
             raise EditCancelled() from None
         info = inv.summary()
         info["continues_edit"] = bool(inv.meta.get("continues_edit"))
+        info["align"] = prepared.geometry.kind if aligned else "none"
+        info["domain"] = assess_domain(inv, model.loaded.info, model.model_id.rsplit(":", 2)[0])
         return cls(model, layer, prepared.geometry, inv.generator, inv.w, info, inv, cache)
 
     def reconstruction(self) -> np.ndarray:
@@ -286,15 +294,16 @@ class EditSession:
     def _render_layer(self, gen_image: torch.Tensor) -> np.ndarray:
         """The generated crop composited into the full-size layer (the last drag's paste mode)."""
         crop = tensor_to_uint8(gen_image)
+        paste = face_align.paste_aligned if isinstance(self.geometry, face_align.AlignedGeometry) else paste_back
         if self._paste == "detail" and self.drag_session is not None:
             with torch.no_grad():
                 corr = generator_correspondence(self.generator, self.start_latent, self.drag_session.latent,
                                                 max_shift_px=max(4.0, 1.5 * self._max_shift))
                 recon = self.generator.synthesize(self.start_latent, noise_mode="const").image
-            out = paste_back(self.layer, crop, self.geometry, mask=self._mask, mode="detail",
-                             correspondence=corr, reconstruction=recon)
+            out = paste(self.layer, crop, self.geometry, mask=self._mask, mode="detail",
+                        correspondence=corr, reconstruction=recon)
         else:
-            out = paste_back(self.layer, crop, self.geometry, mask=self._mask)
+            out = paste(self.layer, crop, self.geometry, mask=self._mask)
         return np.ascontiguousarray(out)
 
     def _preview(self, gen_image: torch.Tensor, max_size: int) -> np.ndarray:
@@ -308,11 +317,15 @@ class EditSession:
         if self._preview_base is None or self._preview_base[0] != size:
             self._preview_base = (size, *self._preview_background(size))
         _, base, alpha = self._preview_base
-        x0, y0, x1, _ = self.geometry.box
-        side = max(1, round((x1 - x0) * scale))
-        left, top = round((vx0 - x0) * scale), round((vy0 - y0) * scale)
-        crop = PILImage.fromarray(tensor_to_uint8(gen_image)).resize((side, side), PILImage.Resampling.BILINEAR)
-        gen = np.asarray(crop.crop((left, top, left + size[0], top + size[1])), dtype=np.float32)
+        if isinstance(self.geometry, face_align.AlignedGeometry):
+            gen, inside = face_align.region_preview(tensor_to_uint8(gen_image), self.geometry, size)
+            alpha = inside if alpha is None else alpha * inside
+        else:
+            x0, y0, x1, _ = self.geometry.box
+            side = max(1, round((x1 - x0) * scale))
+            left, top = round((vx0 - x0) * scale), round((vy0 - y0) * scale)
+            crop = PILImage.fromarray(tensor_to_uint8(gen_image)).resize((side, side), PILImage.Resampling.BILINEAR)
+            gen = np.asarray(crop.crop((left, top, left + size[0], top + size[1])), dtype=np.float32)
         out = gen if alpha is None else base + alpha * (gen - base)
         return np.ascontiguousarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
 
@@ -366,6 +379,22 @@ def _held_bytes(obj, seen: set, depth: int = 0) -> int:
     return 0
 
 
+def _prepare(model: EditModel, layer: np.ndarray, roi, align: str, device):
+    """The inversion target: the aligned face (align.py) or the ROI's axis-aligned square."""
+    G = model.loaded.G
+    try:
+        kind = face_align.resolve(align, model.loaded.info)
+    except ValueError as exc:
+        raise EditError("align", str(exc)) from None
+    if kind == "none":
+        return prepare_target(layer, G.resolution, roi=roi, device=device)
+    try:
+        geo = face_align.locate(validate_layer(layer), G.resolution, roi)
+    except (FacesUnavailable, face_align.AlignError) as exc:
+        raise EditError("align", str(exc)) from None
+    return face_align.prepare_aligned_target(layer, geo, device=device)
+
+
 def to_generator(geo: CropGeometry, points) -> np.ndarray:
     """Layer points (continuous coordinates) → the engine's generator pixels (centres on integers)."""
     return geo.layer_to_gen(np.asarray(points, dtype=np.float64) - 0.5)
@@ -383,6 +412,11 @@ def _check_inside_crop(points, handles, targets, geo: CropGeometry) -> None:
     for i, (p, h, t) in enumerate(zip(points, handles, targets)):
         for what, layer_xy, g in (("handle", p[0], h), ("target", p[1], t)):
             if not (-0.5 <= g[0] <= res - 0.5 and -0.5 <= g[1] <= res - 0.5):
+                if isinstance(geo, face_align.AlignedGeometry):
+                    raise EditError("points", f"{what} {i + 1} at ({layer_xy[0]:.1f}, {layer_xy[1]:.1f}) lies "
+                                    f"outside the aligned square of the face being edited; select the face "
+                                    f"the points are on (the selection picks the face), or edit with "
+                                    f"alignment off")
                 x0, y0, x1, y1 = geo.valid
                 raise EditError("points", f"{what} {i + 1} at ({layer_xy[0]:.1f}, {layer_xy[1]:.1f}) lies "
                                 f"outside the region being edited ({x0},{y0})–({x1},{y1}); select a region "
@@ -399,6 +433,8 @@ def _check_inside_crop(points, handles, targets, geo: CropGeometry) -> None:
 
 def _mask_to_generator(mask_layer: np.ndarray, geo: CropGeometry) -> torch.Tensor:
     """Layer-size movable mask [H, W] in [0, 1] → [R, R] over the crop (0 outside the layer)."""
+    if isinstance(geo, face_align.AlignedGeometry):
+        return face_align.mask_to_aligned(mask_layer, geo)
     x0, y0, x1, y1 = geo.box
     side = x1 - x0
     canvas = np.zeros((side, side), dtype=np.float32)

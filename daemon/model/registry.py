@@ -45,6 +45,7 @@ class ModelEntry:
     kind: str                        # "nvidia-pickle" | "nvidia-tf-pickle"
     description: str
     license: str
+    align: str | None = None         # the faces the model wants: "ffhq" = aligned as FFHQ's
 
 
 _NGC = "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/"
@@ -56,7 +57,7 @@ _SD_LICENSE = "Self-Distilled StyleGAN (Mokady et al. 2022); see the authors' te
 
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in [
     ModelEntry("stylegan2-ffhq-512x512", "stylegan2-ffhq-512x512.pkl", 512, (_NGC + "stylegan2-ffhq-512x512.pkl",),
-               None, "nvidia-pickle", "FFHQ faces, StyleGAN2 (StyleGAN3 release)", _NV_LICENSE),
+               None, "nvidia-pickle", "FFHQ faces, StyleGAN2 (StyleGAN3 release)", _NV_LICENSE, align="ffhq"),
     ModelEntry("stylegan2-afhqcat-512x512", "stylegan2-afhqcat-512x512.pkl", 512,
                (_NGC + "stylegan2-afhqcat-512x512.pkl",), None, "nvidia-pickle",
                "AFHQ cats, StyleGAN2 (StyleGAN3 release)", _NV_LICENSE),
@@ -259,6 +260,15 @@ def _download(resp, url: str, entry: ModelEntry, final: Path, progress: Progress
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def alignment_of(name_or_path: str | os.PathLike, path: str | os.PathLike | None = None) -> str | None:
+    """The alignment a registry model wants, by its name or its file's name (None: none known)."""
+    names = {str(name_or_path), Path(str(name_or_path)).name, Path(str(path)).name if path else ""}
+    for e in REGISTRY.values():
+        if e.align and (e.name in names or e.filename in names):
+            return e.align
+    return None
 
 
 def resolve_model(name_or_path: str | os.PathLike, directory: Path | None = None,

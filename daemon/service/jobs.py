@@ -130,7 +130,8 @@ class Dispatcher:
         # The capability every later request on the session must show (the id alone is
         # not a secret: the daemon logs it).
         token = secrets.token_urlsafe(24)
-        settings = {"model": m.get("model"), "roi": m.get("roi"), "invert": m.get("invert", {})}
+        settings = {"model": m.get("model"), "roi": m.get("roi"), "invert": m.get("invert", {}),
+                    "align": m.get("align", "auto")}
         r = plain(self.backend.open_session(sid, img.data, img.width, img.height, img.channels,
                                             settings, progress, tok) or {})
         if tok.reason in ("client_gone", "shutdown"):

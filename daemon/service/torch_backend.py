@@ -48,7 +48,7 @@ class _Model:
 #: How each kind of edit error is answered on the wire.
 _EDIT_ERROR_CODES = {"pixels": ErrorCode.BAD_PIXELS, "points": ErrorCode.BAD_POINTS,
                      "mask": ErrorCode.BAD_VALUE, "state": ErrorCode.BAD_STATE,
-                     "too_large": ErrorCode.TOO_LARGE}
+                     "too_large": ErrorCode.TOO_LARGE, "align": ErrorCode.BAD_VALUE}
 
 
 def _bytes_to_array(data: Any, width: int, height: int, channels: int) -> np.ndarray:
@@ -140,6 +140,9 @@ class TorchBackend(Backend):
             raise BackendError(ErrorCode.UNKNOWN_MODEL, str(exc)) from None
         except CheckpointError as exc:
             raise BackendError(ErrorCode.MODEL_ERROR, str(exc)) from None
+        align = model_registry.alignment_of(name, path)
+        if align and "align" not in loaded.info:
+            loaded.info["align"] = align
         stat = Path(path).stat()
         model = _Model(name, EditModel(loaded, f"{name}:{stat.st_size}:{int(stat.st_mtime)}"),
                        time.perf_counter() - t0)
@@ -179,7 +182,7 @@ class TorchBackend(Backend):
             session = EditSession.open(model.edit, layer, roi=box,
                                        settings=_inversion_settings(settings.get("invert") or {}),
                                        cache=self.cache, device=self.device, progress=on_progress,
-                                       cancel=lambda: cancel.cancelled)
+                                       cancel=lambda: cancel.cancelled, align=settings.get("align") or "auto")
         except EditError as exc:
             raise _backend_error(exc) from None
         except EditCancelled:
@@ -336,6 +339,8 @@ def _drag_settings(params: dict) -> DragSettings:
 
 def _plain_info(info: dict, geo: CropGeometry) -> dict:
     out = {"crop_box": list(geo.box), "resolution": geo.resolution}
+    if hasattr(geo, "quad"):
+        out["align_quad"] = [[float(x), float(y)] for x, y in geo.quad]
     for k, v in info.items():
         if isinstance(v, (str, int, float, bool)) or v is None:
             out[k] = v
