@@ -197,3 +197,61 @@ def test_no_face_is_a_clear_error_and_alignment_off_still_edits(ffhq_daemon):
             c.drag(s2, [((500.0, 500.0), (505.0, 500.0))], max_steps=2)
         assert err.value.code == "bad_points"
         assert "outside the aligned square" in err.value.message
+
+
+def test_dragd_align_writes_the_crop_and_prints_the_quad(tmp_path, astronaut, capsys):
+    from dragd.daemon.cli import main
+
+    src, out = tmp_path / "astronaut.png", tmp_path / "aligned.png"
+    Image.fromarray(astronaut).save(src)
+    assert main(["align", str(src), str(out), "--size", "128"]) == 0
+    printed = capsys.readouterr().out
+    with Image.open(out) as im:
+        assert im.size == (128, 128)
+    corners = [line.split() for line in printed.splitlines()[1:]]
+    assert [c[0] for c in corners] == ["top-left", "bottom-left", "bottom-right", "top-right"]
+    quad = np.array([[float(c[1]), float(c[2])] for c in corners])
+    assert np.allclose(quad, align.locate(astronaut, 128).quad, atol=0.01)
+
+
+def test_dragd_align_on_the_cat_says_why(tmp_path, capsys):
+    from dragd.daemon.cli import main
+
+    src = tmp_path / "cat.png"
+    Image.fromarray(skdata.chelsea()).save(src)
+    assert main(["align", str(src), str(tmp_path / "out.png")]) == 2
+    assert "no face found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# The domain check
+
+
+def _inversion(psnr, perceptual=0.3):
+    from types import SimpleNamespace
+    return SimpleNamespace(pivot=SimpleNamespace(psnr=psnr, perceptual=perceptual), perceptual_backend="disc")
+
+
+def test_domain_verdict_and_the_models_that_could():
+    from dragd.daemon.edit import domain
+
+    limit = domain.DEFAULT_THRESHOLD_PSNR
+    good = domain.assess(_inversion(limit + 1), {}, "default")
+    assert good["verdict"] == "good" and "message" not in good
+    poor = domain.assess(_inversion(limit - 1), {}, "default")
+    assert poor["verdict"] == "poor"
+    assert "cannot represent this picture" in poor["message"] and "stylegan2-ffhq-512x512" in poor["message"]
+    assert domain.assess(_inversion(limit + 1), {"domain_psnr": str(limit + 2)}, "m")["verdict"] == "poor"
+
+
+def test_the_registry_marks_ffhq_for_alignment():
+    from dragd.daemon.model import registry
+
+    assert registry.alignment_of("stylegan2-ffhq-512x512") == "ffhq"
+    assert registry.alignment_of("/data/x", "/models/stylegan2-ffhq-512x512.pkl") == "ffhq"
+    assert registry.alignment_of("stylegan2-afhqcat-512x512") is None
+    assert align.resolve("auto", {"align": "ffhq"}) == "ffhq"
+    assert align.resolve("none", {"align": "ffhq"}) == "none"
+    assert align.resolve("auto", {}) == "none"
+    with pytest.raises(ValueError):
+        align.resolve("sideways", {})
