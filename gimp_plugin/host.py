@@ -1,8 +1,10 @@
 """Host glue: the only code of the plug-in that touches GIMP.
 
 Reads the source layer's pixels, the drag arrows (path strokes) and the selection (the
-movable mask) in layer coordinates, shows previews in a temporary layer and writes the
-result as a new layer above the source, all image changes in ONE undo group.
+movable mask) in layer coordinates and writes the result as a new layer above the source
+(and above the results made from it before), in ONE undo group. Previews are shown in the
+progress dialog (:mod:`.ui`), never as layers: a layer the size of a large photo costs GIMP
+seconds to scale and write, in which the plug-in could not answer the daemon.
 
 The GIMP modules are passed in (``GimpHost(Gimp, Gegl)``) so the unit tests can run this
 code against small stand-ins. GIMP 3.0 facts used (checked against a real GIMP 3.0.4):
@@ -13,19 +15,19 @@ code against small stand-ins. GIMP 3.0 facts used (checked against a real GIMP 3
   (outside the image the abyss is 0); a feathered selection gives intermediate values;
 * ``path.stroke_get_points(id)`` -> (type, control points, closed): bezier anchors come
   as (in-handle, anchor, out-handle) triples;
-* writing a drawable's shadow buffer and ``merge_shadow`` blends it in through the
-  selection (feathering included), exactly as GIMP's own filters apply their results;
+* parasites attached to a layer stay with it (and, persistent, in the XCF file);
 * undo: ``undo_group_start/end``; no PDB call counts or performs undo steps.
 """
 from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
 
-from .model import (PREVIEW_LAYER_NAME, PREVIEW_PARASITE, LayerGeometry, MaskInfo,
-                    Stroke, UserError, arrows_from_strokes, bezier_anchors, make_mask,
-                    merge_alpha, pick_path)
+from .model import (PREVIEW_PARASITE, RESULT_PARASITE, LayerGeometry, MaskInfo, Stroke,
+                    UserError, arrows_from_strokes, bezier_anchors, decode_result_tag,
+                    encode_result_tag, make_mask, merge_alpha, pick_path, result_name)
 
 RGBA = "R'G'B'A u8"
+PERSISTENT = 1          # GIMP_PARASITE_PERSISTENT: saved with the XCF file
 RGB = "R'G'B' u8"
 MASK = "Y u8"
 FORMATS = {4: RGBA, 3: RGB, 1: "Y' u8"}
@@ -125,27 +127,48 @@ class GimpHost:
         buffer.set(self.Gegl.Rectangle.new(0, 0, w, h), fmt, data)
         buffer.flush()
 
-    def write_result(self, image: Any, source: Any, result_rgba: bytes, source_rgba: bytes,
-                     masked: bool, name: Optional[str] = None) -> Any:
-        """A new layer directly above ``source`` (same size, offsets, mode, opacity)
-        holding the result. With a selection (``masked``) the result is merged in through
-        it (GIMP's shadow-buffer merge: unselected pixels stay exactly the source's,
-        feathered ones blend). Call inside the undo group."""
+    def write_result(self, image: Any, source: Any, result_rgba: bytes,
+                     region: Optional[dict] = None) -> Any:
+        """A new layer holding the result (same size, offsets, mode, opacity, layer mask as
+        ``source``), named after the source ("art (dragged)", never "art (dragged)
+        (dragged)"), directly above the source and above the results made from it before,
+        so it shows. The daemon's image is written as it is: it already blended the edit
+        through the selection (unselected pixels are the source's, bit for bit), and a
+        rerun on these exact pixels continues the edit. ``region`` (the inversion region
+        used) is remembered on the layer for that rerun. Call inside the undo group."""
         g = self.geometry(source)
-        layer = self.Gimp.Layer.new(image, name or "%s (dragged)" % g.name, g.width,
-                                    g.height, self._layer_type(image, source.has_alpha()),
+        layer = self.Gimp.Layer.new(image, result_name(g.name), g.width, g.height,
+                                    self._layer_type(image, source.has_alpha()),
                                     source.get_opacity(), source.get_mode())
-        image.insert_layer(layer, source.get_parent(), image.get_item_position(source))
+        image.insert_layer(layer, source.get_parent(), self._result_position(image, source))
         layer.set_offsets(g.offset_x, g.offset_y)
-        if masked:
-            self._write(layer.get_buffer(), g.width, g.height, source_rgba)
-            self._write(layer.get_shadow_buffer(), g.width, g.height, result_rgba)
-            layer.merge_shadow(True)
-        else:
-            self._write(layer.get_buffer(), g.width, g.height, result_rgba)
+        self._write(layer.get_buffer(), g.width, g.height, result_rgba)
         layer.update(0, 0, g.width, g.height)
         self._copy_layer_mask(source, layer, g.width, g.height)
+        try:
+            layer.attach_parasite(self.Gimp.Parasite.new(
+                RESULT_PARASITE, PERSISTENT, list(encode_result_tag(region))))
+        except Exception:
+            pass       # without the tag a rerun inverts again; the result is written
         return layer
+
+    def _result_position(self, image: Any, source: Any) -> int:
+        """Above the source and the earlier results stacked directly on it."""
+        pos = image.get_item_position(source)
+        siblings = list(source.get_parent().get_children() if source.get_parent() is not None
+                        else image.get_layers())
+        while pos > 0 and self.result_tag(siblings[pos - 1]) is not None:
+            pos -= 1
+        return pos
+
+    def result_tag(self, layer: Any) -> Optional[dict]:
+        """What an earlier run remembered on ``layer`` (``{"region": ...}``), None for a
+        layer no run made."""
+        try:
+            p = layer.get_parasite(RESULT_PARASITE)
+        except Exception:
+            return None
+        return None if p is None else decode_result_tag(bytes(p.get_data()))
 
     def _copy_layer_mask(self, source: Any, layer: Any, w: int, h: int) -> None:
         """Give the new layer the source's layer mask, so it shows the same part."""
@@ -172,8 +195,8 @@ class GimpHost:
             return False
 
     def stale_previews(self, image: Any) -> List[Any]:
-        """Preview layers left by a run GIMP ended (progress-bar cancel kills the plug-in
-        before it can clean up)."""
+        """Preview layers that earlier versions of the plug-in left behind (GIMP's
+        progress-bar cancel ended them before they could clean up)."""
         found = []
 
         def walk(layers: List[Any]) -> None:
@@ -204,51 +227,3 @@ class UndoGroup:
         if self.opened:
             self.image.undo_group_end()
             self.opened = False
-
-
-class PreviewLayer:
-    """A temporary layer above the source showing the daemon's (downscaled) previews,
-    scaled up to the layer's size. Removed by :meth:`remove`. Lives inside the run's undo
-    group, so even a run GIMP kills leaves nothing that one Undo does not take back."""
-
-    def __init__(self, host: GimpHost, image: Any, source: Any, undo: UndoGroup):
-        self.host = host
-        self.image = image
-        self.source = source
-        self.undo = undo
-        self.layer: Any = None
-        self.shown = 0
-
-    def show(self, img: Any) -> None:
-        G = self.host.Gimp
-        g = self.host.geometry(self.source)
-        fmt = FORMATS.get(img.channels)
-        if fmt is None or img.width < 1 or img.height < 1:
-            return
-        self.undo.ensure()
-        layer = G.Layer.new(self.image, PREVIEW_LAYER_NAME, img.width, img.height,
-                            self.host._layer_type(self.image, True), 100.0,
-                            G.LayerMode.NORMAL)
-        try:
-            layer.attach_parasite(G.Parasite.new(PREVIEW_PARASITE, 0, [49]))
-        except Exception:
-            pass
-        self.image.insert_layer(layer, self.source.get_parent(),
-                                self.image.get_item_position(self.source))
-        self.host._write(layer.get_buffer(), img.width, img.height, bytes(img.data), fmt)
-        if (img.width, img.height) != (g.width, g.height):
-            layer.scale(g.width, g.height, False)
-        layer.set_offsets(g.offset_x, g.offset_y)
-        old, self.layer = self.layer, layer
-        if old is not None:
-            self.image.remove_layer(old)
-        self.shown += 1
-        self.host.flush()
-
-    def remove(self) -> None:
-        if self.layer is not None:
-            try:
-                self.image.remove_layer(self.layer)
-            finally:
-                self.layer = None
-                self.host.flush()

@@ -24,18 +24,25 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..plugin_common import (CLOSE_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_ENDPOINT,  # noqa: F401
-                             INVERSION_QUALITIES, METHODS, OPEN_WEIGHT, PREVIEW_LAYER_NAME,
+                             INVERSION_QUALITIES, METHODS, OPEN_WEIGHT, PASTE_MODES,
+                             PREVIEW_LAYER_NAME,
                              START_COMMAND, STOP_GRACE, Arrow, BaseDragSettings, BaseJobModel,
                              Cancelled, Outcome, Point, UserError, merge_alpha)
 from ..plugin_common import MaskInfo as _CommonMaskInfo
 from ..plugin_common import check_handles_movable as _check_handles_movable
 from ..plugin_common import fmt_point as _fmt_pt
 from ..plugin_common import make_mask as _make_mask
+from ..plugin_common.results import (decode_result_tag, encode_result_tag,  # noqa: F401
+                                    region_for, result_name)
 
 PROCEDURE_NAME = "plug-in-dragd-drag"
 MENU_LABEL = "_Drag (DragGAN)..."
 MENU_PATH = "<Image>/Filters/Generative"
 PREVIEW_PARASITE = "dragd-preview"
+#: The longest side of the preview in the progress dialog: the daemon sends it this size.
+PREVIEW_SIZE = 320
+#: Tags a result layer with the region its run inverted (plugin_common/results.py).
+RESULT_PARASITE = "dragd-result"
 
 # Inversion presets: the daemon owns what each means (daemon/edit/inversion.py PRESETS).
 INVERSION_PRESETS: Dict[str, Dict[str, Any]] = {
@@ -47,6 +54,9 @@ SPACE_CHOICES = (("w-plus", "W+ (one latent per layer, more freedom)", "w+"),
 METHOD_CHOICES = (("dragd", "DragGAN, arrived handles held in place", "dragd"),
                   ("draggan", "DragGAN as published", "draggan"),
                   ("freedrag", "FreeDrag (no point tracking)", "freedrag"))
+PASTE_CHOICES = (("detail", "Keep the photo's detail (warp its own pixels)", "detail"),
+                 ("resample", "Generated pixels (the model's resolution, scaled up)",
+                  "resample"))
 INVERSION_CHOICES = (("fast", "Fast", "fast"),
                      ("balanced", "Balanced", "balanced"),
                      ("quality", "Best quality (slow)", "quality"))
@@ -79,7 +89,7 @@ ARGUMENTS: Tuple[Arg, ...] = (
     Arg("max-steps", "max_steps", "int", "Ste_p limit",
         "Most optimisation steps of the drag (it usually stops earlier, when every handle "
         "reached its target)", 300, 1, 5000),
-    Arg("learning-rate", "learning_rate", "double", "Lear_ning rate",
+    Arg("learning-rate", "learning_rate", "double", "Lear_ning rate (0: the model's)",
         "Adam learning rate of the drag; 0: the model's default (2e-3 for faces, cats, cars; "
         "1e-3 otherwise)", 0.0, 0.0, 1.0),
     Arg("lambda-mask", "lambda_mask", "double", "Keep-outside _weight (\u03bb)",
@@ -95,13 +105,17 @@ ARGUMENTS: Tuple[Arg, ...] = (
     Arg("inversion", "inversion", "choice", "_Inversion quality",
         "How hard the daemon works to reproduce the layer before dragging (PTI)",
         "balanced", choices=INVERSION_CHOICES),
+    Arg("paste", "paste", "choice", "_Result pixels",
+        "How the edit goes back into the layer: the layer's own pixels moved along the "
+        "generator's correspondence (keeps a photo sharp), or the generated image scaled up "
+        "to the selection", "detail", choices=PASTE_CHOICES),
     Arg("daemon", "endpoint", "string", "_Daemon address",
         "ZeroMQ address of the dragd daemon (start it with: dragd serve)", DEFAULT_ENDPOINT),
     Arg("time-limit", "time_limit", "int", "_Time limit (seconds)",
         "Give up inverting, or stop dragging and keep the result so far, after this many "
         "seconds", 900, 5, 86400),
     Arg("live-preview", "live_preview", "boolean", "Li_ve preview",
-        "Show the drag as it happens in a temporary layer above the source", True),
+        "Show the drag as it happens in the progress window (interactive runs)", True),
 )
 ARG_BY_NAME = {a.name: a for a in ARGUMENTS}
 
@@ -112,6 +126,7 @@ class DragSettings(BaseDragSettings):
     time limit, filled from the procedure's arguments."""
 
     time_limit: float = 900.0
+    preview_max_size: int = PREVIEW_SIZE
 
     @classmethod
     def from_values(cls, values: Dict[str, Any]) -> "DragSettings":
@@ -151,6 +166,8 @@ class DragSettings(BaseDragSettings):
             raise UserError("latent-space must be W or W+")
         if self.method not in METHODS:
             raise UserError("method must be one of %s" % ", ".join(METHODS))
+        if self.paste not in PASTE_MODES:
+            raise UserError("paste must be one of %s" % ", ".join(PASTE_MODES))
         if self.inversion not in INVERSION_PRESETS:
             raise UserError("inversion must be one of %s" % ", ".join(INVERSION_PRESETS))
         if not self.endpoint:

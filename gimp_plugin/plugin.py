@@ -8,7 +8,8 @@ Procedure ``plug-in-dragd-drag`` (an image procedure on one layer). Arguments: s
 ``model.ARGUMENTS`` (model, max-steps, learning-rate, lambda-mask, latent-space,
 inversion, paste, daemon, time-limit, live-preview). Return values: new-layer (the result),
 steps, stop-reason ("converged", "max_steps", "cancelled" when stopped and kept,
-"stalled"). Run modes: INTERACTIVE shows the settings and progress dialogs;
+"stalled"), outcome (the same in words, with the inversion's PSNR; interactive runs show
+it in a message). Run modes: INTERACTIVE shows the settings and progress dialogs;
 NONINTERACTIVE (scripts, tests) and WITH_LAST_VALS (Filters > Repeat) run with the
 config's values.
 """
@@ -101,6 +102,8 @@ def run(procedure: Any, run_mode: Any, image: Any, drawables: Any, config: Any,
             dialog_factory = make_progress_dialog
         outcome, new_layer = run_on_layer(host, settings, image, layer, arrows, mask,
                                           dialog_factory)
+        if interactive:
+            Gimp.message("Drag (DragGAN): %s." % outcome.summary())
     except Cancelled as e:
         return _error(procedure, Gimp.PDBStatusType.CANCEL, str(e))
     except UserError as e:
@@ -113,6 +116,7 @@ def run(procedure: Any, run_mode: Any, image: Any, drawables: Any, config: Any,
     _set_return(rv, 1, GObject.Value(Gimp.Layer, new_layer))
     _set_return(rv, 2, GObject.Value(GObject.TYPE_INT, int(outcome.steps)))
     _set_return(rv, 3, GObject.Value(GObject.TYPE_STRING, str(outcome.stop)))
+    _set_return(rv, 4, GObject.Value(GObject.TYPE_STRING, outcome.summary()))
     return rv
 
 
@@ -145,8 +149,9 @@ class DragdGimp(Gimp.PlugIn):
             "by the dragd daemon (start it with: dragd serve). The points come from the "
             "selected path (else the only path): every stroke is one drag, its first anchor "
             "the handle and its last anchor the target. The selection is the region that "
-            "may move (none: the whole layer); a feathered selection gives soft weights. "
-            "The result is a new layer above the source, in one undo step.",
+            "may move (none: the whole layer) and, with a margin, the part the model "
+            "works on; a feathered selection gives soft weights. The result is a new layer "
+            "above the source, in one undo step.",
             name)
         proc.set_attribution("dragd", "dragd contributors", "2025")
         add_arguments(proc)
@@ -157,6 +162,10 @@ class DragdGimp(Gimp.PlugIn):
         proc.add_string_return_value("stop-reason", "Stop reason",
                                      "converged, max_steps, cancelled (stopped, kept) or "
                                      "stalled", "", RW)
+        proc.add_string_return_value("outcome", "Outcome",
+                                     "The outcome in words: how the drag ended, how far the "
+                                     "handles are from the targets, the inversion's quality",
+                                     "", RW)
         return proc
 
 

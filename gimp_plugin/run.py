@@ -1,6 +1,6 @@
 """One run on a layer inside GIMP: reads the pixels, drives the shared run
-(:class:`~..plugin_common.task.DragTask`) from a loop, shows progress and previews,
-writes the result, all image changes in one undo group.
+(:class:`~..plugin_common.task.DragTask`) from a loop, shows progress and previews (in the
+progress dialog), writes the result, all image changes in one undo group.
 
 A GIMP plug-in is a process of its own whose procedure returns only when the run is over,
 so the loop may wait: each poll waits at most ``POLL_MS`` for the daemon, then the progress
@@ -16,13 +16,11 @@ from typing import Any, Callable, Optional, Tuple
 
 from ..plugin_common.loader import load_task
 from ..plugin_common.pacing import Pacer
-from .host import GimpHost, PreviewLayer, UndoGroup
-from .model import CLIENT_NAME, Cancelled, DragSettings, JobModel, Outcome, UserError
+from .host import GimpHost, UndoGroup
+from .model import (CLIENT_NAME, Cancelled, DragSettings, JobModel, Outcome, UserError,
+                    region_for)
 
 POLL_MS = 40
-#: A GIMP preview is a new layer each time (created, scaled, the old one removed): fewer
-#: of them than the shared pace.
-PREVIEW_INTERVAL = 0.4
 
 
 def task_module() -> Any:
@@ -71,7 +69,7 @@ def drive(task: Any, ui: Any = None) -> Outcome:
     passes on the dialog's Stop ("keep") and Cancel ("discard")."""
     ui = ui or NullUi()
     model = task.model
-    pacer = Pacer(model, task.clock, preview_interval=PREVIEW_INTERVAL)
+    pacer = Pacer(model, task.clock)
     try:
         task.start()
         while not task.done:
@@ -106,12 +104,11 @@ def run_drag(settings: DragSettings, arrows: list, image: Any, mask: Any, ui: An
 
 
 class HostUi(NullUi):
-    """GIMP's progress bar, the preview layer and (in interactive runs) the progress
-    dialog with its Stop and Cancel buttons."""
+    """GIMP's progress bar and (in interactive runs) the progress dialog with the preview,
+    its Stop and Cancel buttons."""
 
-    def __init__(self, host: GimpHost, preview: Optional[PreviewLayer], dialog: Any = None):
+    def __init__(self, host: GimpHost, dialog: Any = None):
         self.host = host
-        self.preview_layer = preview
         self.dialog = dialog
         self.model: Any = None
 
@@ -123,8 +120,8 @@ class HostUi(NullUi):
                 self.dialog.test_step(self.model.phase, self.model.step)
 
     def preview(self, image: Any) -> None:
-        if self.preview_layer is not None:
-            self.preview_layer.show(image)
+        if self.dialog is not None:
+            self.dialog.show_preview(image)
 
     def pump(self) -> None:
         if self.dialog is not None:
@@ -138,44 +135,34 @@ def run_on_layer(host: GimpHost, settings: DragSettings, image: Any, layer: Any,
                  arrows: list, mask: Any, dialog_factory: Optional[Callable[[], Any]] = None,
                  task_factory: Callable[..., Any] = make_task) -> Tuple[Any, Any]:
     """Run the drag on ``layer`` and write the result: returns (outcome, new layer).
-    Every image change (removing stale previews, the preview layer, the result) happens
-    inside one undo group, opened at the first change; a run that changes nothing opens
-    none. Raises UserError / Cancelled."""
+    The image changes (removing previews earlier versions left, the result) happen after
+    the daemon answered, inside one undo group; a run that fails or is cancelled changes
+    nothing and opens none. Raises UserError / Cancelled."""
     g = host.geometry(layer)
     pixels = host.read_pixels(layer)
-    undo = UndoGroup(image)
-    preview = PreviewLayer(host, image, layer, undo) if settings.live_preview else None
+    region = region_for(mask, arrows, host.result_tag(layer))
     dialog = dialog_factory() if dialog_factory is not None else None
-    ui = HostUi(host, preview, dialog)
+    ui = HostUi(host, dialog)
     host.progress_start("DragGAN: connecting to %s" % settings.endpoint)
-    new_layer = None
+    undo = UndoGroup(image)
     try:
-        stale = host.stale_previews(image)
-        if stale:
-            undo.ensure()
-            for lyr in stale:
-                image.remove_layer(lyr)
         source = task_module().Image(pixels, g.width, g.height, 4)
-        task = task_factory(settings, arrows, source, mask)
+        task = task_factory(settings, arrows, source, mask, region=region)
         ui.model = task.model
         outcome = drive(task, ui)
-        if preview is not None:
-            preview.remove()
         undo.ensure()
+        for lyr in host.stale_previews(image):
+            image.remove_layer(lyr)
         rgba = host.result_pixels(outcome.image, pixels)
-        new_layer = host.write_result(image, layer, rgba, pixels, masked=mask.data is not None)
+        new_layer = host.write_result(image, layer, rgba, task.region)
         try:
             image.set_selected_layers([new_layer])
         except Exception:
             pass       # selecting the result is a courtesy; the result is written
     finally:
-        try:
-            if preview is not None:
-                preview.remove()
-        finally:
-            undo.end()
-            host.progress_end()
-            if dialog is not None:
-                dialog.close()
+        undo.end()
+        host.progress_end()
+        if dialog is not None:
+            dialog.close()
     host.flush()
     return outcome, new_layer

@@ -5,21 +5,27 @@ the procedure's arguments, so GIMP stores the values: after a successful interac
 they become the "last values" (Filters > Repeat, the next dialog) and are saved with the
 profile.
 
-The progress dialog shows the step count and offers the graceful way out: *Stop* ends
-the drag and keeps the result so far, *Cancel* ends it and leaves the image unchanged.
-(The cancel button of GIMP's own progress bar also works, but GIMP implements it by
-ending the plug-in process at once; the daemon notices and stops the job, and a preview
-layer may be left behind, which one Undo removes.)
+The progress dialog shows the step count, the live preview (the region being edited as
+the result will show it, at the size the daemon sends it: nothing to scale, however large
+the layer) and offers the graceful way out: *Stop* ends the drag and keeps the result so
+far, *Cancel* ends it and leaves the image unchanged. (The cancel button of GIMP's own
+progress bar also works, but GIMP implements it by ending the plug-in process at once; the
+daemon notices and stops the job; the image is unchanged.)
 
 Test hook (used by the host tests under Xvfb, inert otherwise): with the environment
 variable ``DRAGD_GIMP_TEST_DIALOG="ok [name=value ...]"`` the settings dialog makes those
 edits and answers OK by itself, and with ``DRAGD_GIMP_TEST_STOP=N`` the progress dialog
-presses Stop at drag step N.
+presses Stop at drag step N; ``DRAGD_GIMP_TEST_SHOTS=FOLDER`` saves a screenshot of each
+dialog there (settings.png before OK, progress.png at the Stop or the last preview) and
+the previews' sizes (previews.json).
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Optional, Sequence
+
+from .model import PREVIEW_SIZE
 
 RESPONSE_KEEP = 1
 
@@ -51,9 +57,25 @@ def settings_dialog(GimpUi: Any, procedure: Any, config: Any, info_lines: Sequen
     test = os.environ.get("DRAGD_GIMP_TEST_DIALOG", "").split()
     if test and test[0] == "ok":
         GLib.timeout_add(300, _test_answer, dialog, config, test[1:], Gtk.ResponseType.OK)
+        GLib.timeout_add(150, _test_shot, dialog, "settings.png")
     ok = bool(dialog.run())
     dialog.destroy()
     return ok
+
+
+def _test_shot(window: Any, name: str) -> bool:
+    """Test hook: a PNG of ``window`` in $DRAGD_GIMP_TEST_SHOTS (when set)."""
+    folder = os.environ.get("DRAGD_GIMP_TEST_SHOTS")
+    gdk_window = window.get_window() if folder else None
+    if gdk_window is not None:
+        import gi
+        gi.require_version("Gdk", "3.0")
+        from gi.repository import Gdk
+        pb = Gdk.pixbuf_get_from_window(gdk_window, 0, 0, gdk_window.get_width(),
+                                        gdk_window.get_height())
+        if pb is not None:
+            pb.savev(os.path.join(folder, name), "png", [], [])
+    return False
 
 
 def _test_answer(dialog: Any, config: Any, edits: Sequence[str], response: int) -> bool:
@@ -76,13 +98,16 @@ def _test_answer(dialog: Any, config: Any, edits: Sequence[str], response: int) 
 
 
 class ProgressDialog:
-    """A small non-modal window with the step count, a bar, Stop and Cancel."""
+    """A small non-modal window with the step count, a bar, the preview, Stop and
+    Cancel."""
 
     def __init__(self, GimpUi: Any, title: str = "Drag (DragGAN)"):
         Gtk, GLib = _gtk()
         self.Gtk = Gtk
         self.stop: Optional[str] = None
         self.closed = False
+        self.shown = 0              # previews shown
+        self.sizes: list = []       # their sizes (the test hook reports them)
         d = GimpUi.Dialog(title=title, role="dragd-progress")
         d.add_button("_Stop (keep result)", RESPONSE_KEEP)
         d.add_button("_Cancel", Gtk.ResponseType.CANCEL)
@@ -96,8 +121,11 @@ class ProgressDialog:
         self.label.set_xalign(0.0)
         self.bar = Gtk.ProgressBar()
         self.bar.set_size_request(360, -1)
+        self.preview = Gtk.Image()
+        self.preview.set_size_request(PREVIEW_SIZE, -1)
         box.pack_start(self.label, False, False, 0)
         box.pack_start(self.bar, False, False, 0)
+        box.pack_start(self.preview, False, False, 0)
         d.connect("response", self._on_response)
         d.connect("delete-event", self._on_delete)
         d.show_all()
@@ -127,9 +155,25 @@ class ProgressDialog:
             self.label.set_text(text.replace("DragGAN: ", "", 1))
         self.bar.set_fraction(max(0.0, min(1.0, fraction)))
 
+    def show_preview(self, img: Any) -> None:
+        """Show the daemon's preview (RGB or RGBA bytes) as it is."""
+        if self.closed or img.channels not in (3, 4) or img.width < 1 or img.height < 1:
+            return
+        import gi
+        gi.require_version("GdkPixbuf", "2.0")
+        from gi.repository import GdkPixbuf, GLib
+        data = GLib.Bytes.new(bytes(img.data))
+        pb = GdkPixbuf.Pixbuf.new_from_bytes(data, GdkPixbuf.Colorspace.RGB, img.channels == 4,
+                                             8, img.width, img.height, img.width * img.channels)
+        self.preview.set_from_pixbuf(pb)
+        self.shown += 1
+        self.sizes.append((img.width, img.height))
+
     def test_step(self, phase: str, step: int) -> None:
         if self._test_stop_at is not None and phase == "dragging" and step >= self._test_stop_at:
             self._test_stop_at = None
+            self.pump()
+            _test_shot(self.dialog, "progress.png")
             self.dialog.response(RESPONSE_KEEP)
 
     def pump(self) -> None:
@@ -144,6 +188,13 @@ class ProgressDialog:
 
     def close(self) -> None:
         if not self.closed:
+            folder = os.environ.get("DRAGD_GIMP_TEST_SHOTS")
+            if folder:
+                if not os.path.exists(os.path.join(folder, "progress.png")):
+                    self.pump()
+                    _test_shot(self.dialog, "progress.png")
+                with open(os.path.join(folder, "previews.json"), "w") as f:
+                    json.dump({"shown": self.shown, "sizes": self.sizes}, f)
             self.closed = True
             self.dialog.destroy()
             self.pump()

@@ -2,7 +2,9 @@
 
 Everything is reached through the objects Krita's Python API (libkis) hands out —
 ``Document``, ``Node``, ``VectorLayer``, ``Shape``, ``Selection`` — duck-typed, so the unit
-tests run this code against small stand-ins. PyQt5 is imported only to scale previews.
+tests run this code against small stand-ins; PyQt5 is not needed here. Previews are shown
+in the docker (:mod:`.ui`), never as layers: a layer the size of a large picture costs
+Krita's UI thread seconds to scale and write.
 Krita 5.2 facts used (checked in a real Krita 5.2.9, see docs/HOSTS.md and docs/KRITA.md):
 
 * ``Node.pixelData(x, y, w, h)`` / ``setPixelData(bytes, x, y, w, h)`` work in DOCUMENT
@@ -26,11 +28,11 @@ pixels minus that rectangle's top-left corner.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
-from .model import (ARROWS_LAYER_NAME, PREVIEW_LAYER_NAME, RESULT_SUFFIX, SRGB_PROFILE,
-                    Affine, LayerRect, MaskInfo, ShapeInfo, UserError, arrows_from_shapes,
-                    bgra_to_rgba, make_mask, rgba_to_bgra, splice_by_mask, to_rgba)
+from .model import (ARROWS_LAYER_NAME, PREVIEW_LAYER_NAME, SRGB_PROFILE, Affine, LayerRect,
+                    MaskInfo, ShapeInfo, UserError, arrows_from_shapes, bgra_to_rgba,
+                    make_mask, merge_alpha, result_name, rgba_to_bgra, splice_by_mask)
 
 PAINT = "paintlayer"
 VECTOR = "vectorlayer"
@@ -56,27 +58,6 @@ class NativeFormat:
         return "%s/%s (%s)" % (self.model, self.depth, self.profile)
 
 
-def qt_scale_bgra(data: bytes, w: int, h: int, new_w: int, new_h: int) -> bytes:
-    """Scale BGRA bytes with QImage (C++ speed). QImage.Format_ARGB32 is B, G, R, A in
-    memory on little-endian machines, i.e. Krita's BGRA."""
-    if (w, h) == (new_w, new_h):
-        return bytes(data)
-    from PyQt5.QtCore import Qt
-    from PyQt5.QtGui import QImage
-
-    src = QImage(data, w, h, 4 * w, QImage.Format_ARGB32)
-    out = src.scaled(new_w, new_h, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
-    out = out.convertToFormat(QImage.Format_ARGB32)
-    ptr = out.constBits()
-    size = out.sizeInBytes() if hasattr(out, "sizeInBytes") else out.byteCount()
-    ptr.setsize(size)
-    raw = bytes(ptr)
-    bpl = out.bytesPerLine()
-    if bpl == 4 * new_w:
-        return raw
-    return b"".join(raw[y * bpl:y * bpl + 4 * new_w] for y in range(new_h))
-
-
 def _same(a: Any, b: Any) -> bool:
     """Two libkis wrappers of the same node (each call returns a new wrapper)."""
     if a is b:
@@ -98,9 +79,6 @@ def walk_nodes(root: Any) -> List[Any]:
 
 class KritaHost:
     """Reads the edit's inputs out of a document and writes its result back."""
-
-    def __init__(self, scale: Callable[[bytes, int, int, int, int], bytes] = qt_scale_bgra):
-        self.scale = scale
 
     # -- which layers ------------------------------------------------------------
 
@@ -224,36 +202,11 @@ class KritaHost:
 
     # -- writing -----------------------------------------------------------------
 
-    def write_result(self, doc: Any, source: Any, rect: LayerRect, rgba: bytes,
-                     native: Optional[NativeFormat], mask: Optional[MaskInfo]) -> Any:
-        """A copy of the source layer (same opacity, blending mode, masks, colour space),
-        named "<source> (dragged)", directly above the source, with the rectangle
-        replaced by ``rgba`` (already composited through the selection). For a converted
-        layer the result is converted back and the unselected pixels copied from the
-        source bit for bit."""
-        new = source.duplicate()
-        if new is None:
-            raise UserError("Krita could not copy the layer %r." % rect.name)
-        new.setName(str(source.name()) + RESULT_SUFFIX)
-        if native is None:
-            data = rgba_to_bgra(rgba)
-        else:
-            tmp = doc.createNode("dragd conversion", PAINT)
-            tmp.setColorSpace("RGBA", "U8", SRGB_PROFILE)
-            tmp.setPixelData(rgba_to_bgra(rgba), rect.x, rect.y, rect.width, rect.height)
-            if not tmp.setColorSpace(native.model, native.depth, native.profile):
-                raise UserError("Krita could not convert the result back to %r." % native)
-            data = bytes(tmp.pixelData(rect.x, rect.y, rect.width, rect.height))
-            if mask is not None and mask.data is not None:
-                size = native_pixel_size(native.model, native.depth) or 0
-                src = bytes(source.pixelData(rect.x, rect.y, rect.width, rect.height))
-                if size and len(src) == len(data) == size * len(mask.data):
-                    data = splice_by_mask(data, src, mask.data, size)
-        new.setPixelData(data, rect.x, rect.y, rect.width, rect.height)
-        parent = source.parentNode()
-        if not parent.addChildNode(new, source):
-            raise UserError("Krita refused to add the result layer above %r." % rect.name)
-        return new
+    def result_writer(self, doc: Any, source: Any, rect: LayerRect, result: Any,
+                      source_rgba: bytes, native: Optional[NativeFormat],
+                      mask: Optional[MaskInfo]) -> "ResultWriter":
+        """A :class:`ResultWriter` for the daemon's ``result`` (a protocol Image)."""
+        return ResultWriter(doc, source, rect, result, source_rgba, native, mask)
 
     def refresh(self, doc: Any) -> None:
         try:
@@ -264,7 +217,8 @@ class KritaHost:
     # -- previews ------------------------------------------------------------------
 
     def stale_previews(self, doc: Any) -> List[Any]:
-        """Preview layers a run left behind (Krita closed or crashed mid-run)."""
+        """Preview layers earlier versions of the plug-in left behind (Krita closed or
+        crashed mid-run)."""
         return [n for n in walk_nodes(doc.rootNode())
                 if str(n.name()) == PREVIEW_LAYER_NAME and n.type() == PAINT]
 
@@ -275,41 +229,94 @@ class KritaHost:
         return len(stale)
 
 
-class PreviewLayer:
-    """A locked, temporary paint layer directly above the source that shows the daemon's
-    (downscaled) previews scaled up to the layer rectangle. Removed by :meth:`remove`."""
+#: Most bytes one step of a :class:`ResultWriter` converts and writes: a few ms of Krita's
+#: UI thread (a 6000x4000 layer is ~25 steps).
+BAND_BYTES = 4 << 20
 
-    def __init__(self, host: KritaHost, doc: Any, source: Any, rect: LayerRect):
-        self.host = host
-        self.doc = doc
-        self.source = source
-        self.rect = rect
-        self.node: Any = None
-        self.shown = 0
 
-    def show(self, img: Any) -> None:
+class ResultWriter:
+    """Writes the daemon's result as a new layer, a band of rows per :meth:`step`, so that
+    the UI thread never spends long on it whatever the layer's size (the caller steps it
+    from its timer, between events). The daemon already blended the edit through the
+    selection (unselected pixels are the source's, bit for bit): the pixels are written
+    as they come, with the source's alpha, so a rerun on the result continues the edit.
+
+    The new layer is a copy of the source (opacity, blending mode, masks, colour space),
+    named after it ("art (dragged)", never "art (dragged) (dragged)"), added when the last
+    band is written: directly above the source and above the results made from it
+    before. A layer that is not RGBA/U8 is converted back in one step (rare: 8-bit
+    RGBA is what Krita's documents are by default) with the unselected pixels copied from
+    the source bit for bit."""
+
+    def __init__(self, doc: Any, source: Any, rect: LayerRect, result: Any,
+                 source_rgba: bytes, native: Optional[NativeFormat],
+                 mask: Optional[MaskInfo]):
+        self.doc, self.source, self.rect = doc, source, rect
+        self.result, self.source_rgba, self.native, self.mask = result, source_rgba, native, mask
+        self.rows = max(1, BAND_BYTES // (4 * rect.width))
+        self.y = 0
+        self.steps = 0
+        self.layer: Any = None
+        new = source.duplicate()
+        if new is None:
+            raise UserError("Krita could not copy the layer %r." % rect.name)
+        new.setName(result_name(str(source.name())))
+        self.new = new
+
+    @property
+    def done(self) -> bool:
+        return self.layer is not None
+
+    def step(self) -> bool:
+        """Write the next band (all of it for a converted layer). True once the layer is
+        in the document."""
+        if self.done:
+            return True
+        self.steps += 1
         r = self.rect
-        if img is None or img.width < 1 or img.height < 1 or img.channels not in (1, 3, 4):
-            return
-        bgra = rgba_to_bgra(to_rgba(bytes(img.data), img.channels))
-        data = self.host.scale(bgra, img.width, img.height, r.width, r.height)
-        if self.node is None:
-            node = self.doc.createNode(PREVIEW_LAYER_NAME, PAINT)
-            if (str(self.doc.colorModel()), str(self.doc.colorDepth())) != ("RGBA", "U8"):
-                node.setColorSpace("RGBA", "U8", SRGB_PROFILE)
-            node.setPixelData(data, r.x, r.y, r.width, r.height)
-            node.setLocked(True)
-            self.source.parentNode().addChildNode(node, self.source)
-            self.node = node
+        if self.native is not None:
+            self.new.setPixelData(self._native_pixels(), r.x, r.y, r.width, r.height)
+            self.y = r.height
         else:
-            self.node.setPixelData(data, r.x, r.y, r.width, r.height)
-        self.shown += 1
-        self.host.refresh(self.doc)
+            y0, y1 = self.y, min(r.height, self.y + self.rows)
+            ch = self.result.channels
+            res = bytes(memoryview(self.result.data)[y0 * r.width * ch:y1 * r.width * ch])
+            src = self.source_rgba[y0 * r.width * 4:y1 * r.width * 4]
+            self.new.setPixelData(rgba_to_bgra(merge_alpha(res, ch, src)), r.x, r.y + y0,
+                                  r.width, y1 - y0)
+            self.y = y1
+        if self.y >= r.height:
+            self._add()
+        return self.done
 
-    def remove(self) -> None:
-        if self.node is not None:
-            node, self.node = self.node, None
-            try:
-                node.remove()
-            finally:
-                self.host.refresh(self.doc)
+    def _native_pixels(self) -> bytes:
+        r, native = self.rect, self.native
+        rgba = merge_alpha(bytes(self.result.data), self.result.channels, self.source_rgba)
+        tmp = self.doc.createNode("dragd conversion", PAINT)
+        tmp.setColorSpace("RGBA", "U8", SRGB_PROFILE)
+        tmp.setPixelData(rgba_to_bgra(rgba), r.x, r.y, r.width, r.height)
+        if not tmp.setColorSpace(native.model, native.depth, native.profile):
+            raise UserError("Krita could not convert the result back to %r." % native)
+        data = bytes(tmp.pixelData(r.x, r.y, r.width, r.height))
+        if self.mask is not None and self.mask.data is not None:
+            size = native_pixel_size(native.model, native.depth) or 0
+            src = bytes(self.source.pixelData(r.x, r.y, r.width, r.height))
+            if size and len(src) == len(data) == size * len(self.mask.data):
+                data = splice_by_mask(data, src, self.mask.data, size)
+        return data
+
+    def _add(self) -> None:
+        parent = self.source.parentNode()
+        siblings = list(parent.childNodes())
+        idx = next((i for i, n in enumerate(siblings) if _same(n, self.source)), None)
+        above = self.source
+        name = str(self.new.name())
+        if idx is not None:
+            # childNodes() is bottom to top: step over the earlier results on the source
+            while idx + 1 < len(siblings) and str(siblings[idx + 1].name()) == name \
+                    and siblings[idx + 1].type() == PAINT:
+                idx += 1
+                above = siblings[idx]
+        if not parent.addChildNode(self.new, above):
+            raise UserError("Krita refused to add the result layer above %r." % self.rect.name)
+        self.layer = self.new

@@ -13,13 +13,13 @@ What lives here, unit-tested without a host (tests/test_krita_glue.py):
   top-left corner (:class:`LayerRect`);
 * the movable mask from the selection (:func:`make_mask`) and pixel helpers: Krita's
   BGRA byte order <-> the protocol's RGBA (:func:`bgra_to_rgba`, :func:`rgba_to_bgra`),
-  keeping the source's alpha (:func:`merge_alpha`), compositing the result through the
-  selection (:func:`composite_through_mask`, :func:`splice_by_mask`);
+  keeping the source's alpha (:func:`merge_alpha`), copying unselected pixels of a
+  converted layer back bit for bit (:func:`splice_by_mask`);
 * the job model (:class:`JobModel`): the shared state of one run, worded for the docker.
 
 The host-independent parts both plug-ins share (the drag fields, arrows, the mask, the
 job model's event handling, pixels, errors) live in ``..plugin_common``; this module
-adds what is Krita's own (shapes, BGRA, compositing, messages) and re-exports the rest.
+adds what is Krita's own (shapes, BGRA, messages) and re-exports the rest.
 
 Coordinates: continuous, x right, y down; the pixel in column i, row j covers
 [i, i+1) x [j, j+1). The dragd protocol uses the same convention in layer coordinates.
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..plugin_common import (CLOSE_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_ENDPOINT,  # noqa: F401
-                             INVERSION_QUALITIES, METHODS, OPEN_WEIGHT,
+                             INVERSION_QUALITIES, METHODS, OPEN_WEIGHT, PASTE_MODES,
                              PREVIEW_LAYER_NAME, SPACES, START_COMMAND, STOP_GRACE, Arrow,
                              BaseDragSettings, BaseJobModel, Cancelled, Outcome, Point,
                              UserError, merge_alpha, to_rgba)
@@ -41,9 +41,9 @@ from ..plugin_common import MaskInfo as _CommonMaskInfo
 from ..plugin_common import check_handles_movable as _check_handles_movable
 from ..plugin_common import fmt_point as _fmt
 from ..plugin_common import make_mask as _make_mask
+from ..plugin_common.results import RESULT_SUFFIX, region_for, result_name  # noqa: F401
 
 ARROWS_LAYER_NAME = "drag"
-RESULT_SUFFIX = " (dragged)"
 CLIENT_NAME = "dragd-krita"
 SRGB_PROFILE = "sRGB-elle-V2-srgbtrc.icc"
 
@@ -75,6 +75,9 @@ class DragSettings(BaseDragSettings):
         if self.inversion not in INVERSION_QUALITIES:
             raise UserError("The inversion quality must be one of %s, not %r."
                             % (", ".join(INVERSION_QUALITIES), self.inversion))
+        if self.paste not in PASTE_MODES:
+            raise UserError("The result pixels must be one of %s, not %r."
+                            % (", ".join(PASTE_MODES), self.paste))
         ep = (self.endpoint or "").strip()
         if not ep:
             raise UserError("The daemon address is empty; the default is %s."
@@ -447,7 +450,6 @@ rgba_to_bgra = bgra_to_rgba
 
 
 _ZERO_RUNS = re.compile(rb"\x00+")
-_SOFT_RUNS = re.compile(rb"[\x01-\xfe]+")
 
 
 def splice_by_mask(inside: bytes, outside: bytes, mask: bytes, pixel_size: int) -> bytes:
@@ -461,24 +463,6 @@ def splice_by_mask(inside: bytes, outside: bytes, mask: bytes, pixel_size: int) 
     for m in _ZERO_RUNS.finditer(mask):
         s, e = m.start() * pixel_size, m.end() * pixel_size
         out[s:e] = outside[s:e]
-    return bytes(out)
-
-
-def composite_through_mask(result_rgba: bytes, source_rgba: bytes,
-                           mask: Optional[bytes]) -> bytes:
-    """The result blended into the source through the movable mask, RGBA: where the mask
-    is 0 the source exactly, where 255 the result, in between a linear blend; the alpha
-    channel is always the source's. ``mask`` None = the result everywhere."""
-    out = bytearray(merge_alpha(result_rgba, 4, source_rgba))
-    if mask is None:
-        return bytes(out)
-    out = bytearray(splice_by_mask(bytes(out), source_rgba, mask, 4))
-    for m in _SOFT_RUNS.finditer(mask):
-        for i in range(m.start(), m.end()):
-            w = mask[i]
-            k = 4 * i
-            for c in range(k, k + 3):
-                out[c] = (result_rgba[c] * w + source_rgba[c] * (255 - w) + 127) // 255
     return bytes(out)
 
 

@@ -2,8 +2,9 @@
 
 :func:`start_drag` reads the edit's inputs out of the document (paint layer, arrows,
 selection), starts the shared run (:class:`~..plugin_common.task.DragTask`) and drives it
-from a QTimer whose every tick polls without waiting, so Krita's event loop never blocks;
-it returns the :class:`DragRun` at once. Tests (and the
+from a QTimer whose every tick polls without waiting and writes at most one band of the
+result (:class:`~.host.ResultWriter`), so Krita's event loop never blocks; it returns the
+:class:`DragRun` at once. Previews go to ``on_preview`` (the docker shows them). Tests (and the
 docker) wait for ``run.finished`` while the event loop spins::
 
     run = start_drag(doc, DragSettings(endpoint=...), on_finished=callback)
@@ -24,7 +25,7 @@ from ..plugin_common.loader import load_task
 from ..plugin_common.messages import bug
 from ..plugin_common.pacing import Pacer
 from .model import (CLIENT_NAME, Cancelled, DragSettings, JobModel, UserError,
-                    check_handles_movable, composite_through_mask, to_rgba)
+                    check_handles_movable)
 
 POLL_INTERVAL_MS = 30
 
@@ -63,6 +64,7 @@ class DragRun:
                  vector: Any = None, task_factory: Callable[..., Any] = make_task,
                  on_update: Optional[Callable[["DragRun"], Any]] = None,
                  on_finished: Optional[Callable[["DragRun"], Any]] = None,
+                 on_preview: Optional[Callable[[Any], Any]] = None,
                  clock: Callable[[], float] = time.monotonic):
         self.host = host
         self.doc = doc
@@ -72,6 +74,7 @@ class DragRun:
         self.task_factory = task_factory
         self.on_update = on_update
         self.on_finished = on_finished
+        self.on_preview = on_preview
         self.clock = clock
         self.state = "new"
         self.message = ""
@@ -79,7 +82,8 @@ class DragRun:
         self.notes: List[str] = []
         self.task: Any = None
         self.pacer: Optional[Pacer] = None
-        self.preview: Any = None
+        self.previews = 0
+        self.writer: Any = None
         self.new_layer: Any = None
         self.outcome: Any = None
         self.rect: Any = None
@@ -133,22 +137,24 @@ class DragRun:
         check_handles_movable(self.arrows, self.mask)
         self._source_rgba, self._native = host.read_pixels(doc, source, self.rect)
         self.stale_removed = host.remove_stale_previews(doc)
-        if self.settings.live_preview:
-            from .host import PreviewLayer
-
-            self.preview = PreviewLayer(host, doc, source, self.rect)
 
     def step(self) -> bool:
-        """One tick of the timer: poll the daemon, show progress and previews, write the
-        result when it arrives. Returns True while the run goes on."""
+        """One tick of the timer: poll the daemon, show progress and previews, write a band
+        of the result once it is there. Returns True while the run goes on."""
         if self.finished:
             return False
         try:
             self.task.tick()
             model = self.task.model
-            if model.outcome is not None and self.new_layer is None and self.outcome is None:
-                self._write(model.outcome)
-            if self.task.done:
+            if model.outcome is not None and self.writer is None:
+                self.outcome = model.outcome
+                self.writer = self.host.result_writer(
+                    self.doc, self.source, self.rect, model.outcome.image, self._source_rgba,
+                    self._native, self.mask)
+            elif self.writer is not None and self.new_layer is None:
+                if self.writer.step():
+                    self._written(self.writer.layer)
+            if self.task.done and (self.writer is None or self.new_layer is not None):
                 self._finish_task()
                 return False
             self._show_preview()
@@ -169,18 +175,11 @@ class DragRun:
 
     # -- internals -----------------------------------------------------------------
 
-    def _write(self, outcome: Any) -> None:
-        self.outcome = outcome
-        if self.preview is not None:
-            self.preview.remove()
-        img = outcome.image
-        rgba = composite_through_mask(
-            to_rgba(bytes(img.data), img.channels), self._source_rgba,
-            self.mask.data if self.mask is not None else None)
-        self.new_layer = self.host.write_result(self.doc, self.source, self.rect, rgba,
-                                                self._native, self.mask)
+    def _written(self, layer: Any) -> None:
+        self.new_layer = layer
+        self._source_rgba = b""
         try:
-            self.doc.setActiveNode(self.new_layer)
+            self.doc.setActiveNode(layer)
         except Exception:
             pass       # selecting the result is a courtesy; the result is written
         self.host.refresh(self.doc)
@@ -198,11 +197,6 @@ class DragRun:
                       model.end_text())
 
     def _end(self, state: str, message: str) -> None:
-        if self.preview is not None:
-            try:
-                self.preview.remove()
-            except Exception:
-                pass       # the run ends either way; a preview left is removed next run
         self.state = state
         self.message = message
         self.fraction = 1.0 if state == "done" else 0.0
@@ -220,21 +214,24 @@ class DragRun:
                 self.on_update(self)
 
     def _show_preview(self) -> None:
-        p = self.pacer.preview() if self.preview is not None else None
+        p = self.pacer.preview() if self.on_preview is not None else None
         if p is not None:
-            self.preview.show(p)
+            self.previews += 1
+            self.on_preview(p)
 
 
 def start_drag(doc: Any = None, settings: Optional[DragSettings] = None, *,
                source: Any = None, vector: Any = None,
                on_update: Optional[Callable[[DragRun], Any]] = None,
                on_finished: Optional[Callable[[DragRun], Any]] = None,
-               host: Any = None, task_factory: Callable[..., Any] = make_task,
+               on_preview: Optional[Callable[[Any], Any]] = None, host: Any = None, task_factory: Callable[..., Any] = make_task,
                interval_ms: int = POLL_INTERVAL_MS) -> DragRun:
     """Start a drag on ``doc`` (default: the active document) and return at once. A
     QTimer calls :meth:`DragRun.step` every ``interval_ms`` until the run finishes.
-    ``on_update(run)`` follows progress, ``on_finished(run)`` is called once at the end
-    (also when the run cannot start: then it is called before this returns)."""
+    ``on_update(run)`` follows progress, ``on_preview(image)`` gets the previews (protocol
+    Images, RGB, the region being edited at the settings' preview size), ``on_finished(run)``
+    is called once at the end (also when the run cannot start: then it is called before
+    this returns)."""
     from PyQt5.QtCore import QTimer
 
     if doc is None:
@@ -246,7 +243,8 @@ def start_drag(doc: Any = None, settings: Optional[DragSettings] = None, *,
 
         host = KritaHost()
     run = DragRun(host, doc, settings or DragSettings(), source=source, vector=vector,
-                  task_factory=task_factory, on_update=on_update, on_finished=on_finished)
+                  task_factory=task_factory, on_update=on_update, on_finished=on_finished,
+                  on_preview=on_preview)
     other = running()
     if other is not None:
         run._end("failed", "A drag is already running; wait for it or cancel it first.")

@@ -1,4 +1,5 @@
-"""The DragGAN docker: settings, Run / Stop / Cancel, a progress bar and a status line.
+"""The DragGAN docker: settings, Run / Stop / Cancel, a progress bar, the live preview and
+a status line (each document's own: switching documents shows that document's last run).
 
 Settings -> Dockers -> DragGAN. The Run button calls :func:`~.run.start_drag` on the
 active document; everything after that happens from a QTimer, so Krita stays responsive
@@ -10,6 +11,7 @@ from typing import Any, Optional
 
 from krita import DockWidget, Krita
 from PyQt5.QtCore import Qt, QTimer
+from PyQt5.QtGui import QImage, QPixmap
 from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout,
                              QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox,
                              QToolButton, QVBoxLayout, QWidget)
@@ -24,6 +26,7 @@ SETTINGS_GROUP = "dragd"
 SPACE_ITEMS = (("W+ (one latent per layer)", "w+"), ("W (one shared latent)", "w"))
 METHOD_ITEMS = (("DragGAN, arrived handles held", "dragd"), ("DragGAN as published", "draggan"),
                 ("FreeDrag (no point tracking)", "freedrag"))
+PASTE_ITEMS = (("Keep the photo's detail", "detail"), ("Generated pixels", "resample"))
 INVERSION_ITEMS = (("Fast", "fast"), ("Balanced", "balanced"), ("Best quality (slow)", "quality"))
 
 
@@ -106,6 +109,15 @@ class DragDocker(DockWidget):
                                       "before dragging (PTI)")
         form.addRow("Inversion", self.inversion_box)
 
+        self.paste_box = QComboBox()
+        for label, value in PASTE_ITEMS:
+            self.paste_box.addItem(label, value)
+        self.paste_box.setToolTip("How the edit goes back into the layer: the layer's own "
+                                  "pixels moved along the generator's correspondence (keeps "
+                                  "a photo sharp), or the generated image scaled up to the "
+                                  "selection")
+        form.addRow("Result pixels", self.paste_box)
+
         self.endpoint_edit = QLineEdit()
         self.endpoint_edit.setPlaceholderText(DEFAULT_ENDPOINT)
         self.endpoint_edit.setToolTip("ZeroMQ address of the dragd daemon (start it with: "
@@ -113,8 +125,8 @@ class DragDocker(DockWidget):
         form.addRow("Daemon", self.endpoint_edit)
 
         self.preview_check = QCheckBox("Live preview")
-        self.preview_check.setToolTip("Show the drag as it happens in a temporary, locked "
-                                      "layer above the source")
+        self.preview_check.setToolTip("Show the drag as it happens here, in the docker: the "
+                                      "region being edited as the result will show it")
         form.addRow("", self.preview_check)
 
         self.run_button = QPushButton("Run")
@@ -139,11 +151,18 @@ class DragDocker(DockWidget):
                                    "above the paint layer, select what may move, then Run.")
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.preview_label = QLabel()
+        self.preview_label.setAlignment(Qt.AlignCenter)
+        self.preview_label.hide()
+        self._idle_text = self.status_label.text()
+        self._status_by_doc: list = []     # [document, (fraction, text) of its last run]
+        self._doc: Any = None
 
         box = QVBoxLayout()
         box.addLayout(form)
         box.addLayout(buttons)
         box.addWidget(self.progress_bar)
+        box.addWidget(self.preview_label)
         box.addWidget(self.status_label)
         box.addStretch(1)
         root.setLayout(box)
@@ -154,7 +173,17 @@ class DragDocker(DockWidget):
     # -- Krita -------------------------------------------------------------------
 
     def canvasChanged(self, canvas: Any) -> None:
-        pass
+        """Another document (or view) became active: show its own last status."""
+        doc = Krita.instance().activeDocument()
+        if _same_doc(doc, self._doc):
+            return
+        self._doc = doc
+        running = self.current_run is not None and _same_doc(self.current_run.doc, doc)
+        if not running:
+            self.preview_label.hide()
+            known = [st for d, st in self._status_by_doc if _same_doc(d, doc)]
+            fraction, text = known[0] if known else (0.0, self._idle_text)
+            self._show(fraction, text, remember=False)
 
     # -- settings ------------------------------------------------------------------
 
@@ -167,6 +196,7 @@ class DragDocker(DockWidget):
             space=self.space_box.currentData(),
             method=self.method_box.currentData(),
             inversion=self.inversion_box.currentData(),
+            paste=self.paste_box.currentData(),
             endpoint=self.endpoint_edit.text().strip() or DEFAULT_ENDPOINT,
             live_preview=self.preview_check.isChecked())
 
@@ -178,6 +208,7 @@ class DragDocker(DockWidget):
         self.space_box.setCurrentIndex(max(0, self.space_box.findData(s.space)))
         self.method_box.setCurrentIndex(max(0, self.method_box.findData(s.method)))
         self.inversion_box.setCurrentIndex(max(0, self.inversion_box.findData(s.inversion)))
+        self.paste_box.setCurrentIndex(max(0, self.paste_box.findData(s.paste)))
         self.endpoint_edit.setText(s.endpoint)
         self.preview_check.setChecked(bool(s.live_preview))
 
@@ -196,8 +227,10 @@ class DragDocker(DockWidget):
         save_settings(s)
         self._set_running(True)
         self._show(0.0, "Starting\u2026")
-        run = start_drag(Krita.instance().activeDocument(), s, on_update=self._on_update,
-                         on_finished=self._on_finished)
+        self._doc = Krita.instance().activeDocument()
+        self.preview_label.hide()
+        run = start_drag(self._doc, s, on_update=self._on_update,
+                         on_finished=self._on_finished, on_preview=self._on_preview)
         if not run.finished:
             self.current_run = run
         return run
@@ -238,15 +271,32 @@ class DragDocker(DockWidget):
     # -- callbacks -------------------------------------------------------------------
 
     def _on_update(self, run: DragRun) -> None:
-        self._show(run.fraction, run.message)
+        self._show(run.fraction, run.message, run.doc)
 
     def _on_finished(self, run: DragRun) -> None:
         self.last_run = run
         self.current_run = None
         self._set_running(False)
-        self._show(run.fraction, run.message)
+        self._show(run.fraction, run.message, run.doc)
 
-    def _show(self, fraction: float, text: str) -> None:
+    def _on_preview(self, img: Any) -> None:
+        """The daemon's preview as it comes (RGB, the docker's size): no scaling here."""
+        if img.channels not in (3, 4):
+            return
+        fmt = QImage.Format_RGB888 if img.channels == 3 else QImage.Format_RGBA8888
+        data = bytes(img.data)
+        qimg = QImage(data, img.width, img.height, img.width * img.channels, fmt).copy()
+        self.preview_label.setPixmap(QPixmap.fromImage(qimg))
+        self.preview_label.show()
+
+    def _show(self, fraction: float, text: str, doc: Any = None, remember: bool = True) -> None:
+        """Show a status; a run's status is remembered for its document, and shown only
+        while that document is the active one."""
+        if remember and doc is not None:
+            self._status_by_doc = [e for e in self._status_by_doc if not _same_doc(e[0], doc)]
+            self._status_by_doc.append([doc, (fraction, text)])
+            if self._doc is not None and not _same_doc(doc, self._doc):
+                return
         self.progress_bar.setValue(int(round(1000 * max(0.0, min(1.0, fraction)))))
         self.status_label.setText(text)
 
@@ -254,6 +304,17 @@ class DragDocker(DockWidget):
         self.run_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
         self.cancel_button.setEnabled(running)
+
+
+def _same_doc(a: Any, b: Any) -> bool:
+    """One document (libkis hands out a new wrapper each time; its == compares the
+    documents)."""
+    if a is None or b is None:
+        return a is b
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
 
 
 def find_docker(window: Any) -> Optional[DragDocker]:

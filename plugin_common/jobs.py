@@ -14,6 +14,7 @@ from .messages import CANCELLED, TOO_MANY_POINTS
 # Where each stage of opening a session starts and ends on the opening part of the bar.
 OPEN_STAGES = {"load": (0.0, 0.0), "invert": (0.0, 0.5), "tune": (0.5, 1.0)}
 OPEN_WEIGHT = 0.4            # share of the progress bar taken by opening (inversion)
+OPEN_STAGE_NUMBER = {"invert": 1, "tune": 2}
 
 
 @dataclass
@@ -23,17 +24,44 @@ class Outcome:
     stop: str
     distance: Optional[float]
     handles: List[List[float]] = field(default_factory=list)
+    #: How well the model reproduced the region before the drag (PSNR, dB; None when the
+    #: daemon did not say), and whether the run continued an earlier edit instead.
+    psnr: Optional[float] = None
+    continued: bool = False
 
     def summary(self) -> str:
-        """'converged after 5 steps, 0.8 px from the targets', with what to do after a stall."""
-        text = "%s after %d step%s" % (self.stop.replace("_", " "), self.steps,
-                                       "" if self.steps == 1 else "s")
+        """'converged after 5 steps, 0.8 px from the targets; inversion 24.1 dB', with what
+        to do after a stall or a poor inversion."""
+        text = "%s after %d step%s" % (STOP_WORDS.get(self.stop, self.stop.replace("_", " ")),
+                                       self.steps, "" if self.steps == 1 else "s")
         if self.distance is not None:
             text += ", %.1f px from the targets" % self.distance
         if self.stop == "stalled":
             text += (" (the handles stopped following: put them on detailed areas, "
                      "or drag a shorter way and continue)")
+        if self.continued:
+            text += "; continued the earlier edit"
+        elif self.psnr is not None:
+            text += "; inversion %.1f dB" % self.psnr
+            if self.psnr < POOR_PSNR:
+                text += (" (too poor to edit well: the model hardly reproduces this region; "
+                         "select just the part to move, or use a model made for such images)")
         return text
+
+
+#: Below this reconstruction PSNR (dB) the edit shows the model more than the image.
+POOR_PSNR = 18.0
+STOP_WORDS = {"max_steps": "step limit reached", "cancelled": "stopped"}
+
+
+def inversion_psnr(fields: Dict[str, Any]) -> Optional[float]:
+    """The reconstruction PSNR open_session reported (after tuning, else of the pivot)."""
+    info = fields.get("info") or {}
+    for phase in ("tuning", "pivot"):
+        d = info.get(phase)
+        if isinstance(d, dict) and isinstance(d.get("psnr"), (int, float)):
+            return float(d["psnr"])
+    return None
 
 
 class BaseJobModel:
@@ -199,6 +227,9 @@ class BaseJobModel:
             text = self.STAGE_TEXT.get(self.stage or "", "opening the layer")
             if self.total:
                 text += " %d/%d" % (min(self.step + 1, self.total), self.total)
+            if self.stage in OPEN_STAGE_NUMBER:
+                # The bar counts both stages and the drag: say which part this count is.
+                text += ", part %d of 2" % OPEN_STAGE_NUMBER[self.stage]
             return text + stopping
         if self.phase == "dragging":
             text = self.DRAG_TEXT % (self.step, self.total or self.settings.max_steps)

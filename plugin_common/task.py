@@ -31,7 +31,7 @@ from . import messages
 from .errors import UserError
 from .geometry import Arrow
 from .hello import accept_hello
-from .jobs import BaseJobModel, Outcome
+from .jobs import BaseJobModel, Outcome, inversion_psnr
 from .keys import curve_for
 from .mask import MaskInfo
 from .settings import CLOSE_TIMEOUT, CONNECT_TIMEOUT, STOP_GRACE
@@ -268,8 +268,11 @@ class DragTask:
         if img is None or (img.width, img.height) != (self.image.width, self.image.height):
             self._fail(messages.WRONG_SIZE)
             return
+        info = self.model.session_info
         self.model.dragged(Outcome(img, int(m.get("steps", 0)), str(m.get("stop", "converged")),
-                                   m.get("distance"), list(m.get("handles") or [])))
+                                   m.get("distance"), list(m.get("handles") or []),
+                                   psnr=inversion_psnr(info),
+                                   continued=bool((info.get("info") or {}).get("continues_edit"))))
         self._begin_close()
 
     def _begin_close(self) -> None:

@@ -222,6 +222,10 @@ class Selection:
             for xx in range(x, x + w):
                 self.buf.data[yy * self.w + xx] = value
 
+    def none(self):
+        self.empty = True
+        self.buf.data[:] = bytes(self.w * self.h)
+
     def value(self, x, y):
         if 0 <= x < self.w and 0 <= y < self.h:
             return self.buf.data[y * self.w + x]
@@ -295,7 +299,7 @@ class FakeGimp:
     Layer = Layer
     AddMaskType = SimpleNamespace(WHITE="white")
     Parasite = SimpleNamespace(new=lambda name, flags, data: SimpleNamespace(
-        name=name, flags=flags, data=data))
+        name=name, flags=flags, data=data, get_data=lambda: list(data)))
 
     def __init__(self):
         self.calls = []

@@ -22,17 +22,19 @@ class RecordingBackend(NullBackend):
     "params", "ended", "cancel_reason"}]; previews: how many were sent.
 
     A model named "slow" inverts slowly; a layer fail_width px wide fails its drag with
-    out_of_memory."""
+    out_of_memory. The drag inverts the colours, everywhere, or (honour_mask) blended
+    through the mask as the real daemon pastes back."""
 
     def __init__(self, *, models=("toy",), invert_steps: int = 3, invert_wait: float = 0.05,
                  drag_steps: int = 5, step_wait: float = 0.05, long_drag_steps: int = 100,
                  long_step_wait: float = 0.3, preview_size: tuple[int, int] = (4, 3),
-                 fail_width: int | None = 13):
+                 fail_width: int | None = 13, honour_mask: bool = False):
         super().__init__(device="stub", models=models)
         self.invert_steps, self.invert_wait = invert_steps, invert_wait
         self.drag_steps, self.step_wait = drag_steps, step_wait
         self.long_drag_steps, self.long_step_wait = long_drag_steps, long_step_wait
         self.preview_size, self.fail_width = preview_size, fail_width
+        self.honour_mask = honour_mask
         self.opened, self.drags = [], []
         self.previews = 0
 
@@ -52,7 +54,12 @@ class RecordingBackend(NullBackend):
                            "mask": None if mask is None else bytes(mask), "params": dict(params)})
         data = bytearray(bytes(img.data))
         for c in range(3):
-            data[c::img.channels] = bytes(255 - b for b in data[c::img.channels])
+            if mask is None or not self.honour_mask:
+                data[c::img.channels] = bytes(255 - b for b in data[c::img.channels])
+            else:   # as the real daemon: blended through the mask, 0 = the source exactly
+                data[c::img.channels] = bytes(
+                    (v * (255 - m) + (255 - v) * m + 127) // 255
+                    for v, m in zip(data[c::img.channels], bytes(mask)))
         long = params["max_steps"] >= LONG_DRAG
         n = self.long_drag_steps if long else min(self.drag_steps, int(params["max_steps"]))
         pw, ph = self.preview_size

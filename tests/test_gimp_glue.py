@@ -45,7 +45,7 @@ def host():
 def no_ui_throttling(monkeypatch):
     """Show every progress text and preview (the run paces them in real time)."""
     monkeypatch.setattr(pacing, "PROGRESS_INTERVAL", 0.0)
-    monkeypatch.setattr(run, "PREVIEW_INTERVAL", 0.0)
+    monkeypatch.setattr(pacing, "PREVIEW_INTERVAL", 0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def test_result_layer_above_source_same_offsets_source_untouched():
     rgb = bytes(255 - b for i, b in enumerate(src) if i % 4 != 3)       # 3-channel result
     result = Image(rgb, 20, 16, 3)
     out = h.result_pixels(result, src)
-    new = h.write_result(img, art, out, src, masked=False)
+    new = h.write_result(img, art, out)
     assert img.layers == [new, art, img.layers[2]]
     assert new.get_offsets() == (True, 10, 6) and (new.w, new.h) == (20, 16)
     assert new.name == "art (dragged)" and new.type == "RGBA"
@@ -213,19 +213,31 @@ def test_result_layer_above_source_same_offsets_source_untouched():
     assert got[0::4] == bytes(255 - b for b in src[0::4])
 
 
-def test_result_with_selection_keeps_unselected_pixels_exactly():
+def test_result_is_written_as_the_daemon_made_it_and_tagged_with_its_region():
+    """The daemon blended the edit through the selection already: the layer holds its
+    pixels exactly (blending them through the selection again would change feathered
+    pixels, and a rerun would no longer be on the daemon's own result)."""
     img, art = make_scene(offsets=(10, 6))
     img.selection.rect(15, 8, 6, 5)
     h = host()
     src = h.read_pixels(art)
     out = bytes(255 - b if i % 4 != 3 else b for i, b in enumerate(src))
-    new = h.write_result(img, art, out, src, masked=True)
-    got = bytes(new.buffer.data)
-    for i in range(20 * 16):
-        x, y = i % 20 + 10, i // 20 + 6
-        inside = 15 <= x < 21 and 8 <= y < 13
-        px = got[4 * i:4 * i + 4]
-        assert px == (out if inside else src)[4 * i:4 * i + 4], (x, y)
+    region = {"x": 5, "y": 2, "width": 6, "height": 5}
+    new = h.write_result(img, art, out, region)
+    assert bytes(new.buffer.data) == out
+    assert h.result_tag(new) == {"region": region} and h.result_tag(art) is None
+
+
+def test_result_goes_above_the_earlier_results_of_its_source_with_a_clean_name():
+    img, art = make_scene()
+    h = host()
+    src = h.read_pixels(art)
+    first = h.write_result(img, art, src, None)
+    second = h.write_result(img, art, src, None)         # a rerun on the source
+    assert img.layers[:3] == [second, first, art]
+    third = h.write_result(img, first, src, None)        # a rerun on the first result
+    assert img.layers[:4] == [third, second, first, art]
+    assert {first.name, third.name} == {"art (dragged)"}
 
 
 def test_gray_image_and_layer_without_alpha_get_matching_layer_types():
@@ -233,28 +245,8 @@ def test_gray_image_and_layer_without_alpha_get_matching_layer_types():
     img.base = "GRAY"
     h = host()
     src = h.read_pixels(art)
-    new = h.write_result(img, art, src, src, masked=False)
+    new = h.write_result(img, art, src)
     assert new.type == "GRAY"
-
-
-def test_preview_layer_scaled_over_the_source_then_removed():
-    img, art = make_scene(offsets=(10, 6))
-    h = host()
-    undo = gimp_host.UndoGroup(img)
-    p = gimp_host.PreviewLayer(h, img, art, undo)
-    p.show(Image(bytes(8 * 6 * 3), 8, 6, 3))
-    first = p.layer
-    assert img.layers[0] is first and (first.w, first.h) == (20, 16)
-    assert first.get_offsets() == (True, 10, 6)
-    assert h.is_preview_layer(first)
-    p.show(Image(bytes(8 * 6 * 4), 8, 6, 4))
-    assert first not in img.layers and img.layers[0] is p.layer
-    assert h.stale_previews(img) == [p.layer]
-    p.remove()
-    assert img.layers == [art, img.layers[1]] and p.layer is None
-    undo.end()
-    assert img.groups == 1 and img.depth == 0
-    assert all(depth == 1 for _, depth in img.log)
 
 
 # ---------------------------------------------------------------------------
@@ -301,10 +293,10 @@ def test_job_model_progress_follows_protocol_events():
     assert "position 2" in m.progress()[1]
     m.on_event("progress", {"stage": "invert", "step": 59, "total": 60}, {})
     f, text = m.progress()
-    assert text == "DragGAN: inverting 60/60" and f == pytest.approx(0.4 * 0.5)
+    assert text == "DragGAN: inverting 60/60, part 1 of 2" and f == pytest.approx(0.4 * 0.5)
     m.on_event("progress", {"stage": "tune", "step": 9, "total": 80}, {})
     f, text = m.progress()
-    assert text == "DragGAN: tuning 10/80" and f == pytest.approx(0.4 * (0.5 + 0.5 / 8))
+    assert text == "DragGAN: tuning 10/80, part 2 of 2" and f == pytest.approx(0.4 * (0.5 + 0.5 / 8))
     m.opened({"session": "s"})
     m.on_event("progress", {"stage": "drag", "step": 4, "total": 100, "distance": 8.0,
                             "handles": [[2, 2]]}, {"preview": "P1"})
@@ -588,33 +580,80 @@ def scripted(script):
     """A task factory for run_on_layer whose client plays ``script``."""
     def factory(endpoint, **kw):
         return FakeClient(endpoint, script, **kw)
-    return lambda *a: run.make_task(*a, client_factory=factory)
+    return lambda *a, **kw: run.make_task(*a, client_factory=factory, **kw)
 
 
-def test_run_on_layer_writes_one_undo_group_and_removes_the_preview():
+def test_run_on_layer_writes_one_undo_group_after_the_drag_with_no_preview_layer():
+    """Previews go to the dialog (the HostUi), never into the image: the only image changes
+    are the result's, in one undo group opened when the result is there; the selection's
+    box is the region sent; the result is the daemon's image."""
     img, art = make_scene(offsets=(10, 6), lw=8, lh=6)
     img.selection.rect(10, 6, 4, 6)
     h = host()
     arrows = [Arrow((1, 1), (3, 2))]
     mask = h.read_mask(img, art)
     before = bytes(art.buffer.data)
+    script = good_script()
+    daemon_result = script["drag"][-1][2]["image"]
+    sent = []
+    factory = scripted(script)
+
+    def recording(*a, **kw):
+        t = factory(*a, **kw)
+        sent.append(t)
+        return t
+    dialog = RecUi()
+    dialog.show_preview = dialog.previews.append
+    dialog.test_step = lambda *a: None
+    dialog.close = lambda: None
     out, new = run.run_on_layer(h, DragSettings(), img, art, arrows, mask,
-                                task_factory=scripted(good_script()))
+                                dialog_factory=lambda: dialog, task_factory=recording)
     assert img.groups == 1 and img.depth == 0
     assert img.log and all(depth == 1 for _, depth in img.log), img.log
+    assert [c for c, _ in img.log][:2] == ["Layer.new", "insert_layer"]
+    assert "scale" not in [c for c, _ in img.log]
     names = [lyr.name for lyr in img.layers]
     assert names == ["art (dragged)", "art", "bg"]
     assert bytes(art.buffer.data) == before
-    assert any(c == "scale" for c, _ in img.log)          # a preview was shown...
-    assert not h.stale_previews(img)                       # ...and removed
-    got = bytes(new.buffer.data)
-    for i in range(8 * 6):
-        inside = i % 8 < 4
-        assert got[4 * i:4 * i + 3] == (bytes([7, 7, 7]) if inside else before[4 * i:4 * i + 3])
-        assert got[4 * i + 3] == before[4 * i + 3]
+    assert bytes(new.buffer.data)[0::4] == bytes(daemon_result.data)[0::4]
+    assert bytes(new.buffer.data)[3::4] == before[3::4]            # the source's alpha
+    assert sent[0].region == {"x": 0, "y": 0, "width": 4, "height": 6}
+    assert h.result_tag(new) == {"region": sent[0].region}
+    assert len(dialog.previews) >= 1
     calls = [c[0] for c in h.Gimp.calls]
     assert calls[0] == "init" and calls[-1] == "end" and "update" in calls
     assert img.selected_layers == [new]
+
+
+def test_a_rerun_on_a_result_keeps_its_region_so_the_daemon_continues_the_edit():
+    """After a run with a selection, a run on the result with no selection (or a smaller
+    one) sends the same region: the daemon sees its own result with the same region and
+    continues instead of inverting again."""
+    img, art = make_scene(offsets=(0, 0), lw=8, lh=6)
+    img.selection.rect(2, 1, 4, 4)
+    h = host()
+    sent = []
+    factory = scripted(good_script())
+
+    def recording(*a, **kw):
+        t = factory(*a, **kw)
+        sent.append(t.region)
+        return t
+    arrows = [Arrow((3, 2), (4, 3))]
+    _, first = run.run_on_layer(h, DragSettings(), img, art, arrows, h.read_mask(img, art),
+                                task_factory=recording)
+    img.selection.none()
+    run.run_on_layer(h, DragSettings(), img, first, arrows, h.read_mask(img, first),
+                     task_factory=recording)
+    img.selection.rect(3, 2, 2, 2)
+    run.run_on_layer(h, DragSettings(), img, first, arrows, h.read_mask(img, first),
+                     task_factory=recording)
+    # a point outside the earlier region: that region cannot hold the drag
+    run.run_on_layer(h, DragSettings(), img, first, [Arrow((3, 2), (7.5, 5))],
+                     h.read_mask(img, first), task_factory=recording)
+    box = {"x": 2, "y": 1, "width": 4, "height": 4}
+    assert sent[:3] == [box, box, box]
+    assert sent[3] == {"x": 3, "y": 2, "width": 2, "height": 2}
 
 
 def test_run_on_layer_error_changes_nothing_and_opens_no_group():
@@ -626,7 +665,7 @@ def test_run_on_layer_error_changes_nothing_and_opens_no_group():
     assert img.groups == 0 and img.log == [] and len(img.layers) == 2
 
 
-def test_run_on_layer_removes_stale_previews_inside_the_group():
+def test_run_on_layer_removes_previews_earlier_versions_left_inside_the_group():
     img, art = make_scene(lw=8, lh=6)
     h = host()
     stale = Layer(img, "old preview", 8, 6, "RGBA")
@@ -758,7 +797,7 @@ def test_result_layer_gets_a_copy_of_the_source_layer_mask():
     art.mask.buffer.data[:] = bytes([0, 50, 100, 255, 255, 0, 7, 9])
     h = host()
     src = h.read_pixels(art)
-    new = h.write_result(img, art, src, src, masked=False)
+    new = h.write_result(img, art, src)
     assert bytes(new.mask.buffer.data) == bytes([0, 50, 100, 255, 255, 0, 7, 9])
     assert bytes(art.mask.buffer.data) == bytes([0, 50, 100, 255, 255, 0, 7, 9])
 

@@ -52,7 +52,7 @@ import gi
 
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp
+from gi.repository import Gegl, Gimp, Gio
 
 W, H = 64, 48
 LW, LH = 40, 30
@@ -71,7 +71,63 @@ def pixels(layer):
     return bytes(layer.get_buffer().get(rect, 1.0, RGBA, Gegl.AbyssPolicy.CLAMP))
 
 
+def build_big():
+    """6000x4000, one layer, an elliptical selection feathered by 100 px, one stroke."""
+    bw, bh = 6000, 4000
+    image = Gimp.Image.new(bw, bh, Gimp.ImageBaseType.RGB)
+    art = Gimp.Layer.new(image, "art", bw, bh, Gimp.ImageType.RGBA_IMAGE, 100.0,
+                         Gimp.LayerMode.NORMAL)
+    image.insert_layer(art, None, 0)
+    row = bytes((x * 7 % 256, x % 256, 90, 255)[c] for x in range(bw) for c in range(4))
+    buf = art.get_buffer()
+    for y0 in range(0, bh, 500):
+        buf.set(Gegl.Rectangle.new(0, y0, bw, 500), RGBA, row * 500)
+    buf.flush()
+    path = Gimp.Path.new(image, "arrows")
+    image.insert_path(path, None, 0)
+    sid = path.bezier_stroke_new_moveto(3000.0, 2000.0)
+    path.bezier_stroke_lineto(sid, 3040.0, 2010.0)
+    image.select_ellipse(Gimp.ChannelOps.REPLACE, 2700, 1700, 600, 600)
+    Gimp.Selection.feather(image, 100.0)
+    image.set_selected_layers([art])
+    return image, art
+
+
+def build_photo():
+    """The photo in $DRAGD_PHOTO (a PNG), an elliptical selection over the head unless
+    $DRAGD_PHOTO_SEL is empty, and one short stroke inside it."""
+    image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE,
+                           Gio.File.new_for_path(os.environ["DRAGD_PHOTO"]))
+    art = image.get_layers()[0]
+    art.set_name("photo")
+    if not art.has_alpha():
+        art.add_alpha()
+    path = Gimp.Path.new(image, "arrows")
+    image.insert_path(path, None, 0)
+    sid = path.bezier_stroke_new_moveto(205.0, 150.0)
+    path.bezier_stroke_lineto(sid, 205.0, 146.0)
+    image.select_ellipse(Gimp.ChannelOps.REPLACE, 130, 15, 150, 190)
+    image.set_selected_layers([art])
+    return image, art
+
+
+def save_png(image, name, width=480):
+    """A flattened copy of the image, at most ``width`` px wide, as a PNG in $DRAGD_SHOTS."""
+    dup = image.duplicate()
+    dup.flatten()
+    w, h = dup.get_width(), dup.get_height()
+    if w > width:
+        dup.scale(width, max(1, round(h * width / w)))
+    Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, dup,
+                   Gio.File.new_for_path(os.path.join(os.environ["DRAGD_SHOTS"], name)), None)
+    dup.delete()
+
+
 def build(variant=""):
+    if variant == "big":
+        return build_big()
+    if variant == "photo":
+        return build_photo()
     image = Gimp.Image.new(W, H, Gimp.ImageBaseType.RGB)
     bg = Gimp.Layer.new(image, "bg", W, H, Gimp.ImageType.RGB_IMAGE, 100.0,
                         Gimp.LayerMode.NORMAL)
@@ -129,6 +185,8 @@ if proc is not None:
     for call in json.loads(os.environ.get("DRAGD_CALLS", "[]")):
         if call.get("variant"):
             image, art = build(call["variant"])
+        if call.get("deselect"):
+            Gimp.Selection.none(image)
         cfg = proc.create_config()
         cfg.set_property("run-mode", getattr(Gimp.RunMode,
                                              call.get("run_mode", "NONINTERACTIVE")))
@@ -149,13 +207,14 @@ if proc is not None:
             new = res.index(1)
             c["steps"] = res.index(2)
             c["stop"] = res.index(3)
+            c["outcome"] = res.index(4)
             c["new_layer"] = {"name": new.get_name(), "id": new.get_id(),
                               "offsets": list(new.get_offsets())[1:],
                               "size": [new.get_width(), new.get_height()],
                               "has_alpha": new.has_alpha(),
                               "position": image.get_item_position(new),
-                              "pixels": b64(pixels(new))}
-            c["source_after"] = b64(pixels(art))
+                              "pixels": b64(pixels(new)) if new.get_width() < 1000 else ""}
+            c["source_after"] = b64(pixels(art)) if art.get_width() < 1000 else ""
             for key, lyr in (("new_mask", new), ("source_mask", art)):
                 if lyr.get_mask() is not None:
                     m = lyr.get_mask()
@@ -164,6 +223,8 @@ if proc is not None:
                         Gegl.AbyssPolicy.CLAMP))
             c["new_layer_ids"] = [i for i in (lyr.get_id() for lyr in image.get_layers())
                                   if i not in before]
+            if call.get("save_png"):
+                save_png(image, call["save_png"])
             if call.get("keep_result"):      # the next call with "on": "result" edits it
                 kept = new
             else:
@@ -188,7 +249,7 @@ def daemon():
     drag (240 for a long one), an 8x6 preview per step. Yields (endpoint, backend)."""
     backend = RecordingBackend(models=("stub",), invert_steps=2, invert_wait=0.0, drag_steps=6,
                                step_wait=0.25, long_drag_steps=240, long_step_wait=0.25,
-                               preview_size=(8, 6))
+                               preview_size=(8, 6), honour_mask=True)
     with serving(backend) as endpoint:
         yield endpoint, backend
 
@@ -308,8 +369,8 @@ def test_real_daemon_drag_and_daemon_down(running_daemon, home):
     res = r.result
     assert res["registered"] is True, r.log()
     assert res["arguments"] == ["run-mode", "image", "drawables", "model", "max-steps",
-                                "learning-rate", "lambda-mask", "latent-space", "inversion",
-                                "daemon", "time-limit", "live-preview"]
+                                "learning-rate", "lambda-mask", "latent-space", "method",
+                                "inversion", "paste", "daemon", "time-limit", "live-preview"]
     assert res["menu_paths"] == ["<Image>/Filters/Generative"]
     assert res["menu_label"] == "_Drag (DragGAN)..."
     drag, again, fail = res["calls"]
@@ -319,17 +380,24 @@ def test_real_daemon_drag_and_daemon_down(running_daemon, home):
     changed = check_result_layer(res, drag, min_changed=0.5)   # a GAN's output, not a filter
     assert len(drag["new_layer_ids"]) == 1
 
+    assert drag["outcome"].startswith(drag["stop"].replace("max_steps", "step limit")), drag
+    assert "px from the targets; inversion " in drag["outcome"] and " dB" in drag["outcome"]
+
     # The second run, on the layer the first one made, continued that edit: the daemon found
-    # GIMP's pixels byte for byte as it returned them and inverted nothing.
+    # GIMP's pixels byte for byte as it returned them (in the same region) and inverted
+    # nothing. Its layer sits above the first result, with the same clean name (GIMP
+    # numbers a name that is taken).
     assert again["status"] == "success", (again, r.log(), running_daemon.log()[-3000:])
-    assert again["stack"] == ["art (dragged) (dragged)", "art (dragged)", "art", "bg"]
+    assert again["stack"][1:] == ["art (dragged)", "art", "bg"], again["stack"]
+    assert again["stack"][0].startswith("art (dragged)") and "(dragged) (" not in again["stack"][0]
     assert "continues an earlier edit" in running_daemon.log()[log_before:]
+    assert "continued the earlier edit" in again["outcome"], again["outcome"]
 
     procs = plugin_processes(r)
     assert len(procs) == 2, procs                      # the failing call changed nothing
     names = check_one_undo_group(procs[0])
-    # previews shown in a temporary layer (at layer size here: no scaling), then removed
-    assert names.count("Image.insert_layer") >= 2 and "Image.remove_layer" in names, names
+    # no preview layers (previews go to the progress dialog): the result is the one layer
+    assert names.count("Image.insert_layer") == 1 and "Image.remove_layer" not in names, names
     assert "left image undo in inconsistent state" not in r.stderr
 
     # Daemon down: an error status with the start command, within the connect timeout.
@@ -344,10 +412,10 @@ def test_real_daemon_drag_and_daemon_down(running_daemon, home):
               again["elapsed"], fail["elapsed"]))
 
 
-def test_request_contents_and_preview_layer(daemon, home):
-    """What the daemon receives (points in layer coordinates, the mask, the settings), and
-    the preview layer shown and removed inside the one undo group (stand-in daemon that
-    streams a preview every step)."""
+def test_request_contents_region_and_no_preview_layer(daemon, home):
+    """What the daemon receives (points in layer coordinates, the mask, the selection's box
+    as the region, the settings); no preview layer (stand-in daemon that streams a preview
+    every step), the result the one change in the one undo group."""
     endpoint, backend = daemon
     calls = [{"label": "drag", "args": {"daemon": endpoint, "inversion": "fast",
                                         "max-steps": 40, "lambda-mask": 12.5,
@@ -367,9 +435,14 @@ def test_request_contents_and_preview_layer(daemon, home):
     assert sent["mask"] == unb64(res["mask"])
     assert backend.opened[-1]["invert"]["quality"] == "fast"
     assert backend.opened[-1]["size"][2] == 4
+    # the selection (20, 10) 16x14 in the image is (10, 4) on the layer at (10, 6)
+    assert backend.opened[-1]["roi"] == {"x": 10, "y": 4, "width": 16, "height": 14}
+    assert p["paste"] == "detail"
+    assert drag["outcome"] == "converged after 6 steps, 0.5 px from the targets", drag
     (proc,) = plugin_processes(r)
     names = check_one_undo_group(proc)
-    assert "Layer.scale" in names and "Image.remove_layer" in names, names
+    assert "Layer.scale" not in names and "Image.remove_layer" not in names, names
+    assert names.count("Image.insert_layer") == 1, names
 
 
 def test_interactive_dialogs_stop_and_remembered_settings(daemon, home):
@@ -403,6 +476,100 @@ def test_interactive_dialogs_stop_and_remembered_settings(daemon, home):
     assert backend.drags[-1]["params"]["max_steps"] == 5
     print("\nGIMP interactive run (Xvfb) %.1f s, repeat run %.1f s" % (t_interactive,
                                                                         r.elapsed))
+
+
+def _photo_psnr(call, width, height, ellipse):
+    """PSNR (dB) of the new layer against the source inside the ellipse (x, y, w, h)."""
+    import numpy as np
+
+    out = np.frombuffer(unb64(call["new_layer"]["pixels"]), np.uint8).reshape(height, width, 4)
+    src = np.frombuffer(unb64(call["source_after"]), np.uint8).reshape(height, width, 4)
+    x, y, w, h = ellipse
+    yy, xx = np.mgrid[0:height, 0:width]
+    inside = ((xx + 0.5 - x - w / 2) / (w / 2 - 1)) ** 2 + ((yy + 0.5 - y - h / 2) / (h / 2 - 1)) ** 2 <= 1
+    d = out[..., :3].astype(np.float64)[inside] - src[..., :3].astype(np.float64)[inside]
+    return 10 * np.log10(255.0 ** 2 / max(1e-9, float((d ** 2).mean())))
+
+
+@pytest.fixture(scope="module")
+def face_daemon(tmp_path_factory):
+    """`dragd serve` with the embedded 64-px face model (what a user starts by default)."""
+    from daemon_fixture import start_daemon
+    from dragd.daemon.model.registry import DEFAULT_MODEL_PATH
+
+    d = start_daemon(DEFAULT_MODEL_PATH, tmp_path_factory.mktemp("face-daemon"))
+    yield d
+    d.stop()
+
+
+def test_photo_the_selection_is_the_region_and_reconstructs_better_than_the_whole_layer(
+        face_daemon, home, tmp_path):
+    """scikit-image's astronaut (512x512), an elliptical selection over the head, the face
+    model, the same preset: with one drag step and paste "resample" the result inside the
+    selection is the reconstruction; sending the selection's box as the region reproduces
+    the head better than inverting the whole layer (the run without a selection). Then an
+    interactive run under Xvfb with the defaults (paste "detail") takes the screenshots of
+    the settings dialog, the progress dialog with its preview, and the result."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image as PILImage
+
+    photo = home.path("astronaut.png")
+    PILImage.fromarray(skimage_data.astronaut()).save(photo)
+    shots = home.path("shots")
+    shots.mkdir()
+    one_step = {"daemon": face_daemon.endpoint, "inversion": "fast", "max-steps": 1,
+                "paste": "resample", "live-preview": False}
+    calls = [{"label": "region", "variant": "photo", "args": one_step},
+             {"label": "whole", "variant": "photo", "deselect": True, "args": one_step},
+             {"label": "interactive", "variant": "photo", "run_mode": "INTERACTIVE",
+              "args": {"daemon": face_daemon.endpoint}, "save_png": "gimp-result.png"}]
+    r = run_calls(home, calls, xvfb=True, timeout=900,
+                  env={"DRAGD_PHOTO": home.chroot_path("astronaut.png"),
+                       "DRAGD_SHOTS": home.chroot_path("shots"),
+                       "DRAGD_GIMP_TEST_SHOTS": home.chroot_path("shots"),
+                       "DRAGD_GIMP_TEST_DIALOG": "ok inversion=fast max-steps=40"})
+    region, whole, inter = r.result["calls"]
+    for c in (region, whole, inter):
+        assert c["status"] == "success", (c, r.log(), face_daemon.log()[-3000:])
+    ellipse = (130, 15, 150, 190)
+    p_region, p_whole = _photo_psnr(region, 512, 512, ellipse), _photo_psnr(whole, 512, 512, ellipse)
+    assert p_region > p_whole + 1.0, (p_region, p_whole)
+    assert " dB" in region["outcome"] and " dB" in whole["outcome"]
+    previews = json.loads((shots / "previews.json").read_text())
+    assert previews["shown"] >= 1
+    assert all(max(wh) <= 320 for wh in previews["sizes"]), previews
+    for name in ("settings.png", "progress.png", "gimp-result.png"):
+        assert (shots / name).stat().st_size > 1000, name
+        (tmp_path / name).write_bytes((shots / name).read_bytes())
+    print("\nastronaut, head selected, fast preset: reconstruction PSNR inside the selection "
+          "%.2f dB with the region sent, %.2f dB inverting the whole layer; interactive "
+          "(paste detail): %s; previews %s; screenshots in %s" % (
+              p_region, p_whole, inter["outcome"], sorted(set(map(tuple, previews["sizes"]))),
+              tmp_path))
+
+
+def test_large_layer_with_live_preview_succeeds(running_daemon, home):
+    """A 6000x4000 layer, an elliptical selection feathered by 100 px, Live preview in the
+    interactive progress dialog, the real daemon: the run succeeds (the plug-in never
+    stops answering the daemon to draw a preview), previews arrive at the dialog's size,
+    and the result is the one layer added."""
+    shots = home.path("bigshots")
+    shots.mkdir()
+    r = run_calls(home, [{"label": "big", "variant": "big", "run_mode": "INTERACTIVE",
+                          "args": {"daemon": running_daemon.endpoint}}],
+                  xvfb=True, timeout=600,
+                  env={"DRAGD_GIMP_TEST_SHOTS": home.chroot_path("bigshots"),
+                       "DRAGD_GIMP_TEST_DIALOG": "ok inversion=fast max-steps=30"})
+    (call,) = r.result["calls"]
+    assert call["status"] == "success", (call, r.log(), running_daemon.log()[-3000:])
+    assert call["stack"] == ["art (dragged)", "art"], call["stack"]
+    assert call["new_layer"]["size"] == [6000, 4000]
+    previews = json.loads((shots / "previews.json").read_text())
+    assert previews["shown"] >= 1, previews
+    # the selection's box grown to the daemon's square: at most 320 px on the dialog
+    assert all(max(wh) == 320 for wh in previews["sizes"]), previews
+    print("\nGIMP 6000x4000, 100-px feathered selection, live preview: %.1f s, %s, "
+          "%d previews" % (call["elapsed"], call["outcome"], previews["shown"]))
 
 
 def test_clear_messages_and_layer_mask(daemon, home):
@@ -449,9 +616,9 @@ def _plugin_pids(home):
 
 def test_plugin_killed_mid_drag_like_progress_cancel(daemon, home):
     """GIMP's progress-bar Cancel ends a plug-in by killing its process. Emulate it
-    mid-drag: GIMP survives, the daemon notices the client is gone and stops the job, and
-    the next run removes the preview layer the killed run left behind, inside its own undo
-    group."""
+    mid-drag: GIMP survives, the daemon notices the client is gone and stops the job, the
+    killed run left the image as it was (previews are never layers), and the next run
+    works."""
     import os
     import signal
     import threading
@@ -464,7 +631,7 @@ def test_plugin_killed_mid_drag_like_progress_cancel(daemon, home):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if len(backend.drags) > n_drags and backend.previews >= 4:
-                time.sleep(1.0)                  # a preview layer is on the image now
+                time.sleep(1.0)                  # previews are being shown
                 pids = _plugin_pids(home)
                 if pids:
                     for pid in pids:
@@ -484,7 +651,7 @@ def test_plugin_killed_mid_drag_like_progress_cancel(daemon, home):
     assert killed.get("pids"), "the plug-in process was never found"
     dead, nxt = r.result["calls"]
     assert dead["status"] != "success", dead
-    assert "DragGAN preview (temporary)" in dead["stack"], dead["stack"]
+    assert dead["stack"] == ["art", "bg"], dead["stack"]
     long_drag = backend.drags[n_drags]
     assert long_drag["cancel_reason"] == "client_gone", long_drag
     assert long_drag["ended"] - killed["t"] < 5.0
@@ -492,8 +659,7 @@ def test_plugin_killed_mid_drag_like_progress_cancel(daemon, home):
     assert nxt["stack"] == ["art (dragged)", "art", "bg"], nxt["stack"]
     check_result_layer(r.result, nxt)
     procs = plugin_processes(r)
-    names = check_one_undo_group(procs[-1])
-    assert names.count("Image.remove_layer") >= 1
+    check_one_undo_group(procs[-1])
     print("\nkill -> daemon stopped the job in %.2f s" % (long_drag["ended"] - killed["t"]))
 
 

@@ -17,10 +17,10 @@ import time
 import pytest
 
 from dragd.krita_plugin import host, model
-from dragd.krita_plugin.host import KritaHost, PreviewLayer
+from dragd.krita_plugin.host import KritaHost
 from dragd.krita_plugin.model import (Affine, Arrow, DragSettings, JobModel, LayerRect,
                                       ShapeInfo, UserError, arrows_from_shapes,
-                                      bgra_to_rgba, composite_through_mask,
+                                      bgra_to_rgba,
                                       parse_path_data, parse_transform, rgba_to_bgra,
                                       splice_by_mask, svg_subpaths)
 from dragd.krita_plugin.run import DragRun, make_task
@@ -176,32 +176,13 @@ def test_bgra_rgba_conversions():
     # to_rgba / merge_alpha: tests/test_plugin_common.py
 
 
-def test_compositing_through_the_selection_keeps_unselected_pixels_exactly():
-    src = bytes([10, 20, 30, 160]) * 4
-    res = bytes([200, 100, 0, 255]) * 4
-    assert composite_through_mask(res, src, None) == bytes([200, 100, 0, 160]) * 4
-    out = composite_through_mask(res, src, bytes([0, 255, 128, 0]))
-    px = [out[i:i + 4] for i in range(0, 16, 4)]
-    assert px[0] == px[3] == bytes([10, 20, 30, 160])              # outside: the source
-    assert px[1] == bytes([200, 100, 0, 160])                      # inside: the result
-    assert px[2] == bytes([105, 60, 15, 160])                      # half way, alpha kept
+def test_splice_copies_native_pixels_outside_the_selection_bit_for_bit():
     # Native pixels of any size (e.g. RGBA/U16 = 8 bytes): bit-for-bit copy outside.
     inside, outside = bytes(range(24)), bytes(range(100, 124))
     assert splice_by_mask(inside, outside, b"\x00\x07\x00", 8) == (
         outside[:8] + inside[8:16] + outside[16:])
     with pytest.raises(ValueError):
         splice_by_mask(inside, outside, b"\x00\x00", 8)
-
-
-def test_pixel_helpers_are_fast_on_a_large_layer():
-    n = 2048 * 2048
-    src = bytes(range(256)) * (4 * n // 256)
-    mask = (b"\x00" * 1024 + b"\xff" * 1024) * 2048
-    t0 = time.perf_counter()
-    rgba = bgra_to_rgba(src)
-    out = composite_through_mask(rgba, src, mask)
-    assert len(out) == 4 * n
-    assert time.perf_counter() - t0 < 5.0
 
 
 # ---------------------------------------------------------------------------
@@ -250,7 +231,7 @@ def test_job_model_follows_protocol_events():
     assert m.progress()[1] == "Waiting for the daemon"
     m.on_event("progress", {"stage": "invert", "step": 4, "total": 10}, {})
     f, text = m.progress()
-    assert text == "Inverting the layer 5/10" and f == pytest.approx(0.4 * 0.25)
+    assert text == "Inverting the layer 5/10, part 1 of 2" and f == pytest.approx(0.4 * 0.25)
     m.on_event("progress", {"stage": "tune", "step": 9, "total": 10}, {})
     assert m.progress()[0] == pytest.approx(0.4)
     m.opened({"session": "s"})
@@ -270,7 +251,7 @@ def test_job_model_follows_protocol_events():
     m.dragged(model.Outcome(None, 3, "cancelled", 1.5))
     m.closed()
     assert m.finished and m.progress() == (
-        1.0, "Done: cancelled after 3 steps, 1.5 px from the targets")
+        1.0, "Done: stopped after 3 steps, 1.5 px from the targets")
     m2 = JobModel(DragSettings(), [])
     m2.failed("boom")
     assert m2.finished and m2.progress() == (0.0, "Error: boom")
@@ -312,7 +293,7 @@ def scene(res=144.0, selection=True):
 
 def test_targets_active_paint_layer_active_vector_layer_or_the_drag_layer():
     doc, bg, art, vec = scene()
-    h = KritaHost(nearest_scale)
+    h = KritaHost()
     assert h.find_targets(doc) == (art, vec)               # no active node: "drag" + below
     doc.active = bg
     assert h.find_targets(doc) == (bg, vec)                # active paint layer wins
@@ -347,7 +328,7 @@ def test_targets_active_paint_layer_active_vector_layer_or_the_drag_layer():
 @pytest.mark.parametrize("res", [72.0, 144.0, 300.0])
 def test_host_reads_rect_pixels_arrows_and_mask_in_layer_coordinates(res):
     doc, bg, art, vec = scene(res=res)
-    h = KritaHost(nearest_scale)
+    h = KritaHost()
     rect = h.layer_rect(doc, art)
     assert rect == LayerRect("art", *ART)
     rgba, native = h.read_pixels(doc, art, rect)
@@ -365,39 +346,49 @@ def test_host_reads_rect_pixels_arrows_and_mask_in_layer_coordinates(res):
     assert h.read_mask(doc, rect).whole_layer
 
 
-def test_result_layer_is_a_copy_above_the_source_and_the_source_is_untouched():
+def write_all(writer):
+    n = 0
+    while not writer.step():
+        n += 1
+        assert n < 10000
+    return writer.layer
+
+
+def test_result_layer_is_a_copy_above_the_source_written_in_bands(monkeypatch):
+    """The daemon's pixels as they are (it blended them through the selection), the
+    source's alpha, a band of rows per step; added when the last band is written."""
+    from dragd.krita_plugin import host as krita_host
+
+    monkeypatch.setattr(krita_host, "BAND_BYTES", 40 * 4 * 7)          # 7 rows a step
     doc, bg, art, vec = scene()
-    h = KritaHost(nearest_scale)
+    h = KritaHost()
     rect = h.layer_rect(doc, art)
     before = bytes(art.px)
-    rgba = bytes([1, 2, 3, 4]) * (rect.width * rect.height)
-    new = h.write_result(doc, art, rect, rgba, None, None)
+    src, _ = h.read_pixels(doc, art, rect)
+    result = Image(bytes([1, 2, 3]) * (rect.width * rect.height), rect.width, rect.height, 3)
+    w = h.result_writer(doc, art, rect, result, src, None, None)
+    assert not w.step()
+    assert [n.name() for n in doc.root.childNodes()] == ["bg", "art", "drag"]   # not yet
+    new = write_all(w)
+    assert w.steps == 5                                                # 30 rows, 7 a step
     assert [n.name() for n in doc.root.childNodes()] == ["bg", "art", "art (dragged)", "drag"]
     assert bytes(art.px) == before
-    assert new.pixelData(8, 4, 1, 1) == bytes([3, 2, 1, 4])           # written as BGRA
+    assert new.pixelData(8, 4, 1, 1) == bytes([3, 2, 1]) + art.pixelData(8, 4, 1, 1)[3:]
+    assert new.pixelData(47, 33, 1, 1)[:3] == bytes([3, 2, 1])
     assert new.pixelData(0, 0, 1, 1) == art.pixelData(0, 0, 1, 1)     # outside the rect
-
-
-def test_preview_layer_is_locked_above_the_source_then_removed():
-    doc, bg, art, vec = scene()
-    h = KritaHost(nearest_scale)
-    rect = h.layer_rect(doc, art)
-    p = PreviewLayer(h, doc, art, rect)
-    p.show(Image(bytes([255, 0, 0]) * 20, 5, 4, 3))                   # RGB, downscaled
+    # Again on the source, then on the result: above the earlier results, one clean name.
+    second = write_all(h.result_writer(doc, art, rect, result, src, None, None))
+    third = write_all(h.result_writer(doc, new, rect, result, src, None, None))
     names = [n.name() for n in doc.root.childNodes()]
-    assert names == ["bg", "art", model.PREVIEW_LAYER_NAME, "drag"]
-    node = doc.root.childNodes()[2]
-    assert node.locked() and node.pixelData(8, 4, 1, 1) == bytes([0, 0, 255, 255])
-    assert node.pixelData(47, 33, 1, 1) == bytes([0, 0, 255, 255])
-    p.show(Image(bytes([0, 255, 0, 255]) * 20, 5, 4, 4))
-    assert node.pixelData(20, 20, 1, 1) == bytes([0, 255, 0, 255]) and p.shown == 2
-    assert [n.name() for n in doc.root.childNodes()].count(model.PREVIEW_LAYER_NAME) == 1
-    p.remove()
-    p.remove()
-    assert [n.name() for n in doc.root.childNodes()] == ["bg", "art", "drag"]
+    assert names == ["bg", "art"] + ["art (dragged)"] * 3 + ["drag"]
+    assert doc.root.childNodes()[2:5] == [new, second, third]
+
+
+def test_stale_previews_of_earlier_versions_are_removed():
+    doc, bg, art, vec = scene()
     stale = FakeNode(doc, model.PREVIEW_LAYER_NAME)
     doc.root.addChildNode(stale, None)
-    assert h.remove_stale_previews(doc) == 1 and stale.parent is None
+    assert KritaHost().remove_stale_previews(doc) == 1 and stale.parent is None
 
 
 @pytest.fixture(scope="module")
@@ -419,31 +410,37 @@ def run_to_end(run, timeout=20.0):
         time.sleep(0.01)
 
 
-def test_run_writes_a_new_layer_keeps_unselected_pixels_and_removes_the_preview(server):
-    endpoint, backend = server
+@pytest.fixture(scope="module")
+def blending_server():
+    """The stand-in backend blending its result through the mask, as the real daemon."""
+    backend = RecordingBackend(honour_mask=True)
+    with serving(backend) as endpoint:
+        yield endpoint, backend
+
+
+def test_run_writes_the_daemons_result_as_a_new_layer_and_sends_previews_on(blending_server):
+    endpoint, backend = blending_server
     doc, bg, art, vec = scene()
     before = bytes(art.px)
-    updates, finished = [], []
-    run = DragRun(KritaHost(nearest_scale), doc,
+    updates, finished, previews = [], [], []
+    run = DragRun(KritaHost(), doc,
                   DragSettings(endpoint=endpoint, max_steps=20, inversion="fast"),
                   on_update=lambda r: updates.append((r.fraction, r.message)),
-                  on_finished=finished.append)
-    seen_preview = []
+                  on_finished=finished.append, on_preview=previews.append)
+    stacks = []
     assert run.start()
     end = time.monotonic() + 20
     while run.step():
-        names = [n.name() for n in doc.root.childNodes()]
-        if model.PREVIEW_LAYER_NAME in names:
-            seen_preview.append(names)
+        stacks.append([n.name() for n in doc.root.childNodes()])
         assert time.monotonic() < end
         time.sleep(0.01)
     assert run.state == "done", run.message
     assert finished == [run] and run.message.startswith("Done: converged after 5 steps")
     assert "(1 shape that is not lines ignored)" in run.message
-    assert seen_preview and seen_preview[0] == ["bg", "art", model.PREVIEW_LAYER_NAME, "drag"]
-    # never a preview next to the result (one that came with the result is not shown)
-    assert all("art (dragged)" not in names for names in seen_preview), seen_preview
+    assert previews and previews[0].width == 4 and run.previews == len(previews)
+    assert all(st == ["bg", "art", "drag"] for st in stacks), stacks      # no preview layer
     assert [n.name() for n in doc.root.childNodes()] == ["bg", "art", "art (dragged)", "drag"]
+    assert backend.opened[-1]["roi"] == {"x": 8, "y": 4, "width": 20, "height": 16}
     assert bytes(art.px) == before and doc.active is run.new_layer
     assert any("Dragging" in m for _, m in updates)
     # What the daemon got: the arrow in layer pixels, the selection over the layer rect.
@@ -470,14 +467,14 @@ def test_run_that_cannot_start_reports_once_and_changes_nothing(server):
     doc, bg, art, vec = scene()
     vec.shapes_ = []
     finished = []
-    run = DragRun(KritaHost(nearest_scale), doc, DragSettings(endpoint=endpoint),
+    run = DragRun(KritaHost(), doc, DragSettings(endpoint=endpoint),
                   on_finished=finished.append)
     assert not run.start() and run.finished and finished == [run]
     assert run.state == "failed" and "holds no arrows" in run.message
     assert [n.name() for n in doc.root.childNodes()] == ["bg", "art", "drag"]
     doc, bg, art, vec = scene()
     doc.sel = FakeSelection(doc, 40, 30, 5, 5)        # the handle (20, 10) is not selected
-    run = DragRun(KritaHost(nearest_scale), doc, DragSettings(endpoint=endpoint))
+    run = DragRun(KritaHost(), doc, DragSettings(endpoint=endpoint))
     assert not run.start() and "outside the selection" in run.message
 
 
@@ -485,14 +482,14 @@ def test_run_daemon_down_and_cancel(server):
     endpoint, _ = server
     doc, bg, art, vec = scene()
     factory = lambda *a: make_task(*a, connect_timeout=1.0)   # noqa: E731
-    run = DragRun(KritaHost(nearest_scale), doc, DragSettings(endpoint=free_endpoint()),
+    run = DragRun(KritaHost(), doc, DragSettings(endpoint=free_endpoint()),
                   task_factory=factory)
     t0 = time.monotonic()
     assert run.start()
     run_to_end(run)
     assert run.state == "failed" and "dragd serve" in run.message
     assert time.monotonic() - t0 < 4
-    run = DragRun(KritaHost(nearest_scale), doc, DragSettings(endpoint=endpoint,
+    run = DragRun(KritaHost(), doc, DragSettings(endpoint=endpoint,
                                                               max_steps=2000))
     assert run.start()
     end = time.monotonic() + 20

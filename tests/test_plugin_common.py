@@ -240,10 +240,59 @@ def test_base_job_model_follows_protocol_events():
 
 def test_outcome_summary_words_each_stop_and_advises_after_a_stall():
     assert Outcome(None, 1, "converged", 0.4).summary() == "converged after 1 step, 0.4 px from the targets"
-    assert Outcome(None, 300, "max_steps", None).summary() == "max steps after 300 steps"
+    assert (Outcome(None, 300, "max_steps", None).summary()
+            == "step limit reached after 300 steps")
+    assert Outcome(None, 3, "cancelled", None).summary() == "stopped after 3 steps"
+    assert Outcome(None, 2, "converged", None, psnr=24.06).summary() == (
+        "converged after 2 steps; inversion 24.1 dB")
+    poor = Outcome(None, 2, "converged", None, psnr=15.0).summary()
+    assert poor.startswith("converged after 2 steps; inversion 15.0 dB (too poor to edit well")
+    assert Outcome(None, 2, "converged", None, psnr=15.0, continued=True).summary() == (
+        "converged after 2 steps; continued the earlier edit")
     stalled = Outcome(None, 61, "stalled", 12.25).summary()
     assert stalled.startswith("stalled after 61 steps, 12.2 px from the targets")
     assert "detailed areas" in stalled
+
+
+def test_inversion_psnr_from_the_open_reply():
+    from dragd.plugin_common.jobs import inversion_psnr
+    assert inversion_psnr({"info": {"pivot": {"psnr": 17.0}, "tuning": {"psnr": 21.5}}}) == 21.5
+    assert inversion_psnr({"info": {"pivot": {"psnr": 17.0}, "tuning": None}}) == 17.0
+    assert inversion_psnr({"info": {"inversion": "none"}}) is None and inversion_psnr({}) is None
+
+
+def test_result_names_and_tags():
+    from dragd.plugin_common.results import decode_result_tag, encode_result_tag, result_name
+    assert result_name("art") == "art (dragged)"
+    assert result_name("art (dragged)") == "art (dragged)"
+    assert result_name("art (dragged) #2 (dragged)") == "art (dragged)"
+    assert result_name("art #3") == "art (dragged)" and result_name(" (dragged)") == " (dragged)"
+    r = {"x": 1, "y": 2, "width": 3, "height": 4}
+    assert decode_result_tag(encode_result_tag(r)) == {"region": r}
+    assert decode_result_tag(encode_result_tag(None)) == {"region": None}
+    for bad in (b"", b"\xff", b"[]", b'{"region": {"x": -1, "y": 0, "width": 1, "height": 1}}',
+                b'{"other": 1}'):
+        assert decode_result_tag(bad) is None, bad
+
+
+def test_region_for_a_rerun_keeps_the_earlier_region_when_everything_fits():
+    from dragd.plugin_common.results import region_for
+    w, h = 10, 10
+    sel = bytearray(w * h)
+    sel[3 * w + 3] = 255                                   # box (3, 3, 1, 1)
+    mask = make_mask(bytes(sel), w, h)
+    whole = make_mask(None, w, h)
+    inside = [Arrow((3.5, 3.5), (4.0, 4.0))]
+    earlier = {"region": {"x": 2, "y": 2, "width": 5, "height": 5}}
+    assert region_for(mask, inside, None) == {"x": 3, "y": 3, "width": 1, "height": 1}
+    assert region_for(whole, inside, None) is None
+    assert region_for(mask, inside, earlier) == earlier["region"]
+    assert region_for(whole, inside, earlier) == earlier["region"]
+    assert region_for(whole, [Arrow((3.5, 3.5), (9.0, 4.0))], earlier) is None
+    assert region_for(mask, inside, {"region": None}) is None
+    sel[8 * w + 8] = 255                                   # the box now reaches (9, 9)
+    assert region_for(make_mask(bytes(sel), w, h), inside, earlier) == {
+        "x": 3, "y": 3, "width": 6, "height": 6}
 
 
 def test_errors():

@@ -317,12 +317,12 @@ def test_pacer_redraws_progress_at_a_new_phase_on_change_and_at_most_every_inter
     assert p.progress() == (0.0, "opening the layer")           # a new phase: at once
     m.on_event("progress", {"stage": "invert", "step": 4, "total": 10}, {})
     assert p.progress() is None                                  # too soon
-    assert p.progress(force=True)[1] == "inverting 5/10"
+    assert p.progress(force=True)[1] == "inverting 5/10, part 1 of 2"
     m.on_event("progress", {"stage": "invert", "step": 5, "total": 10}, {})
     now[0] += 0.05
     assert p.progress() is None
     now[0] += 0.06
-    assert p.progress()[1] == "inverting 6/10"
+    assert p.progress()[1] == "inverting 6/10, part 1 of 2"
 
 
 def test_pacer_hands_out_the_newest_preview_at_most_every_interval_never_after_the_result():
