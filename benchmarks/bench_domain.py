@@ -4,8 +4,9 @@ its own domain (lab/portraits.py renders, seeds it never trained on) and foreign
 
     OMP_NUM_THREADS=1 nice .venv/bin/python benchmarks/bench_domain.py [--n 20] [--preset balanced]
 
-Prints PSNR and the perceptual distance per picture, both distributions, and the PSNR
-threshold that separates them (daemon/edit/domain.py holds the value in use).
+Prints per picture the PSNR, the contrast SNR and the perceptual distance with the verdict
+daemon/edit/domain.py gives, then both distributions and how many pictures of each group the
+verdict gets right (the thresholds in use are domain.py's).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from dragd.daemon.edit import domain
 from dragd.daemon.edit.image_prep import prepare_target, tensor_to_uint8
 from dragd.daemon.edit.inversion import invert, preset
 from dragd.daemon.model.checkpoints import load_checkpoint
@@ -43,10 +45,10 @@ def renders(n: int, resolution: int) -> list[tuple[str, np.ndarray]]:
     return [(f"render seed {i}", tensor_to_uint8(images[i])) for i in range(n)]
 
 
-def pivot_fit(G, D, layer: np.ndarray, settings) -> tuple[float, float]:
+def pivot_fit(G, D, layer: np.ndarray, settings, info: dict) -> dict:
     prepared = prepare_target(layer, G.resolution)
     inv = invert(G, prepared.target, prepared.weight, settings=settings, D=D)
-    return inv.pivot.psnr, inv.pivot.perceptual
+    return domain.assess(inv, prepared, info, "default")
 
 
 def main() -> None:
@@ -59,26 +61,27 @@ def main() -> None:
     G, D = loaded.G, loaded.D
     settings = preset(args.preset, tune_steps=0)
     groups = {"renders": renders(args.n, G.resolution), "photos": photos()}
-    results: dict[str, list[tuple[float, float]]] = {}
+    results: dict[str, list[dict]] = {}
     for group, pictures in groups.items():
         results[group] = []
         for name, img in pictures:
             t0 = time.perf_counter()
-            psnr, perc = pivot_fit(G, D, img, settings)
-            results[group].append((psnr, perc))
-            print(f"{group:8s} {name:40s} psnr {psnr:6.2f} dB  perceptual {perc:.4f}  ({time.perf_counter() - t0:.1f} s)",
+            d = pivot_fit(G, D, img, settings, loaded.info)
+            results[group].append(d)
+            print(f"{group:8s} {name:34s} psnr {d['psnr']:6.2f} dB  contrast snr {d['contrast_snr']:6.2f} dB  "
+                  f"perceptual {d['perceptual']:.4f}  {d['verdict']:4s}  ({time.perf_counter() - t0:.1f} s)",
                   flush=True)
     for group, vals in results.items():
-        p = np.array([v[0] for v in vals])
-        q = np.array([v[1] for v in vals])
-        print(f"{group}: n={len(p)} psnr min {p.min():.2f} p10 {np.percentile(p, 10):.2f} median {np.median(p):.2f} "
-              f"max {p.max():.2f}; perceptual min {q.min():.4f} median {np.median(q):.4f} max {q.max():.4f}")
-    lo = min(v[0] for v in results["renders"])
-    hi = max(v[0] for v in results["photos"])
-    if lo > hi:
-        print(f"separated: every render ≥ {lo:.2f} dB > every photo ≤ {hi:.2f} dB; threshold {(lo + hi) / 2:.2f} dB")
-    else:
-        print(f"overlap: lowest render {lo:.2f} dB ≤ highest photo {hi:.2f} dB")
+        print(f"{group}: n={len(vals)}", end="")
+        for key in ("psnr", "contrast_snr", "perceptual"):
+            v = np.array([d[key] for d in vals])
+            print(f"; {key} min {v.min():.3f} median {np.median(v):.3f} max {v.max():.3f}", end="")
+        print()
+    right = {"renders": "good", "photos": "poor"}
+    for group, vals in results.items():
+        n = sum(d["verdict"] == right[group] for d in vals)
+        print(f"verdict right on {n}/{len(vals)} {group} (thresholds: contrast snr ≥ "
+              f"{domain.DEFAULT_THRESHOLD_SNR} dB, perceptual ≤ {domain.DEFAULT_THRESHOLD_PERCEPTUAL})")
 
 
 if __name__ == "__main__":

@@ -167,11 +167,17 @@ def test_a_drag_on_the_aligned_astronaut_keeps_everything_outside_the_face(ffhq_
         s = c.open_session(_image(astronaut), invert=FAST)
         info = s.info["info"]
         assert info["align"] == "ffhq", info
-        assert info["domain"]["verdict"] in ("good", "poor") and "psnr" in info["domain"]
+        assert info["domain"]["verdict"] in ("good", "poor") and "contrast_snr" in info["domain"]
         quad = np.array(info["align_quad"])
         centre = quad.mean(axis=0)
-        results = [c.drag(s, [(tuple(centre), tuple(centre + [4.0, 2.0]))], max_steps=3, paste=paste)
+        previews = []
+        results = [c.drag(s, [(tuple(centre), tuple(centre + [4.0, 2.0]))], max_steps=3, paste=paste,
+                          preview_every=1, progress=lambda ev: previews.extend(ev.images.values()))
                    for paste in ("resample", "detail")]
+    # Previews show the face's bounding box, the de-aligned generated pixels in it.
+    box = align.AlignedGeometry(512, 512, tuple(map(tuple, np.array(info["align_quad"]))), 64).valid
+    assert previews and all(max(p.width, p.height) == min(256, max(box[2] - box[0], box[3] - box[1]))
+                            for p in previews)
     geo = align.AlignedGeometry(512, 512, tuple(map(tuple, quad)), 64)
     inside = geo.contains(pixel_centres(512, 512))
     for r in results:
@@ -227,21 +233,39 @@ def test_dragd_align_on_the_cat_says_why(tmp_path, capsys):
 # The domain check
 
 
-def _inversion(psnr, perceptual=0.3):
+def _inversion(psnr, perceptual=0.1):
     from types import SimpleNamespace
-    return SimpleNamespace(pivot=SimpleNamespace(psnr=psnr, perceptual=perceptual), perceptual_backend="disc")
+    return SimpleNamespace(pivot=SimpleNamespace(psnr=psnr, perceptual=perceptual),
+                           perceptual_backend="discriminator")
 
 
-def test_domain_verdict_and_the_models_that_could():
+def _target(std):
+    """A prepared target whose [0, 1] values have this standard deviation."""
+    import torch
+    from types import SimpleNamespace
+    t = torch.full((1, 3, 8, 8), 0.5)
+    t[..., ::2] += std
+    t[..., 1::2] -= std
+    return SimpleNamespace(target=t * 2 - 1, weight=torch.ones(1, 1, 8, 8))
+
+
+def test_domain_verdict_is_relative_to_the_pictures_contrast():
     from dragd.daemon.edit import domain
 
-    limit = domain.DEFAULT_THRESHOLD_PSNR
-    good = domain.assess(_inversion(limit + 1), {}, "default")
-    assert good["verdict"] == "good" and "message" not in good
-    poor = domain.assess(_inversion(limit - 1), {}, "default")
-    assert poor["verdict"] == "poor"
-    assert "cannot represent this picture" in poor["message"] and "stylegan2-ffhq-512x512" in poor["message"]
-    assert domain.assess(_inversion(limit + 1), {"domain_psnr": str(limit + 2)}, "m")["verdict"] == "poor"
+    limit = domain.DEFAULT_THRESHOLD_SNR
+    # Contrast variance 0.01 (−20 dB): a PSNR of 20 + limit explains just enough.
+    good = domain.assess(_inversion(20 + limit + 0.5), _target(0.1), {}, "default")
+    assert good["verdict"] == "good" and "message" not in good, good
+    assert good["contrast_snr"] == pytest.approx(limit + 0.5, abs=0.01)
+    flat = domain.assess(_inversion(20 + limit + 0.5), _target(0.03), {}, "default")   # same PSNR, flat
+    assert flat["verdict"] == "poor"
+    assert "cannot represent this picture" in flat["message"] and "stylegan2-ffhq-512x512" in flat["message"]
+    smeared = domain.assess(_inversion(30, perceptual=0.5), _target(0.1), {}, "default")
+    assert smeared["verdict"] == "poor" and "perceptual distance" in smeared["message"]
+    # Another model's discriminator has its own scale: no perceptual threshold unless it brings one.
+    assert domain.assess(_inversion(30, perceptual=0.5), _target(0.1), {}, "m")["verdict"] == "good"
+    assert domain.assess(_inversion(30, perceptual=0.5), _target(0.1), {"domain_perceptual": "0.4"},
+                         "m")["verdict"] == "poor"
 
 
 def test_the_registry_marks_ffhq_for_alignment():

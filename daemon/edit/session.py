@@ -156,7 +156,7 @@ class EditSession:
         info = inv.summary()
         info["continues_edit"] = bool(inv.meta.get("continues_edit"))
         info["align"] = prepared.geometry.kind if aligned else "none"
-        info["domain"] = assess_domain(inv, model.loaded.info, model.model_id.rsplit(":", 2)[0])
+        info["domain"] = assess_domain(inv, prepared, model.loaded.info, model.model_id.rsplit(":", 2)[0])
         return cls(model, layer, prepared.geometry, inv.generator, inv.w, info, inv, cache)
 
     def reconstruction(self) -> np.ndarray:
