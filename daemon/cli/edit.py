@@ -281,9 +281,9 @@ def _print_domain(info: dict) -> None:
     d = info.get("domain")
     if not isinstance(d, dict) or "verdict" not in d:
         return
-    print(f"reconstruction: {d['verdict']} (PSNR {d.get('psnr', 0):.1f} dB, threshold "
-          f"{d.get('threshold_psnr', 0):.1f} dB; {d.get('perceptual_backend', 'perceptual')} distance "
-          f"{d.get('perceptual', 0):.3f})", file=sys.stderr)
+    print(f"reconstruction: {d['verdict']} (PSNR {d.get('psnr', 0):.1f} dB; contrast SNR "
+          f"{d.get('contrast_snr', 0):.1f} dB, threshold {d.get('threshold_snr', 0):.1f} dB; "
+          f"{d.get('perceptual_backend', 'perceptual')} distance {d.get('perceptual', 0):.3f})", file=sys.stderr)
     if d.get("message"):
         print(f"warning: {d['message']}", file=sys.stderr)
 
