@@ -132,21 +132,26 @@ def test_padding_where_the_square_leaves_the_photo(astronaut):
 
 
 @pytest.fixture(scope="module")
-def ffhq_daemon(tmp_path_factory):
-    """`dragd serve` with an FFHQ-architecture generator (8 mapping layers, random weights,
-    small channels) whose metadata says `align: ffhq`, as an FFHQ model's does."""
+def ffhq_model(tmp_path_factory):
+    """An FFHQ-architecture generator (8 mapping layers, random weights, small channels) whose
+    metadata says `align: ffhq`, as an FFHQ model's does."""
     import torch
 
     from dragd.daemon.model.checkpoints import save_native
     from dragd.daemon.model.stylegan2 import Generator
 
-    from daemon_fixture import start_daemon
-
     torch.manual_seed(0)
     G = Generator(resolution=64, z_dim=32, w_dim=32, channel_base=1024, channel_max=32, mapping_layers=8).eval()
     path = tmp_path_factory.mktemp("ffhq") / "tiny-ffhq.safetensors"
     save_native(path, G, None, info={"source": "tests/test_align.py", "align": "ffhq"}, dtype=torch.float32)
-    d = start_daemon(path, tmp_path_factory.mktemp("daemon"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ffhq_daemon(ffhq_model, tmp_path_factory):
+    from daemon_fixture import start_daemon
+
+    d = start_daemon(ffhq_model, tmp_path_factory.mktemp("daemon"))
     yield d
     d.stop()
 
@@ -279,3 +284,15 @@ def test_the_registry_marks_ffhq_for_alignment():
     assert align.resolve("auto", {}) == "none"
     with pytest.raises(ValueError):
         align.resolve("sideways", {})
+
+
+def test_dragd_edit_says_the_face_was_aligned_and_the_verdict(ffhq_daemon, tmp_path, astronaut, capsys):
+    from dragd.daemon.cli import main
+
+    src, out = tmp_path / "astronaut.png", tmp_path / "out.png"
+    Image.fromarray(astronaut).save(src)
+    assert main(["edit", str(src), "--drag", "225,140:229,142", "-o", str(out), "--connect", ffhq_daemon.endpoint,
+                 "--quality", "fast", "--steps", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "face found, aligned (FFHQ)" in err
+    assert "reconstruction: poor" in err and "cannot represent this picture" in err    # random weights
