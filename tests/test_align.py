@@ -296,3 +296,21 @@ def test_dragd_edit_says_the_face_was_aligned_and_the_verdict(ffhq_daemon, tmp_p
     err = capsys.readouterr().err
     assert "face found, aligned (FFHQ)" in err
     assert "reconstruction: poor" in err and "cannot represent this picture" in err    # random weights
+
+
+def test_detail_paste_through_the_alignment_keeps_the_photos_own_pixels(astronaut, geo):
+    """An edit that moved nothing (edited = reconstruction, identity correspondence) gives the
+    photo back through the detail path, its grain included, whatever the generated pixels."""
+    import torch
+
+    from dragd.daemon.edit.pasteback import Correspondence
+
+    h = w = 32
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    corr = Correspondence(torch.stack([xs, ys], -1), torch.zeros(h, w), torch.ones(h, w, dtype=torch.bool))
+    blurred = np.asarray(Image.fromarray(align.align_image(astronaut, geo)).resize((32, 32)).resize((R, R)))
+    out = align.paste_aligned(astronaut, blurred, geo, mode="detail", correspondence=corr, reconstruction=blurred)
+    inside = geo.contains(pixel_centres(512, 512))
+    assert psnr(out[inside], astronaut[inside]) >= 45
+    resampled = align.paste_aligned(astronaut, blurred, geo)
+    assert psnr(resampled[inside], astronaut[inside]) < 30          # the generated pixels alone are blurred
