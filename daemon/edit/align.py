@@ -458,3 +458,29 @@ class _DetailFields:
         warped = warped.permute(1, 2, 0).numpy() + _sample(self.color, a, R, mode="bilinear")
         return warped, _sample(self.bad, a, R, mode="bilinear")[..., 0]
 
+
+# ---------------------------------------------------------------------------------------------
+# For the session
+
+
+def resolve(choice: str | None, model_info: dict) -> str:
+    """The alignment to use: "auto" (or None) = what the model's metadata says ("none" when it
+    says nothing), else the user's choice."""
+    choice = choice or "auto"
+    if choice not in ALIGN_MODES:
+        raise ValueError(f"align must be one of {', '.join(ALIGN_MODES)}, got {choice!r}")
+    if choice == "auto":
+        choice = str(model_info.get("align") or "none")
+    return choice if choice in ALIGN_MODES else "none"
+
+
+def region_preview(edited: np.ndarray, geo: AlignedGeometry, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A cheap preview of the paste over geo.valid at `size` (w, h): the de-aligned generated
+    pixels [h, w, 3] float and where they go [h, w, 1] (inside the square, no feather)."""
+    vx0, vy0, vx1, vy1 = geo.valid
+    sx, sy = (vx1 - vx0) / size[0], (vy1 - vy0) / size[1]
+    xx, yy = np.meshgrid(vx0 + (np.arange(size[0]) + 0.5) * sx, vy0 + (np.arange(size[1]) + 0.5) * sy)
+    a = geo.to_aligned(np.stack([xx, yy], axis=-1))
+    t = torch.from_numpy(np.ascontiguousarray(edited[..., :3], dtype=np.float32)).permute(2, 0, 1)[None]
+    inside = np.all((a >= 0) & (a <= geo.resolution), axis=-1).astype(np.float32)[..., None]
+    return _sample(t, a, geo.resolution, mode="bilinear"), inside
