@@ -10,10 +10,12 @@ inversion optimised (its discriminator's features: a scale of its own, so other 
 only with a `domain_perceptual` of their own in their metadata).
 
 Thresholds from `benchmarks/bench_domain.py` on the embedded default model (balanced pivot):
-20 lab/portraits.py renders of seeds it never trained on have contrast SNR 3.88–6.81 dB and
-perceptual 0.074–0.172; of 22 scikit-image photos and crops, 19 are below 3.7 dB, and the three
-above it have perceptual 0.034 (a dark, nearly flat retina crop: the one photo both measures
-call in-domain), 0.202 and 0.249. A model may carry its own thresholds (`domain_snr`,
+20 lab/portraits.py renders of seeds it never trained on have PSNR 18.3–24.3 dB, contrast SNR
+3.88–6.81 dB and perceptual 0.074–0.172; 22 scikit-image photos and crops have PSNR 11.4–24.3
+dB (no PSNR threshold separates them), contrast SNR −4.1–11.3 dB (17 below 3.7) and perceptual
+0.034–0.583. The verdict gets all 20 renders and 20 of the 22 photos right; the two it calls
+in-domain are flat enough for the model to draw them: the scanned `page` (4.09 dB, 0.137) and a
+dark crop of `retina` (11.28 dB, 0.034). A model may carry its own thresholds (`domain_snr`,
 `domain_perceptual`).
 """
 from __future__ import annotations
