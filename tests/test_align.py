@@ -314,3 +314,24 @@ def test_detail_paste_through_the_alignment_keeps_the_photos_own_pixels(astronau
     assert psnr(out[inside], astronaut[inside]) >= 45
     resampled = align.paste_aligned(astronaut, blurred, geo)
     assert psnr(resampled[inside], astronaut[inside]) < 30          # the generated pixels alone are blurred
+
+
+def test_converting_an_ffhq_pickle_keeps_its_alignment(tmp_path):
+    import torch
+
+    import nvidia_fixtures as nf
+    from dragd.daemon.cli import main
+    from dragd.daemon.model.checkpoints import load_checkpoint
+    from dragd.daemon.model.stylegan2 import Generator
+
+    torch.manual_seed(0)
+    G = Generator(resolution=16, z_dim=8, w_dim=8, channel_base=256, channel_max=16, mapping_layers=2).eval()
+    src = tmp_path / "stylegan2-ffhq-512x512.pkl"
+    src.write_bytes(nf.network_pickle_bytes(G, None))
+    out = tmp_path / "ffhq.safetensors"
+    assert main(["models", "convert", str(src), str(out)]) == 0
+    assert load_checkpoint(out).info["align"] == "ffhq"
+    other = tmp_path / "other.pkl"
+    other.write_bytes(nf.network_pickle_bytes(G, None))
+    assert main(["models", "convert", str(other), str(tmp_path / "other.safetensors")]) == 0
+    assert "align" not in load_checkpoint(tmp_path / "other.safetensors").info

@@ -86,6 +86,9 @@ def cmd_convert(args) -> int:
     for key in ("network", "code", "training_set"):
         if key in info:
             meta[f"source_{key}"] = info[key]
+    align = reg.alignment_of(args.input, src)     # the converted file keeps what faces it wants
+    if align:
+        meta["align"] = align
     if info.get("format") == "dragd":      # keep the free-form facts of a native file
         meta.update({k: v for k, v in info.items()
                      if k not in ("format", "format_version", "dtype", "warnings", "name", "path",
