@@ -9,15 +9,18 @@ shrunk when the square is over twice the output, cropped with a 10 % border, ref
 with blur and a fade to the median where the square leaves the photo, QUAD-transformed and
 resized (antialiased) to the model's resolution.
 
-Two deliberate differences. The recipe transforms to 4096 px (bilinear) only to antialias the
-downscale to R; transforming to k·R px, k = ⌈side / R⌉, does the same at a fraction of the cost
-(0.01 s instead of 1.3 s; 51–56 dB from the recipe's pixels with its filter), and bicubic rather
-than bilinear keeps an upscaled face sharp, so paste-back gives the photo back (≥ 35 dB
-instead of 33.5 on the astronaut). And after the shrink the recipe divides the quad by the integer shrink
-factor while the photo is resized to a rounded size; here the quad follows the photo's actual
-resize ratio (continuous coordinates), so the aligned frame is exactly the affine map
-`AlignedGeometry` describes and paste-back inverts it without drift (the two differ by under
-0.2 aligned px).
+Deliberate differences. (1) The recipe transforms to 4096 px (bilinear) only to antialias the
+downscale to R; transforming to k·R px, k = ⌈side / R⌉, does the same at a fraction of the
+cost (0.01 s instead of 1.3 s; 51–56 dB from the recipe's pixels with its filter). (2) Bicubic
+rather than bilinear keeps an upscaled face sharp, so paste-back gives the photo back (≥ 35 dB
+instead of 33.5 on the astronaut). (3) After the shrink the recipe divides the quad by the
+integer shrink factor while the photo is resized to a rounded size; here the quad follows the
+photo's actual resize ratio, so the aligned frame is exactly the affine map `AlignedGeometry`
+describes and paste-back inverts it without drift (the two differ by under 0.2 aligned px).
+(4) The landmarks are predicted again on the aligned crop (`refine`): dlib's predictor is not
+rotation invariant, and the recipe's alignment of a tilted or rescaled copy of a photo would
+otherwise differ by a pixel or two (with faces.py's averaging over jittered boxes: 40–47 dB
+instead of 29–32 dB between the aligned crops of the astronaut and of a rotated, enlarged copy).
 
 Coordinates: layer continuous coordinates (pixel (i, j) covers [i, i+1)×[j, j+1)) for the quad;
 `layer_to_gen`/`gen_to_layer` speak pixel indices on both sides, as `CropGeometry` does.
@@ -258,7 +261,7 @@ def _pad(img: Image.Image, quad: np.ndarray, qsize: float, border: int) -> tuple
     y, x, _ = np.ogrid[:h, :w, :1]
     mask = np.maximum(1.0 - np.minimum(np.float32(x) / pad[0], np.float32(w - 1 - x) / pad[2]),
                       1.0 - np.minimum(np.float32(y) / pad[1], np.float32(h - 1 - y) / pad[3]))
-    # PIL's Gaussian (three box passes) at the recipe's sigma: scipy's exact one costs seconds here.
+    # PIL's Gaussian (box-filter passes) at the recipe's sigma: scipy, the recipe's, is no dependency.
     blurred = np.asarray(Image.fromarray(arr).filter(ImageFilter.GaussianBlur(qsize * 0.02)), dtype=np.float32)
     out = arr.astype(np.float32)
     out += (blurred - out) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
