@@ -182,6 +182,10 @@ class KritaHost:
                                rect.width * rect.height * 4))
         return bgra_to_rgba(data), native
 
+    def pixel_reader(self, doc: Any, node: Any, rect: LayerRect) -> "PixelReader":
+        """A :class:`PixelReader` of the rectangle (RGBA bytes, read a band per step)."""
+        return PixelReader(self, doc, node, rect)
+
     def read_shapes(self, vector: Any) -> List[ShapeInfo]:
         out = []
         for s in vector.shapes():
@@ -208,12 +212,6 @@ class KritaHost:
         """A :class:`ResultWriter` for the daemon's ``result`` (a protocol Image)."""
         return ResultWriter(doc, source, rect, result, source_rgba, native, mask)
 
-    def refresh(self, doc: Any) -> None:
-        try:
-            doc.refreshProjection()
-        except Exception:
-            pass
-
     # -- previews ------------------------------------------------------------------
 
     def stale_previews(self, doc: Any) -> List[Any]:
@@ -229,9 +227,50 @@ class KritaHost:
         return len(stale)
 
 
-#: Most bytes one step of a :class:`ResultWriter` converts and writes: a few ms of Krita's
-#: UI thread (a 6000x4000 layer is ~25 steps).
+#: Most bytes one step of a :class:`PixelReader` or :class:`ResultWriter` reads or writes
+#: and converts: a few ms of Krita's UI thread (a 6000x4000 layer is ~25 steps).
 BAND_BYTES = 4 << 20
+
+
+class PixelReader:
+    """Reads a layer rectangle as RGBA bytes a band of rows per :meth:`step`, so that
+    reading a huge layer never holds Krita's UI thread for long (the caller steps it from
+    its timer). A layer that is not RGBA/U8 is converted in one step
+    (:meth:`KritaHost.read_pixels`). ``rgba`` and ``native`` once :attr:`done`."""
+
+    def __init__(self, host: KritaHost, doc: Any, node: Any, rect: LayerRect):
+        self.host, self.doc, self.node, self.rect = host, doc, node, rect
+        self.native_format = (str(node.colorModel()), str(node.colorDepth())) != ("RGBA", "U8")
+        self.rows = max(1, BAND_BYTES // (4 * max(1, rect.width)))
+        self.y = 0
+        self.steps = 0
+        self._parts: List[bytes] = []
+        self.rgba = b""
+        self.native: Optional[NativeFormat] = None
+        self.done = False
+
+    def step(self) -> bool:
+        if self.done:
+            return True
+        self.steps += 1
+        r = self.rect
+        if self.native_format:
+            self.rgba, self.native = self.host.read_pixels(self.doc, self.node, r)
+            self.done = True
+            return True
+        y0, y1 = self.y, min(r.height, self.y + self.rows)
+        data = bytes(self.node.pixelData(r.x, r.y + y0, r.width, y1 - y0))
+        if len(data) != r.width * (y1 - y0) * 4:
+            raise UserError("Krita returned %d bytes for %d rows of the %dx%d layer %r; "
+                            "expected %d." % (len(data), y1 - y0, r.width, r.height, r.name,
+                                              r.width * (y1 - y0) * 4))
+        self._parts.append(bgra_to_rgba(data))
+        self.y = y1
+        if self.y >= r.height:
+            self.rgba = b"".join(self._parts)
+            self._parts = []
+            self.done = True
+        return self.done
 
 
 class ResultWriter:

@@ -94,6 +94,7 @@ class DragRun:
         self._t0 = 0.0
         self._source_rgba = b""
         self._native: Any = None
+        self.reader: Any = None
 
     @property
     def finished(self) -> bool:
@@ -102,30 +103,36 @@ class DragRun:
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self) -> bool:
-        """Read the inputs and send the first request. False (and ``finished``) when the
-        run cannot start: the reason is in ``message``."""
+        """Check the inputs and start reading the layer (a band per :meth:`step`; the
+        first request goes out once it is read). False (and ``finished``) when the run
+        cannot start: the reason is in ``message``."""
         self._t0 = self.clock()
         self.state = "running"
         try:
             self.settings.validate()
-            frame = task_module().Image        # says what is missing before reading
+            task_module()                      # says what is missing before reading
             self._prepare()
-            image = frame(self._source_rgba, self.rect.width, self.rect.height, 4)
-            self.task = self.task_factory(self.settings, self.arrows, image, self.mask)
-            self.pacer = Pacer(self.task.model, self.clock)
-            self.task.start()
         except UserError as e:
             self._end("failed", str(e))
             return False
         except Exception as e:
             self._end("failed", bug(e))
             return False
-        self.timings["prepare"] = self.clock() - self._t0
-        if self.task.done:
-            self._finish_task()
-            return False
-        self._show_progress(force=True)
+        self.message = "Reading the layer\u2026"
+        if self.on_update is not None:
+            self.on_update(self)
         return True
+
+    def _start_task(self) -> None:
+        """The layer is read: send it."""
+        self._source_rgba, self._native = self.reader.rgba, self.reader.native
+        self.reader = None
+        image = task_module().Image(self._source_rgba, self.rect.width, self.rect.height, 4)
+        self.task = self.task_factory(self.settings, self.arrows, image, self.mask)
+        self.pacer = Pacer(self.task.model, self.clock)
+        self.task.start()
+        self.timings["prepare"] = self.clock() - self._t0
+        self._show_progress(force=True)
 
     def _prepare(self) -> None:
         host, doc = self.host, self.doc
@@ -135,7 +142,7 @@ class DragRun:
         self.arrows, self.notes = host.read_arrows(doc, vector, self.rect)
         self.mask = host.read_mask(doc, self.rect)
         check_handles_movable(self.arrows, self.mask)
-        self._source_rgba, self._native = host.read_pixels(doc, source, self.rect)
+        self.reader = host.pixel_reader(doc, source, self.rect)
         self.stale_removed = host.remove_stale_previews(doc)
 
     def step(self) -> bool:
@@ -144,6 +151,13 @@ class DragRun:
         if self.finished:
             return False
         try:
+            if self.task is None:
+                if self.reader.step():
+                    self._start_task()
+                    if self.task.done:
+                        self._finish_task()
+                        return False
+                return True
             self.task.tick()
             model = self.task.model
             if model.outcome is not None and self.writer is None:
@@ -168,7 +182,12 @@ class DragRun:
 
     def stop(self, how: str = "discard") -> None:
         """The Cancel ("discard") and Stop ("keep": keep the drag so far) buttons."""
-        if self.finished or self.task is None:
+        if self.finished:
+            return
+        if self.task is None:              # still reading the layer: nothing was sent
+            model = JobModel(self.settings, self.arrows)
+            model.cancelled()
+            self._end("cancelled", model.end_text())
             return
         self.task.stop(how)
         self._show_progress(force=True)
@@ -182,7 +201,9 @@ class DragRun:
             self.doc.setActiveNode(layer)
         except Exception:
             pass       # selecting the result is a courtesy; the result is written
-        self.host.refresh(self.doc)
+        # No refreshProjection(): adding the node already has Krita update the canvas in
+        # its own threads, while a refresh recomposites the whole image on this one (0.4 s
+        # for 6000x4000).
 
     def _finish_task(self) -> None:
         model = self.task.model

@@ -384,6 +384,21 @@ def test_result_layer_is_a_copy_above_the_source_written_in_bands(monkeypatch):
     assert doc.root.childNodes()[2:5] == [new, second, third]
 
 
+def test_layer_pixels_are_read_a_band_per_step(monkeypatch):
+    from dragd.krita_plugin import host as krita_host
+
+    monkeypatch.setattr(krita_host, "BAND_BYTES", 40 * 4 * 8)          # 8 rows a step
+    doc, bg, art, vec = scene()
+    h = KritaHost()
+    rect = h.layer_rect(doc, art)
+    reader = h.pixel_reader(doc, art, rect)
+    steps = 0
+    while not reader.step():
+        steps += 1
+    assert reader.steps == 4 and reader.native is None                 # 30 rows
+    assert reader.rgba == h.read_pixels(doc, art, rect)[0]
+
+
 def test_stale_previews_of_earlier_versions_are_removed():
     doc, bg, art, vec = scene()
     stale = FakeNode(doc, model.PREVIEW_LAYER_NAME)

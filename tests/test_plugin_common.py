@@ -420,3 +420,21 @@ def test_installed_layouts_and_zip_vendor_plugin_common(tmp_path):
     uninstall_krita(tmp_path / "pykrita")
     assert not (tmp_path / "gimp" / "dragd-gimp").exists()
     assert list((tmp_path / "pykrita").iterdir()) == []
+
+
+def test_an_antialiased_ellipse_is_a_selection_a_feathered_one_is_feathered():
+    import math
+    w = h = 200
+
+    def ellipse(feather):
+        data = bytearray(w * h)
+        for y in range(h):
+            for x in range(w):
+                d = math.hypot((x + 0.5 - 100) / 75, (y + 0.5 - 100) / 95) - 1
+                edge = max(feather, 1.0) / 85        # antialiasing: about one pixel
+                data[y * w + x] = int(round(255 * min(1.0, max(0.0, 0.5 - d / edge))))
+        return make_mask(bytes(data), w, h)
+    sharp, soft = ellipse(0), ellipse(20)
+    assert not sharp.soft and "feathered" not in sharp.describe().lower()
+    assert soft.soft and "feathered" in soft.describe().lower()
+    assert sharp.coverage == pytest.approx(math.pi * 75 * 95 / (w * h), rel=0.02)
