@@ -22,6 +22,8 @@ from .run import DragRun, make_probe, start_drag
 DOCKER_ID = "dragd_krita_docker"
 DOCKER_TITLE = "DragGAN"
 SETTINGS_GROUP = "dragd"
+#: The docker shows previews up to this size (the daemon's default preview_max_size).
+PREVIEW_SIZE = 256
 
 SPACE_ITEMS = (("W+ (one latent per layer)", "w+"), ("W (one shared latent)", "w"))
 METHOD_ITEMS = (("DragGAN, arrived handles held", "dragd"), ("DragGAN as published", "draggan"),
@@ -286,7 +288,11 @@ class DragDocker(DockWidget):
         fmt = QImage.Format_RGB888 if img.channels == 3 else QImage.Format_RGBA8888
         data = bytes(img.data)
         qimg = QImage(data, img.width, img.height, img.width * img.channels, fmt).copy()
-        self.preview_label.setPixmap(QPixmap.fromImage(qimg))
+        pix = QPixmap.fromImage(qimg)
+        k = PREVIEW_SIZE // max(img.width, img.height)
+        if k >= 2:       # a small region: shown larger (it is small, so this is cheap)
+            pix = pix.scaled(img.width * k, img.height * k)
+        self.preview_label.setPixmap(pix)
         self.preview_label.show()
 
     def _show(self, fraction: float, text: str, doc: Any = None, remember: bool = True) -> None:

@@ -350,16 +350,113 @@ def big_run(app, window, docker, endpoint, timeout):
     doc.setActiveNode(art)
     spin(500)
     R = press_run(app, window, docker, "big", endpoint, timeout, doc=doc, steps=30)
-    if os.environ.get("DRAGD_SHOTS"):
-        spin(1500)
-        window.qwindow().grab().save(os.path.join(os.environ["DRAGD_SHOTS"], "krita-big.png"))
     R.pop("before", None), R.pop("mask", None), R.pop("source_after", None), R.pop("new", None)
+    doc.setModified(False)
+    return R
+
+
+def click_and_wait(docker, doc, timeout, **settings):
+    """Press Run with these docker settings on doc; the finished run."""
+    docker.endpoint_edit.setText(settings["endpoint"])
+    docker.steps_spin.setValue(settings.get("steps", 40))
+    docker.inversion_box.setCurrentIndex(docker.inversion_box.findData("fast"))
+    docker.paste_box.setCurrentIndex(docker.paste_box.findData(settings.get("paste", "detail")))
+    docker.preview_check.setChecked(settings.get("preview", True))
+    docker.last_run = None
+    shots, shot = settings.get("shots"), False
+    t0 = time.monotonic()
+    docker.run_button.click()
+    while docker.last_run is None and time.monotonic() - t0 < timeout:
+        spin(50)
+        pm = docker.preview_label.pixmap()
+        if shots and not shot and docker.preview_label.isVisible() and pm is not None \
+                and not pm.isNull() and docker.current_run.task.model.step >= 3:
+            docker.grab().save(os.path.join(shots, "krita-preview.png"))
+            shot = True
+    return docker.last_run
+
+
+def ellipse_mask(w, h):
+    out = bytearray(w * h)
+    for y in range(h):
+        for x in range(w):
+            if ((x + 0.5 - w / 2) / (w / 2)) ** 2 + ((y + 0.5 - h / 2) / (h / 2)) ** 2 <= 1:
+                out[y * w + x] = 255
+    return bytes(out)
+
+
+def psnr_inside(a, b, w, ell, box):
+    """PSNR of BGRA bytes a vs b (width w) over the ellipse box, 1 px in from its edge."""
+    x0, y0, ew, eh = box
+    se = 0
+    n = 0
+    for y in range(1, eh - 1):
+        for x in range(1, ew - 1):
+            if ell[y * ew + x] and ell[(y - 1) * ew + x] and ell[(y + 1) * ew + x] \
+                    and ell[y * ew + x - 1] and ell[y * ew + x + 1]:
+                i = 4 * ((y0 + y) * w + x0 + x)
+                se += sum((a[i + c] - b[i + c]) ** 2 for c in range(3)) / 3.0
+                n += 1
+    import math
+    return 10 * math.log10(255.0 ** 2 / max(1e-9, se / n))
+
+
+def photo_runs(app, window, docker):
+    """scikit-image's astronaut, the head selected, the face model: one-step resample runs
+    with and without the selection (PSNR inside it), then a run with the defaults and
+    screenshots."""
+    from krita import Selection
+    from PyQt5.QtCore import QByteArray
+    shots = os.environ.get("DRAGD_SHOTS")
+    endpoint = os.environ["DRAGD_ENDPOINT"]
+    doc = app.openDocument(os.environ["DRAGD_PHOTO"])
+    window.addView(doc)
+    root = doc.rootNode()
+    art = [n for n in root.childNodes() if n.type() == "paintlayer"][0]
+    art.setName("photo")
+    vl = doc.createVectorLayer("drag")
+    root.addChildNode(vl, None)
+    vl.addShapesFromSvg('<svg xmlns="http://www.w3.org/2000/svg"><line x1="205" y1="150" '
+                        'x2="205" y2="146" stroke="#ff0000" stroke-width="1"/></svg>')
+    box = (130, 15, 150, 190)
+    ell = ellipse_mask(box[2], box[3])
+
+    def select(on):
+        sel = Selection()
+        if on:
+            sel.setPixelData(QByteArray(ell), *box)
+        doc.setSelection(sel)
+    W = doc.width()
+    src = bytes(art.pixelData(0, 0, W, doc.height()))
+    R = {}
+    for label, on in (("region", True), ("whole", False)):
+        select(on)
+        doc.setActiveNode(art)
+        run = click_and_wait(docker, doc, 400, endpoint=endpoint, steps=1, paste="resample",
+                             preview=False)
+        R[label] = {"state": run.state, "message": run.message}
+        if run.state == "done":
+            out = bytes(run.new_layer.pixelData(0, 0, W, doc.height()))
+            R[label]["psnr"] = psnr_inside(out, src, W, ell, box)
+            run.new_layer.remove()
+    select(True)
+    doc.setActiveNode(art)
+    run = click_and_wait(docker, doc, 400, endpoint=endpoint, steps=40, shots=shots)
+    R["detail"] = {"state": run.state, "message": run.message, "stack": stack(doc)}
+    if shots:
+        spin(1500)
+        docker.grab().save(os.path.join(shots, "krita-docker.png"))
+        window.qwindow().grab().save(os.path.join(shots, "krita-window.png"))
     doc.setModified(False)
     return R
 
 
 def main(window, app):
     from dragd.krita_plugin.ui import DOCKER_ID
+    if os.environ.get("DRAGD_PHOTO"):
+        d = [d for d in window.dockers() if d.objectName() == DOCKER_ID][0]
+        d.show()
+        return {"photo": photo_runs(app, window, d)}
     R = {"extensions": sorted(type(e).__name__ for e in app.extensions()),
          "action": app.action("dragd_drag") is not None}
     a = app.action("dragd_drag")
@@ -377,8 +474,7 @@ def main(window, app):
     R["models"] = [d.model_box.itemText(i) for i in range(d.model_box.count())]
     R["probe_status"] = d.status_label.text()
     d.show()
-    real = press_run(app, window, d, "real", os.environ["DRAGD_ENDPOINT"], 400,
-                     shots=os.environ.get("DRAGD_SHOTS"))
+    real = press_run(app, window, d, "real", os.environ["DRAGD_ENDPOINT"], 400)
     again = press_run(app, window, d, "again", os.environ["DRAGD_ENDPOINT"], 400,
                       doc=press_run.doc)
     R["runs"] = [real, again, press_run(app, window, d, "down", os.environ["DRAGD_DOWN"], 60,
@@ -533,18 +629,9 @@ def test_docker_run_button_in_the_krita_gui_with_the_real_daemon(chroot_root, ru
     log_before = len(running_daemon.log())
     with new_home("krita-gui") as home:
         install_krita(home.path(".local/share/krita/pykrita"), home.path(".config/kritarc"))
-        shots = home.path("shots")
-        shots.mkdir()
         r = run_krita_gui(test_file, timeout=900, home=home,
                           env={"DRAGD_ENDPOINT": running_daemon.endpoint,
-                               "DRAGD_DOWN": down, "DRAGD_SHOTS": home.chroot_path("shots")})
-        res = r.result
-        assert res is not None, r.log()[-4000:]
-        assert "error" not in res, res["error"] + r.log()[-3000:]
-        for name in ("krita-preview.png", "krita-docker.png", "krita-window.png",
-                     "krita-big.png"):
-            if (shots / name).exists():
-                (tmp_path / name).write_bytes((shots / name).read_bytes())
+                               "DRAGD_DOWN": down})
     res = r.result
     assert res is not None, r.log()[-4000:]
     assert "error" not in res, res["error"] + r.log()[-3000:]
@@ -593,19 +680,67 @@ def test_docker_run_button_in_the_krita_gui_with_the_real_daemon(chroot_root, ru
     # full-size reconstruction, adding and activating the result; the plug-in's own reads,
     # blends and writes are banded. Before: 2.7 s, 4.2 s with this selection.
     assert big["watch"]["max_gap"] < 0.5, (big["watch"]["long_gaps"], big["timings"])
-    for name in ("krita-preview.png", "krita-docker.png", "krita-window.png"):
-        assert (tmp_path / name).stat().st_size > 1000, name
     print("\nKrita 6000x4000, 100-px feathered selection: %.1f s, %s; max event-loop gap "
-          "%.0f ms (gaps over 80 ms [s, s]: %s); timings %s; screenshots in %s" % (
+          "%.0f ms (gaps over 80 ms [s, s]: %s); timings %s" % (
               big["elapsed"], big["message"], 1000 * big["watch"]["max_gap"],
-              big["watch"]["long_gaps"], {k: round(v, 2) for k, v in big["timings"].items()},
-              tmp_path))
+              big["watch"]["long_gaps"], {k: round(v, 2) for k, v in big["timings"].items()}))
     print("\nKrita GUI %.1f s: Run with the real daemon %.1f s (%s; %.0f%% of the selected "
           "pixels changed; timings %s; max event-loop gap %.0f ms), again on its result %.1f s, "
           "daemon down reported after %.1f s" % (
               r.elapsed, real["elapsed"], real["message"], 100 * changed,
               {k: round(v, 2) for k, v in real["timings"].items()},
               1000 * real["watch"]["max_gap"], again["elapsed"], dead["elapsed"]))
+
+
+@pytest.fixture(scope="module")
+def face_daemon(tmp_path_factory):
+    """`dragd serve` with the embedded 64-px face model (what a user starts by default)."""
+    from daemon_fixture import start_daemon
+    from dragd.daemon.model.registry import DEFAULT_MODEL_PATH
+
+    d = start_daemon(DEFAULT_MODEL_PATH, tmp_path_factory.mktemp("face-daemon"))
+    yield d
+    d.stop()
+
+
+def test_photo_in_the_krita_gui_the_selection_is_the_region(chroot_root, face_daemon,
+                                                            tmp_path):
+    """scikit-image's astronaut, the head selected, the face model, the same preset: with
+    one step and paste "resample" the result inside the selection is the reconstruction,
+    better with the selection's box as the region than inverting the whole layer (the run
+    without a selection); then the defaults (paste "detail") with screenshots of the
+    docker, its preview and the window."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image as PILImage
+
+    test_file = tmp_path / "krita_gui_photo.py"
+    test_file.write_text(GUI_TEST)
+    with new_home("krita-gui") as home:
+        install_krita(home.path(".local/share/krita/pykrita"), home.path(".config/kritarc"))
+        PILImage.fromarray(skimage_data.astronaut()).save(home.path("astronaut.png"))
+        shots = home.path("shots")
+        shots.mkdir()
+        r = run_krita_gui(test_file, timeout=900, home=home,
+                          env={"DRAGD_ENDPOINT": face_daemon.endpoint,
+                               "DRAGD_PHOTO": home.chroot_path("astronaut.png"),
+                               "DRAGD_SHOTS": home.chroot_path("shots")})
+        for name in ("krita-preview.png", "krita-docker.png", "krita-window.png"):
+            if (shots / name).exists():
+                (tmp_path / name).write_bytes((shots / name).read_bytes())
+    res = r.result
+    assert res is not None, r.log()[-4000:]
+    assert "error" not in res, res["error"] + r.log()[-3000:]
+    p = res["photo"]
+    for k in ("region", "whole", "detail"):
+        assert p[k]["state"] == "done", (k, p[k], face_daemon.log()[-3000:])
+    assert p["region"]["psnr"] > p["whole"]["psnr"] + 1.0, p
+    assert " dB" in p["region"]["message"] and " dB" in p["whole"]["message"]
+    for name in ("krita-preview.png", "krita-docker.png", "krita-window.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    print("\nKrita, astronaut, head selected, fast preset: reconstruction PSNR inside the "
+          "selection %.2f dB with the region sent, %.2f dB inverting the whole layer; "
+          "defaults: %s; screenshots in %s" % (p["region"]["psnr"], p["whole"]["psnr"],
+                                               p["detail"]["message"], tmp_path))
 
 
 ZIP_MODULE = r'''
