@@ -99,9 +99,13 @@ def named_commands() -> list[tuple[str, str]]:
 
 
 def _candidates(words: list[str]):
-    """The command with its placeholders (FILE, NAME, %s, {x}) filled in a few plausible ways."""
+    """The command with its placeholders (FILE, NAME, %s, {x}) filled in a few plausible ways;
+    an option named last without its value (`dragd serve --memory-budget-gb`) gets one too."""
     for fill in ("1", "cpu", "x.png"):
-        yield [fill if PLACEHOLDER.match(w) else w for w in words]
+        filled = [fill if PLACEHOLDER.match(w) else w for w in words]
+        yield filled
+        if filled and filled[-1].startswith("--"):
+            yield filled + [fill]
 
 
 class _Refused(Exception):
