@@ -28,6 +28,9 @@ class Outcome:
     #: daemon did not say), and whether the run continued an earlier edit instead.
     psnr: Optional[float] = None
     continued: bool = False
+    #: The daemon's sentence when it judged the picture outside the model's domain (its
+    #: domain check); None when it judged it fine or did not judge.
+    poor_domain: Optional[str] = None
 
     def summary(self) -> str:
         """'converged after 5 steps, 0.8 px from the targets; inversion 24.1 dB', with what
@@ -43,15 +46,26 @@ class Outcome:
             text += "; continued the earlier edit"
         elif self.psnr is not None:
             text += "; inversion %.1f dB" % self.psnr
-            if self.psnr < POOR_PSNR:
+            if self.poor_domain:
+                text += " (%s)" % self.poor_domain
+            elif self.psnr < POOR_PSNR:
                 text += (" (too poor to edit well: the model hardly reproduces this region; "
                          "select just the part to move, or use a model made for such images)")
         return text
 
 
-#: Below this reconstruction PSNR (dB) the edit shows the model more than the image.
+#: Below this reconstruction PSNR (dB) the edit shows the model more than the image (said
+#: when the daemon gives no domain verdict of its own).
 POOR_PSNR = 18.0
 STOP_WORDS = {"max_steps": "step limit reached", "cancelled": "stopped"}
+
+
+def poor_domain(fields: Dict[str, Any]) -> Optional[str]:
+    """The daemon's sentence when its domain check found the picture poor, else None."""
+    d = (fields.get("info") or {}).get("domain")
+    if isinstance(d, dict) and d.get("verdict") == "poor":
+        return str(d.get("message") or "the model cannot represent this picture well")
+    return None
 
 
 def inversion_psnr(fields: Dict[str, Any]) -> Optional[float]:

@@ -31,7 +31,7 @@ from . import messages
 from .errors import UserError
 from .geometry import Arrow
 from .hello import accept_hello
-from .jobs import BaseJobModel, Outcome, inversion_psnr
+from .jobs import BaseJobModel, Outcome, inversion_psnr, poor_domain
 from .keys import curve_for
 from .mask import MaskInfo
 from .settings import CLOSE_TIMEOUT, CONNECT_TIMEOUT, STOP_GRACE
@@ -271,7 +271,7 @@ class DragTask:
         info = self.model.session_info
         self.model.dragged(Outcome(img, int(m.get("steps", 0)), str(m.get("stop", "converged")),
                                    m.get("distance"), list(m.get("handles") or []),
-                                   psnr=inversion_psnr(info),
+                                   psnr=inversion_psnr(info), poor_domain=poor_domain(info),
                                    continued=bool((info.get("info") or {}).get("continues_edit"))))
         self._begin_close()
 

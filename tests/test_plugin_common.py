@@ -249,6 +249,10 @@ def test_outcome_summary_words_each_stop_and_advises_after_a_stall():
     assert poor.startswith("converged after 2 steps; inversion 15.0 dB (too poor to edit well")
     assert Outcome(None, 2, "converged", None, psnr=15.0, continued=True).summary() == (
         "converged after 2 steps; continued the earlier edit")
+    judged = Outcome(None, 2, "converged", None, psnr=25.0, poor_domain="the model x cannot "
+                     "represent this picture").summary()
+    assert judged == ("converged after 2 steps; inversion 25.0 dB (the model x cannot "
+                      "represent this picture)")
     stalled = Outcome(None, 61, "stalled", 12.25).summary()
     assert stalled.startswith("stalled after 61 steps, 12.2 px from the targets")
     assert "detailed areas" in stalled
@@ -259,6 +263,10 @@ def test_inversion_psnr_from_the_open_reply():
     assert inversion_psnr({"info": {"pivot": {"psnr": 17.0}, "tuning": {"psnr": 21.5}}}) == 21.5
     assert inversion_psnr({"info": {"pivot": {"psnr": 17.0}, "tuning": None}}) == 17.0
     assert inversion_psnr({"info": {"inversion": "none"}}) is None and inversion_psnr({}) is None
+    from dragd.plugin_common.jobs import poor_domain
+    assert poor_domain({"info": {"domain": {"verdict": "poor", "message": "m"}}}) == "m"
+    assert poor_domain({"info": {"domain": {"verdict": "good"}}}) is None
+    assert poor_domain({}) is None
 
 
 def test_result_names_and_tags():
