@@ -260,6 +260,21 @@ def pick_path(selected: Sequence[Any], all_paths: Sequence[Any], name_of=lambda 
                     "holds the drag arrows in the Paths dialog." % len(all_paths))
 
 
+def dialog_info(arrows: Sequence[Arrow], path_name: str, mask: Any, layer_name: str,
+                n_paths: int, daemon_line: str) -> List[str]:
+    """The settings dialog's lines: the points and the path they come from (and, when the
+    image has more paths, that only this one is used and how to use another), the
+    selection, the daemon."""
+    n = len(arrows)
+    points = ("Layer %r: %d drag point%s from path %r (each stroke: first anchor = handle, "
+              "last anchor = target)." % (layer_name, n, "" if n == 1 else "s", path_name))
+    if n_paths > 1:
+        points += (" The image has %d paths: only this one, selected in the Paths dialog, is "
+                   "used. Select another there, or draw every stroke into this one "
+                   "(Shift+click starts a stroke)." % n_paths)
+    return [points, mask.describe(), daemon_line]
+
+
 # ---------------------------------------------------------------------------
 # Mask: selection -> movable region
 # ---------------------------------------------------------------------------

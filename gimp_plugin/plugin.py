@@ -28,7 +28,7 @@ from gi.repository import Gegl, GLib, GObject, Gimp  # noqa: E402
 from ..plugin_common.messages import bug  # noqa: E402
 from .host import GimpHost  # noqa: E402
 from .model import (ARGUMENTS, MENU_LABEL, MENU_PATH, PROCEDURE_NAME,  # noqa: E402
-                    Cancelled, DragSettings, UserError, check_handles_movable)
+                    Cancelled, DragSettings, UserError, check_handles_movable, dialog_info)
 from .run import describe_daemon, run_on_layer, task_module  # noqa: E402
 
 RW = GObject.ParamFlags.READWRITE
@@ -58,14 +58,6 @@ def config_values(config: Any) -> dict:
     return {a.name: config.get_property(a.name) for a in ARGUMENTS}
 
 
-def _dialog_info(endpoint: str, arrows: list, path_name: str, mask: Any,
-                 layer_name: str) -> list:
-    n = len(arrows)
-    return ["Layer %r: %d drag point%s from path %r (each stroke: first anchor = handle, "
-            "last anchor = target)." % (layer_name, n, "" if n == 1 else "s", path_name),
-            mask.describe(), describe_daemon(endpoint)]
-
-
 def _error(procedure: Any, status: Any, message: str) -> Any:
     return procedure.new_return_values(status, GLib.Error(message))
 
@@ -88,7 +80,8 @@ def run(procedure: Any, run_mode: Any, image: Any, drawables: Any, config: Any,
             from .ui import settings_dialog
             GimpUi.init(PROCEDURE_NAME)
             endpoint = str(config.get_property("daemon") or "").strip()
-            info = _dialog_info(endpoint, arrows, path_name, mask, layer.get_name())
+            info = dialog_info(arrows, path_name, mask, layer.get_name(),
+                               len(list(image.get_paths() or [])), describe_daemon(endpoint))
             if not settings_dialog(GimpUi, procedure, config, info,
                                    [a.name for a in ARGUMENTS]):
                 return _error(procedure, Gimp.PDBStatusType.CANCEL, "Cancelled.")

@@ -254,6 +254,16 @@ def test_gray_image_and_layer_without_alpha_get_matching_layer_types():
 # ---------------------------------------------------------------------------
 
 
+def test_dialog_info_names_the_path_used_and_says_when_others_are_not():
+    arrows = [Arrow((1, 1), (2, 2))]
+    one = model.dialog_info(arrows, "arrows", make_mask(None, 4, 4), "art", 1, "Daemon ...")
+    assert one[0].startswith("Layer 'art': 1 drag point from path 'arrows'")
+    assert "paths" not in one[0] and one[2] == "Daemon ..."
+    two = model.dialog_info(arrows * 2, "Path #2", make_mask(None, 4, 4), "art", 2, "")
+    assert "2 drag points from path 'Path #2'" in two[0]
+    assert "The image has 2 paths: only this one" in two[0]
+
+
 def test_arguments_cover_the_settings():
     names = [a.name for a in ARGUMENTS]
     assert names == ["model", "max-steps", "learning-rate", "lambda-mask", "latent-space", "method",
