@@ -31,8 +31,9 @@ from __future__ import annotations
 from typing import Any, List, Optional, Tuple
 
 from .model import (ARROWS_LAYER_NAME, PREVIEW_LAYER_NAME, SRGB_PROFILE, Affine, LayerRect,
-                    MaskInfo, ShapeInfo, UserError, arrows_from_shapes, bgra_to_rgba,
-                    make_mask, merge_alpha, result_name, rgba_to_bgra, splice_by_mask)
+                    MaskInfo, ShapeInfo, UserError, arrows_from_shapes, arrows_svg,
+                    bgra_to_rgba, is_arrow_shape, make_mask, merge_alpha, result_name,
+                    rgba_to_bgra, splice_by_mask)
 
 PAINT = "paintlayer"
 VECTOR = "vectorlayer"
@@ -196,6 +197,19 @@ class KritaHost:
     def read_arrows(self, doc: Any, vector: Any, rect: LayerRect):
         return arrows_from_shapes(self.read_shapes(vector), doc.xRes(), doc.yRes(), rect,
                                   str(vector.name()))
+
+    def redraw_arrows(self, doc: Any, vector: Any, rect: LayerRect, arrows: List[Any]) -> int:
+        """Replace the shapes the arrows came from by thin arrows with arrowheads
+        (``arrows``: handle -> target in layer pixels, e.g. from the handles' new
+        positions after a drag, so that the next Run continues from where the points
+        are). Other shapes stay. Returns the number of shapes replaced."""
+        old = [sh for sh in vector.shapes() if is_arrow_shape(str(sh.toSvg()))]
+        if not old or not arrows:
+            return 0
+        vector.addShapesFromSvg(arrows_svg(arrows, rect, (doc.width(), doc.height())))
+        for sh in old:
+            sh.remove()
+        return len(old)
 
     def read_mask(self, doc: Any, rect: LayerRect) -> MaskInfo:
         sel = doc.selection()

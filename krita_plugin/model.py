@@ -400,6 +400,34 @@ def arrows_from_shapes(shapes: Sequence[ShapeInfo], xres: float, yres: float,
     return arrows, notes
 
 
+def is_arrow_shape(svg: str) -> bool:
+    """Whether a shape holds at least one arrow (an open (sub)path of two points or more)."""
+    try:
+        subpaths, _ = svg_subpaths(svg)
+    except (ValueError, ET.ParseError):
+        return False
+    return any(not sp.closed and len(sp.points) >= 2 for sp, _ in subpaths)
+
+
+ARROW_COLOUR = "#ff3b30"
+
+
+def arrows_svg(arrows: Sequence[Arrow], rect: LayerRect, doc_size: Tuple[int, int]) -> str:
+    """Thin arrows with arrowheads, handle -> target, in document pixels (what
+    ``addShapesFromSvg`` reads): one line per arrow, its width a 400th of the document's
+    shorter side (at least 1 px), so it marks the points without hiding the picture."""
+    width = max(1.0, round(min(doc_size) / 400.0, 1))
+    lines = "".join(
+        '<line x1="%g" y1="%g" x2="%g" y2="%g" stroke="%s" stroke-width="%g" '
+        'stroke-linecap="round" fill="none" marker-end="url(#dragd-head)"/>'
+        % (a.handle[0] + rect.x, a.handle[1] + rect.y, a.target[0] + rect.x,
+           a.target[1] + rect.y, ARROW_COLOUR, width) for a in arrows)
+    return ('<svg xmlns="http://www.w3.org/2000/svg"><defs><marker id="dragd-head" '
+            'viewBox="0 0 10 10" refX="9" refY="5" markerWidth="4" markerHeight="4" '
+            'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="%s"/></marker></defs>%s</svg>'
+            % (ARROW_COLOUR, lines))
+
+
 # ---------------------------------------------------------------------------
 # Mask: selection -> movable region
 # ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional
 from ..plugin_common.loader import load_task
 from ..plugin_common.messages import bug
 from ..plugin_common.pacing import Pacer
-from .model import (CLIENT_NAME, Cancelled, DragSettings, JobModel, UserError,
+from .model import (CLIENT_NAME, Arrow, Cancelled, DragSettings, JobModel, UserError,
                     check_handles_movable)
 
 POLL_INTERVAL_MS = 30
@@ -197,6 +197,7 @@ class DragRun:
     def _written(self, layer: Any) -> None:
         self.new_layer = layer
         self._source_rgba = b""
+        self._move_arrows()
         try:
             self.doc.setActiveNode(layer)
         except Exception:
@@ -204,6 +205,19 @@ class DragRun:
         # No refreshProjection(): adding the node already has Krita update the canvas in
         # its own threads, while a refresh recomposites the whole image on this one (0.4 s
         # for 6000x4000).
+
+    def _move_arrows(self) -> None:
+        """The arrows now start where the handles went (thin, with arrowheads), so that
+        the next Run continues from there."""
+        handles = self.outcome.handles if self.outcome is not None else []
+        if len(handles) != len(self.arrows):
+            return
+        moved = [Arrow((float(h[0]), float(h[1])), a.target)
+                 for h, a in zip(handles, self.arrows)]
+        try:
+            self.host.redraw_arrows(self.doc, self.vector, self.rect, moved)
+        except Exception as e:     # the result is written; say why the arrows stayed
+            self.notes.append("the arrows could not be moved (%s)" % e)
 
     def _finish_task(self) -> None:
         model = self.task.model

@@ -384,6 +384,10 @@ class FakeShape:
     def name(self):
         return ""
 
+    def remove(self):
+        self.layer.shapes_.remove(self)
+        return True
+
 
 _ids = iter(range(1, 10 ** 6))
 
@@ -490,7 +494,23 @@ class FakeNode:
         return self._locked
 
     def shapes(self):
+        for sh in self.shapes_:
+            sh.layer = self
         return list(self.shapes_)
+
+    def addShapesFromSvg(self, svg):
+        """Like Krita: the SVG's user units are document pixels (shapes keep points)."""
+        import xml.etree.ElementTree as ET
+        s = 72.0 / self.doc.res
+        added = []
+        for el in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}line"):
+            d = "M%s %s L%s %s" % (el.get("x1"), el.get("y1"), el.get("x2"), el.get("y2"))
+            sh = FakeShape('<path d="%s" stroke-width="%s"/>' % (d, el.get("stroke-width")),
+                           (s, 0, 0, s, 0, 0))
+            sh.layer = self
+            added.append(sh)
+        self.shapes_.extend(added)
+        return added
 
 
 class FakeSelection:

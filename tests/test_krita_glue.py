@@ -399,6 +399,22 @@ def test_layer_pixels_are_read_a_band_per_step(monkeypatch):
     assert reader.rgba == h.read_pixels(doc, art, rect)[0]
 
 
+def test_arrows_are_redrawn_thin_from_the_handles_new_positions():
+    doc, bg, art, vec = scene(res=144.0)
+    h = KritaHost()
+    rect = h.layer_rect(doc, art)
+    (a,), _ = h.read_arrows(doc, vec, rect)
+    moved = Arrow((a.handle[0] + 3.0, a.handle[1] + 1.5), a.target)
+    assert h.redraw_arrows(doc, vec, rect, [moved]) == 1
+    shapes = vec.shapes()
+    assert len(shapes) == 2 and shapes[0].toSvg() == SVG_RECT       # the rectangle stays
+    assert 'stroke-width="1"' in shapes[1].toSvg()                  # 64 px / 400, at least 1
+    (b,), _ = h.read_arrows(doc, vec, rect)
+    assert b.handle == pytest.approx(moved.handle) and b.target == pytest.approx(a.target)
+    svg = model.arrows_svg([moved], rect, (4000, 3000))
+    assert 'stroke-width="7.5"' in svg and 'marker-end="url(#dragd-head)"' in svg
+
+
 def test_stale_previews_of_earlier_versions_are_removed():
     doc, bg, art, vec = scene()
     stale = FakeNode(doc, model.PREVIEW_LAYER_NAME)
@@ -456,6 +472,9 @@ def test_run_writes_the_daemons_result_as_a_new_layer_and_sends_previews_on(blen
     assert all(st == ["bg", "art", "drag"] for st in stacks), stacks      # no preview layer
     assert [n.name() for n in doc.root.childNodes()] == ["bg", "art", "art (dragged)", "drag"]
     assert backend.opened[-1]["roi"] == {"x": 8, "y": 4, "width": 20, "height": 16}
+    # the arrow now starts where the daemon says the handle went (the stand-in: the target)
+    (moved,), _ = run.host.read_arrows(doc, vec, run.rect)
+    assert moved.handle == pytest.approx((32.0, 26.0)) == moved.target
     assert bytes(art.px) == before and doc.active is run.new_layer
     assert any("Dragging" in m for _, m in updates)
     # What the daemon got: the arrow in layer pixels, the selection over the layer rect.

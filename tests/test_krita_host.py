@@ -309,6 +309,15 @@ def press_run(app, window, docker, label, endpoint, timeout, via_action=False, d
              progress=docker.progress_bar.value(),
              run_enabled_after=docker.run_button.isEnabled(),
              preview_sizes=preview_sizes)
+    vec = node(doc, "drag")
+    if run is not None and vec is not None:
+        R["arrow_svgs"] = [str(sh.toSvg()) for sh in vec.shapes()]
+        R["handles"] = run.outcome.handles if run.outcome is not None else None
+        try:
+            R["arrows_after"] = [[list(a.handle), list(a.target)] for a in
+                                 run.host.read_arrows(doc, vec, run.rect)[0]]
+        except Exception as e:
+            R["arrows_after"] = str(e)
     if shots:
         spin(200)
         docker.grab().save(os.path.join(shots, "krita-docker.png"))
@@ -655,6 +664,13 @@ def test_docker_run_button_in_the_krita_gui_with_the_real_daemon(chroot_root, ru
     assert all(st == ["bg", "art", "drag"] for st in real["watch"]["stacks"][:-1]), real["watch"]
     assert real["stack"] == ["bg", "art", "art (dragged)", "drag"]
     assert "; inversion " in real["message"] and " dB" in real["message"], real["message"]
+    # the user's line is now a thin arrow (with an arrowhead) from where the handle went
+    assert len(real["arrow_svgs"]) == 2, real["arrow_svgs"]          # and the rectangle
+    assert any("marker" in sv for sv in real["arrow_svgs"]), real["arrow_svgs"]
+    (arrow,) = real["arrows_after"]
+    assert arrow[0] == pytest.approx([h - o for h, o in zip(real["handles"][0], (0, 0))],
+                                     abs=0.05), (arrow, real["handles"])
+    assert arrow[1] == pytest.approx(EXPECTED_POINTS[0][1], abs=0.05)
     changed = check_pixels(real, min_changed=0.5)          # a GAN's output, not a filter
     assert real["watch"]["max_gap"] < 2.0, real["watch"]
 
