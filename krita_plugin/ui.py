@@ -176,7 +176,13 @@ class DragDocker(DockWidget):
 
     def canvasChanged(self, canvas: Any) -> None:
         """Another document (or view) became active: show its own last status."""
-        doc = Krita.instance().activeDocument()
+        doc = None
+        try:
+            doc = canvas.view().document() if canvas is not None else None
+        except Exception:
+            pass        # a canvas without a view: fall back to the active document
+        if doc is None:
+            doc = Krita.instance().activeDocument()
         if _same_doc(doc, self._doc):
             return
         self._doc = doc

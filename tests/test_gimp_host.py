@@ -362,6 +362,9 @@ def test_real_daemon_drag_and_daemon_down(running_daemon, home):
     calls = [
         {"label": "drag", "args": args, "keep_result": True},
         {"label": "again", "args": args, "on": "result"},      # a second drag on its result
+        # the same result without a selection: its layer remembers the region, the daemon
+        # continues (the first run's region holds the points)
+        {"label": "unselected", "args": args, "on": "result", "deselect": True},
         {"label": "down", "args": {"daemon": down}},
     ]
     log_before = len(running_daemon.log())
@@ -373,7 +376,7 @@ def test_real_daemon_drag_and_daemon_down(running_daemon, home):
                                 "inversion", "paste", "daemon", "time-limit", "live-preview"]
     assert res["menu_paths"] == ["<Image>/Filters/Generative"]
     assert res["menu_label"] == "_Drag (DragGAN)..."
-    drag, again, fail = res["calls"]
+    drag, again, unselected, fail = res["calls"]
 
     assert drag["status"] == "success", (drag, r.log(), running_daemon.log()[-3000:])
     assert drag["stop"] in ("converged", "max_steps", "stalled") and drag["steps"] <= 20
@@ -392,9 +395,11 @@ def test_real_daemon_drag_and_daemon_down(running_daemon, home):
     assert again["stack"][0].startswith("art (dragged)") and "(dragged) (" not in again["stack"][0]
     assert "continues an earlier edit" in running_daemon.log()[log_before:]
     assert "continued the earlier edit" in again["outcome"], again["outcome"]
+    assert unselected["status"] == "success", unselected
+    assert "continued the earlier edit" in unselected["outcome"], unselected["outcome"]
 
     procs = plugin_processes(r)
-    assert len(procs) == 2, procs                      # the failing call changed nothing
+    assert len(procs) == 3, procs                      # the failing call changed nothing
     names = check_one_undo_group(procs[0])
     # no preview layers (previews go to the progress dialog): the result is the one layer
     assert names.count("Image.insert_layer") == 1 and "Image.remove_layer" not in names, names
@@ -405,7 +410,7 @@ def test_real_daemon_drag_and_daemon_down(running_daemon, home):
     assert "dragd serve" in fail["message"] and down in fail["message"]
     assert fail["last_error"] == fail["message"]
     assert fail["elapsed"] < 9.0, fail["elapsed"]
-    assert fail["stack"] == ["art (dragged)", "art", "bg"]
+    assert fail["stack"][-3:] == ["art (dragged)", "art", "bg"], fail["stack"]
     print("\nGIMP batch run %.1f s: real drag call %.1f s (%d steps, %s, %.0f%% of the "
           "selected pixels changed), again on its result %.1f s, daemon-down call %.1f s" % (
               r.elapsed, drag["elapsed"], drag["steps"], drag["stop"], 100 * changed,

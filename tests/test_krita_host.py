@@ -484,10 +484,23 @@ def main(window, app):
     R["probe_status"] = d.status_label.text()
     d.show()
     real = press_run(app, window, d, "real", os.environ["DRAGD_ENDPOINT"], 400)
+    R_docs = {"real": press_run.doc}
     again = press_run(app, window, d, "again", os.environ["DRAGD_ENDPOINT"], 400,
                       doc=press_run.doc)
     R["runs"] = [real, again, press_run(app, window, d, "down", os.environ["DRAGD_DOWN"], 60,
                                         via_action=True)]
+    # Each document keeps its own status line: back to the first document's view.
+    R["status_down_doc"] = d.status_label.text()
+    first = [v for v in window.views() if v.document() == R_docs["real"]]
+    if first:
+        window.showView(first[0])
+        spin(500)
+        # Under Xvfb showView does not activate the view, so Krita does not call the
+        # docker's hook: call it as Krita does when the user switches documents.
+        d.canvasChanged(first[0].canvas())
+        spin(100)
+    R["status_after_switch"] = d.status_label.text()
+    R["switch_debug"] = [len(first), app.activeDocument() == R_docs["real"]]
     R["saved_max_steps"] = app.readSetting("dragd", "max_steps", "")
     R["saved_inversion"] = app.readSetting("dragd", "inversion", "")
     R["big"] = big_run(app, window, d, os.environ["DRAGD_ENDPOINT"], 400)
@@ -686,6 +699,11 @@ def test_docker_run_button_in_the_krita_gui_with_the_real_daemon(chroot_root, ru
     assert "dragd serve" in dead["final_status"] and dead["elapsed"] < 9.0
     assert dead["stack"] == ["bg", "art", "drag"] and dead["run_enabled_after"]
     assert dead["watch"]["max_gap"] < 0.5, dead["watch"]
+    # switching back to the first document shows its own last status, not the other's
+    assert res["status_down_doc"] == dead["final_status"]
+    assert res["status_after_switch"] == again["final_status"], (res["status_after_switch"],
+                                                                again["final_status"],
+                                                                res["switch_debug"])
 
     # 6000x4000 with a 100-px feathered selection: Krita's event loop never stalls.
     big = res["big"]
