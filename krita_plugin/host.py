@@ -189,7 +189,7 @@ class KritaHost:
 
     def read_shapes(self, vector: Any) -> List[ShapeInfo]:
         out = []
-        for s in vector.shapes():
+        for s in self._visible_shapes(vector):
             out.append(ShapeInfo(str(s.toSvg()), Affine.from_qtransform(
                 s.absoluteTransformation()), str(s.type()), str(s.name())))
         return out
@@ -202,14 +202,20 @@ class KritaHost:
         """Replace the shapes the arrows came from by thin arrows with arrowheads
         (``arrows``: handle -> target in layer pixels, e.g. from the handles' new
         positions after a drag, so that the next Run continues from where the points
-        are). Other shapes stay. Returns the number of shapes replaced."""
-        old = [sh for sh in vector.shapes() if is_arrow_shape(str(sh.toSvg()))]
+        are). Other shapes stay. The old lines are hidden, not deleted (hidden shapes are
+        not read as arrows): ``Shape.remove()`` crashes Krita 5.2.9 in a document without
+        a view (kritarunner, measured). Returns the number of shapes replaced."""
+        old = [sh for sh in self._visible_shapes(vector) if is_arrow_shape(str(sh.toSvg()))]
         if not old or not arrows:
             return 0
         vector.addShapesFromSvg(arrows_svg(arrows, rect, (doc.width(), doc.height())))
         for sh in old:
-            sh.remove()
+            sh.setVisible(False)
+            sh.update()
         return len(old)
+
+    def _visible_shapes(self, vector: Any) -> List[Any]:
+        return [sh for sh in vector.shapes() if sh.visible()]
 
     def read_mask(self, doc: Any, rect: LayerRect) -> MaskInfo:
         sel = doc.selection()

@@ -384,9 +384,14 @@ class FakeShape:
     def name(self):
         return ""
 
-    def remove(self):
-        self.layer.shapes_.remove(self)
-        return True
+    def visible(self):
+        return getattr(self, "shown", True)
+
+    def setVisible(self, on):
+        self.shown = bool(on)
+
+    def update(self):
+        pass
 
 
 _ids = iter(range(1, 10 ** 6))

@@ -311,7 +311,7 @@ def press_run(app, window, docker, label, endpoint, timeout, via_action=False, d
              preview_sizes=preview_sizes)
     vec = node(doc, "drag")
     if run is not None and vec is not None:
-        R["arrow_svgs"] = [str(sh.toSvg()) for sh in vec.shapes()]
+        R["arrow_svgs"] = [str(sh.toSvg()) for sh in vec.shapes() if sh.visible()]
         R["handles"] = run.outcome.handles if run.outcome is not None else None
         try:
             R["arrows_after"] = [[list(a.handle), list(a.target)] for a in
