@@ -365,6 +365,8 @@ def test_real_daemon_drag_and_daemon_down(running_daemon, home):
         # the same result without a selection: its layer remembers the region, the daemon
         # continues (the first run's region holds the points)
         {"label": "unselected", "args": args, "on": "result", "deselect": True},
+        # the source again: its new result goes above the earlier one, not under it
+        {"label": "source", "args": args},
         {"label": "down", "args": {"daemon": down}},
     ]
     log_before = len(running_daemon.log())
@@ -376,7 +378,7 @@ def test_real_daemon_drag_and_daemon_down(running_daemon, home):
                                 "inversion", "paste", "daemon", "time-limit", "live-preview"]
     assert res["menu_paths"] == ["<Image>/Filters/Generative"]
     assert res["menu_label"] == "_Drag (DragGAN)..."
-    drag, again, unselected, fail = res["calls"]
+    drag, again, unselected, source, fail = res["calls"]
 
     assert drag["status"] == "success", (drag, r.log(), running_daemon.log()[-3000:])
     assert drag["stop"] in ("converged", "max_steps", "stalled") and drag["steps"] <= 20
@@ -397,9 +399,12 @@ def test_real_daemon_drag_and_daemon_down(running_daemon, home):
     assert "continued the earlier edit" in again["outcome"], again["outcome"]
     assert unselected["status"] == "success", unselected
     assert "continued the earlier edit" in unselected["outcome"], unselected["outcome"]
+    assert source["status"] == "success", source
+    assert source["stack"][1:] == ["art (dragged)", "art", "bg"], source["stack"]
+    assert source["new_layer"]["position"] == 0, source["new_layer"]
 
     procs = plugin_processes(r)
-    assert len(procs) == 3, procs                      # the failing call changed nothing
+    assert len(procs) == 4, procs                      # the failing call changed nothing
     names = check_one_undo_group(procs[0])
     # no preview layers (previews go to the progress dialog): the result is the one layer
     assert names.count("Image.insert_layer") == 1 and "Image.remove_layer" not in names, names
