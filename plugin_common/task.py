@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
 
-from ..protocol import Client, DaemonUnavailable, ErrorCode, Image, ProtocolError, RemoteError
+from ..protocol import Client, DaemonRefused, DaemonUnavailable, ErrorCode, Image, ProtocolError, RemoteError
 from . import messages
 from .errors import UserError
 from .geometry import Arrow
@@ -233,7 +233,7 @@ class DragTask:
             self._cancelled()
             return
         msg = user_message(err)
-        if isinstance(err, DaemonUnavailable) and self._hint:
+        if isinstance(err, DaemonUnavailable) and not isinstance(err, DaemonRefused) and self._hint:
             msg += "." + self._hint
         self._fail(msg)
 

@@ -17,7 +17,7 @@ from .messages import (EVENTS, JOB_TYPES, PROGRESS_FIELDS, PROTOCOL_VERSION, REQ
                        RESULTS)
 from .codec import (Message, check_event, check_result, encode, encode_error, parse_reply,
                     parse_request, split_images)
-from .client import (DEFAULT_ENDPOINT, SESSION_LOST, Client, CurveConfig, DaemonUnavailable,
+from .client import (DEFAULT_ENDPOINT, SESSION_LOST, Client, CurveConfig, DaemonRefused, DaemonUnavailable,
                      Event, Job, JobTimeout, RemoteError, Session)
 
 __all__ = [
@@ -25,6 +25,6 @@ __all__ = [
     "Limits", "DEFAULT_LIMITS", "Image", "Message", "REQUESTS", "RESULTS", "EVENTS",
     "JOB_TYPES", "PROGRESS_FIELDS", "encode", "encode_error", "parse_request", "parse_reply",
     "check_result", "check_event", "split_images", "Client", "CurveConfig",
-    "DaemonUnavailable", "Event", "Job", "JobTimeout", "RemoteError", "Session",
+    "DaemonRefused", "DaemonUnavailable", "Event", "Job", "JobTimeout", "RemoteError", "Session",
     "DEFAULT_ENDPOINT", "SESSION_LOST",
 ]

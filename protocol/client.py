@@ -681,6 +681,11 @@ class Client:
             elif (kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                   and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH):
                 self._refused = "not_curve" if self.curve is not None else "no_keys"
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.curve is None:
+                # Without keys a handshake fails only when the daemon wants CurveZMQ; libzmq
+                # reports it as a mechanism mismatch or, in about half the tries (measured),
+                # with no detail.
+                self._refused = "no_keys"
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.curve is not None:
                 # A Curve daemon drops a hello it cannot decrypt: our server.key is not its key.
                 self._handshake_why = ("the CurveZMQ handshake failed: check that server.key "

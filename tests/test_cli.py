@@ -142,6 +142,13 @@ def test_remote_daemon_by_the_readme_recipe(tiny_model_path, tmp_path):
         with Client(f"tcp://127.0.0.1:{port}", timeout=2.0, curve=stranger) as c:
             with pytest.raises(DaemonUnavailable):
                 c.hello()
+        # dragd edit without keys: the daemon refuses it, and it says so instead of quietly
+        # running a daemon of its own
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "in.png")
+        r = dragd("edit", tmp_path / "in.png", "--drag", "4,4:6,6", "-o", tmp_path / "out.png",
+                  "--connect", f"tcp://127.0.0.1:{port}", env={"DRAGD_KEYS_DIR": str(tmp_path / "none")})
+        assert r.returncode == 2 and "refused" in r.stderr and "running in this process" not in r.stderr, r.stderr
+        assert not (tmp_path / "out.png").exists()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

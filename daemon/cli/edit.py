@@ -71,7 +71,7 @@ def add_parser(sub) -> None:
 def cmd_edit(args) -> int:
     import numpy as np
 
-    from ...protocol import Client, DaemonUnavailable, Image, RemoteError
+    from ...protocol import Client, DaemonRefused, DaemonUnavailable, Image, RemoteError
 
     arr = _layer_pixels(_read_image(args.input, "input image"))
     h, w, c = arr.shape
@@ -97,10 +97,13 @@ def cmd_edit(args) -> int:
     server = None
     client = None
     if not args.in_process:
-        client = Client(args.connect, timeout=1.5)
+        client = Client(args.connect, timeout=1.5, curve=_curve_for(args.connect))
         try:
             hello = client.hello()
             print(f"daemon at {args.connect}: {hello['device']}", file=sys.stderr)
+        except DaemonRefused as exc:           # it is there: running another here would hide that
+            client.close()
+            raise UserFacingError(exc.message) from None
         except DaemonUnavailable:
             client.close()
             client = None
@@ -231,6 +234,23 @@ def _save(path: Path, write) -> None:
         write(path)
     except OSError as exc:
         raise UserFacingError(f"the edit ran but {path} could not be written: {exc.strerror or exc}") from None
+
+
+def _curve_for(endpoint: str):
+    """The CurveZMQ keys for a daemon on another machine, from the keys folder `dragd keys
+    client` fills (this machine's client.key_secret and the daemon's server.key), if there."""
+    from ...protocol import CurveConfig
+    from ...protocol.endpoint import is_loopback_endpoint
+    from ..service.keys import default_keys_dir
+
+    d = default_keys_dir()
+    server, client = d / "server.key", d / "client.key_secret"
+    if is_loopback_endpoint(endpoint) or not (server.is_file() and client.is_file()):
+        return None
+    try:
+        return CurveConfig.from_files(server, client)
+    except (OSError, ValueError) as exc:
+        raise UserFacingError(f"cannot read the CurveZMQ keys in {d}: {exc}") from None
 
 
 def _in_process_server(args):
