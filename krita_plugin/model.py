@@ -41,7 +41,7 @@ from ..plugin_common import MaskInfo as _CommonMaskInfo
 from ..plugin_common import check_handles_movable as _check_handles_movable
 from ..plugin_common import fmt_point as _fmt
 from ..plugin_common import make_mask as _make_mask
-from ..plugin_common.results import RESULT_SUFFIX, region_for, result_name  # noqa: F401
+from ..plugin_common.results import result_name  # noqa: F401
 
 ARROWS_LAYER_NAME = "drag"
 CLIENT_NAME = "dragd-krita"

@@ -8,8 +8,7 @@ undo-group depth it happened at (:attr:`FakeImage.log`).
 
 Krita: libkis ``Document``, ``Node``, ``Shape``, ``Selection`` (:class:`FakeDoc`,
 :class:`FakeNode`, :class:`FakeShape`, :class:`FakeSelection`), ``QTransform`` /
-``QRect`` (:class:`QT`, :class:`QRect`) and a nearest-neighbour stand-in for the plug-in's
-QImage scaling (:func:`nearest_scale`).
+``QRect`` (:class:`QT`, :class:`QRect`).
 """
 from __future__ import annotations
 
@@ -543,7 +542,6 @@ class FakeDoc:
         self.root = FakeNode(self, "root", "grouplayer")
         self.active = None
         self.sel = None
-        self.refreshes = 0
 
     def width(self):
         return self.w
@@ -578,14 +576,3 @@ class FakeDoc:
     def colorDepth(self):
         return "U8"
 
-    def refreshProjection(self):
-        self.refreshes += 1
-
-
-def nearest_scale(data, w, h, nw, nh):
-    out = bytearray()
-    for y in range(nh):
-        for x in range(nw):
-            i = 4 * ((y * h // nh) * w + x * w // nw)
-            out += data[i:i + 4]
-    return bytes(out)

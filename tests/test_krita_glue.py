@@ -26,7 +26,7 @@ from dragd.krita_plugin.model import (Affine, Arrow, DragSettings, JobModel, Lay
 from dragd.krita_plugin.run import DragRun, make_task
 from daemon_fixture import free_endpoint
 from dragd.protocol import Image
-from host_fakes import QT, FakeNode, FakeSelection, FakeDoc, FakeShape, nearest_scale
+from host_fakes import QT, FakeNode, FakeSelection, FakeDoc, FakeShape
 from stub_backend import RecordingBackend, serving
 
 # What Krita 5.2.9 wrote (144 dpi: one local unit = 0.5 pt = 1 px).
