@@ -575,4 +575,3 @@ class FakeDoc:
 
     def colorDepth(self):
         return "U8"
-
