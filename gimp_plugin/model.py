@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..plugin_common import (CLOSE_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_ENDPOINT,  # noqa: F401
-                             INVERSION_QUALITIES, METHODS, OPEN_WEIGHT, PASTE_MODES,
+from ..plugin_common import (ALIGN_MODES, ALIGN_SWITCH, CLOSE_TIMEOUT,  # noqa: F401
+                             CONNECT_TIMEOUT, DEFAULT_ENDPOINT, INVERSION_QUALITIES, METHODS, OPEN_WEIGHT, PASTE_MODES,
                              PREVIEW_LAYER_NAME,
                              START_COMMAND, STOP_GRACE, Arrow, BaseDragSettings, BaseJobModel,
                              Cancelled, Outcome, Point, UserError, merge_alpha)
@@ -57,6 +57,8 @@ METHOD_CHOICES = (("dragd", "DragGAN, arrived handles held in place", "dragd"),
 PASTE_CHOICES = (("detail", "Keep the photo's detail (warp its own pixels)", "detail"),
                  ("resample", "Generated pixels (the model's resolution, scaled up)",
                   "resample"))
+ALIGN_CHOICES = (("auto", "Automatic (what the model wants)", "auto"),
+                 ("off", "Off", "none"))
 INVERSION_CHOICES = (("fast", "Fast", "fast"),
                      ("balanced", "Balanced", "balanced"),
                      ("quality", "Best quality (slow)", "quality"))
@@ -109,6 +111,10 @@ ARGUMENTS: Tuple[Arg, ...] = (
         "How the edit goes back into the layer: the layer's own pixels moved along the "
         "generator's correspondence (keeps a photo sharp), or the generated image scaled up "
         "to the selection", "detail", choices=PASTE_CHOICES),
+    Arg("face-alignment", "align", "choice", "_" + ALIGN_SWITCH,
+        "Automatic: for a face model (FFHQ) the daemon finds the face and aligns it as the "
+        "model's training faces before editing; Off: edit the selection's square as it is",
+        "auto", choices=ALIGN_CHOICES),
     Arg("daemon", "endpoint", "string", "_Daemon address",
         "ZeroMQ address of the dragd daemon (start it with: dragd serve)", DEFAULT_ENDPOINT),
     Arg("time-limit", "time_limit", "int", "_Time limit (seconds)",
@@ -168,6 +174,8 @@ class DragSettings(BaseDragSettings):
             raise UserError("method must be one of %s" % ", ".join(METHODS))
         if self.paste not in PASTE_MODES:
             raise UserError("paste must be one of %s" % ", ".join(PASTE_MODES))
+        if self.align not in ALIGN_MODES:
+            raise UserError("face-alignment must be one of %s" % ", ".join(ALIGN_MODES))
         if self.inversion not in INVERSION_PRESETS:
             raise UserError("inversion must be one of %s" % ", ".join(INVERSION_PRESETS))
         if not self.endpoint:

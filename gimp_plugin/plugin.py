@@ -5,11 +5,11 @@ and writes the result; the model (:mod:`.model`) holds settings and job state; :
 drives the shared run against the daemon; :mod:`.ui` holds the dialogs.
 
 Procedure ``plug-in-dragd-drag`` (an image procedure on one layer). Arguments: see
-``model.ARGUMENTS`` (model, max-steps, learning-rate, lambda-mask, latent-space,
-inversion, paste, daemon, time-limit, live-preview). Return values: new-layer (the result),
-steps, stop-reason ("converged", "max_steps", "cancelled" when stopped and kept,
-"stalled"), outcome (the same in words, with the inversion's PSNR; interactive runs show
-it in a message). Run modes: INTERACTIVE shows the settings and progress dialogs;
+``model.ARGUMENTS`` (model, max-steps, learning-rate, lambda-mask, latent-space, method,
+inversion, paste, face-alignment, daemon, time-limit, live-preview). Return values:
+new-layer (the result), steps, stop-reason ("converged", "max_steps", "cancelled" when
+stopped and kept, "stalled"), outcome (the same in words, with the inversion's PSNR;
+interactive runs show it in a message). Run modes: INTERACTIVE shows the settings and progress dialogs;
 NONINTERACTIVE (scripts, tests) and WITH_LAST_VALS (Filters > Repeat) run with the
 config's values.
 """

@@ -32,8 +32,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..plugin_common import (CLOSE_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_ENDPOINT,  # noqa: F401
-                             INVERSION_QUALITIES, METHODS, OPEN_WEIGHT, PASTE_MODES,
+from ..plugin_common import (ALIGN_MODES, ALIGN_SWITCH, CLOSE_TIMEOUT,  # noqa: F401
+                             CONNECT_TIMEOUT, DEFAULT_ENDPOINT, INVERSION_QUALITIES, METHODS, OPEN_WEIGHT, PASTE_MODES,
                              PREVIEW_LAYER_NAME, SPACES, START_COMMAND, STOP_GRACE, Arrow,
                              BaseDragSettings, BaseJobModel, Cancelled, Outcome, Point,
                              UserError, merge_alpha, to_rgba)
@@ -78,6 +78,9 @@ class DragSettings(BaseDragSettings):
         if self.paste not in PASTE_MODES:
             raise UserError("The result pixels must be one of %s, not %r."
                             % (", ".join(PASTE_MODES), self.paste))
+        if self.align not in ALIGN_MODES:
+            raise UserError("The face alignment must be one of %s, not %r."
+                            % (", ".join(ALIGN_MODES), self.align))
         ep = (self.endpoint or "").strip()
         if not ep:
             raise UserError("The daemon address is empty; the default is %s."

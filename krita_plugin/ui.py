@@ -16,7 +16,7 @@ from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, 
                              QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox,
                              QToolButton, QVBoxLayout, QWidget)
 
-from .model import DEFAULT_ENDPOINT, DragSettings, UserError
+from .model import ALIGN_SWITCH, DEFAULT_ENDPOINT, DragSettings, UserError
 from .run import DragRun, make_probe, start_drag
 
 DOCKER_ID = "dragd_krita_docker"
@@ -29,6 +29,7 @@ SPACE_ITEMS = (("W+ (one latent per layer)", "w+"), ("W (one shared latent)", "w
 METHOD_ITEMS = (("DragGAN, arrived handles held", "dragd"), ("DragGAN as published", "draggan"),
                 ("FreeDrag (no point tracking)", "freedrag"))
 PASTE_ITEMS = (("Keep the photo's detail", "detail"), ("Generated pixels", "resample"))
+ALIGN_ITEMS = (("Automatic (what the model wants)", "auto"), ("Off", "none"))
 INVERSION_ITEMS = (("Fast", "fast"), ("Balanced", "balanced"), ("Best quality (slow)", "quality"))
 
 
@@ -120,6 +121,14 @@ class DragDocker(DockWidget):
                                   "selection")
         form.addRow("Result pixels", self.paste_box)
 
+        self.align_box = QComboBox()
+        for label, value in ALIGN_ITEMS:
+            self.align_box.addItem(label, value)
+        self.align_box.setToolTip("Automatic: for a face model (FFHQ) the daemon finds the face "
+                                  "and aligns it as the model's training faces before editing; "
+                                  "Off: edit the selection's square as it is")
+        form.addRow(ALIGN_SWITCH, self.align_box)
+
         self.endpoint_edit = QLineEdit()
         self.endpoint_edit.setPlaceholderText(DEFAULT_ENDPOINT)
         self.endpoint_edit.setToolTip("ZeroMQ address of the dragd daemon (start it with: "
@@ -205,6 +214,7 @@ class DragDocker(DockWidget):
             method=self.method_box.currentData(),
             inversion=self.inversion_box.currentData(),
             paste=self.paste_box.currentData(),
+            align=self.align_box.currentData(),
             endpoint=self.endpoint_edit.text().strip() or DEFAULT_ENDPOINT,
             live_preview=self.preview_check.isChecked())
 
@@ -217,6 +227,7 @@ class DragDocker(DockWidget):
         self.method_box.setCurrentIndex(max(0, self.method_box.findData(s.method)))
         self.inversion_box.setCurrentIndex(max(0, self.inversion_box.findData(s.inversion)))
         self.paste_box.setCurrentIndex(max(0, self.paste_box.findData(s.paste)))
+        self.align_box.setCurrentIndex(max(0, self.align_box.findData(s.align)))
         self.endpoint_edit.setText(s.endpoint)
         self.preview_check.setChecked(bool(s.live_preview))
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .geometry import Arrow
-from .messages import CANCELLED, TOO_MANY_POINTS
+from .messages import CANCELLED, TOO_MANY_POINTS, aligned
 
 # Where each stage of opening a session starts and ends on the opening part of the bar.
 OPEN_STAGES = {"load": (0.0, 0.0), "invert": (0.0, 0.5), "tune": (0.5, 1.0)}
@@ -31,6 +31,12 @@ class Outcome:
     #: The daemon's sentence when it judged the picture outside the model's domain (its
     #: domain check); None when it judged it fine or did not judge.
     poor_domain: Optional[str] = None
+    #: Whether the daemon judged the domain at all: when it did, its verdict replaces the
+    #: plug-in's own PSNR rule (POOR_PSNR), which stays for daemons that do not judge.
+    domain_judged: bool = False
+    #: The face alignment the daemon applied (open_session's info ``align``, e.g. "ffhq");
+    #: None when it applied none.
+    aligned: Optional[str] = None
 
     def summary(self) -> str:
         """'converged after 5 steps, 0.8 px from the targets; inversion 24.1 dB', with what
@@ -48,9 +54,11 @@ class Outcome:
             text += "; inversion %.1f dB" % self.psnr
             if self.poor_domain:
                 text += " (%s)" % self.poor_domain
-            elif self.psnr < POOR_PSNR:
+            elif not self.domain_judged and self.psnr < POOR_PSNR:
                 text += (" (too poor to edit well: the model hardly reproduces this region; "
                          "select just the part to move, or use a model made for such images)")
+        if self.aligned:
+            text += "; " + aligned(self.aligned)
         return text
 
 
@@ -66,6 +74,18 @@ def poor_domain(fields: Dict[str, Any]) -> Optional[str]:
     if isinstance(d, dict) and d.get("verdict") == "poor":
         return str(d.get("message") or "the model cannot represent this picture well")
     return None
+
+
+def domain_judged(fields: Dict[str, Any]) -> bool:
+    """Whether open_session's reply carries the daemon's domain verdict."""
+    d = (fields.get("info") or {}).get("domain")
+    return isinstance(d, dict) and d.get("verdict") in ("good", "poor")
+
+
+def alignment(fields: Dict[str, Any]) -> Optional[str]:
+    """The face alignment open_session applied ("ffhq"), None when none."""
+    a = (fields.get("info") or {}).get("align")
+    return str(a) if a and a != "none" else None
 
 
 def inversion_psnr(fields: Dict[str, Any]) -> Optional[float]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from .settings import DEFAULT_ENDPOINT, START_COMMAND
+from .settings import ALIGN_SWITCH, DEFAULT_ENDPOINT, START_COMMAND
 
 #: The end of a run that changed nothing (the host puts it in its own words: see
 #: :meth:`~.jobs.BaseJobModel.line`).
@@ -40,7 +40,27 @@ def not_reachable(endpoint: str) -> str:
 
 
 def refused(detail: str) -> str:
-    return "The dragd daemon refused the request: %s" % detail
+    return "The dragd daemon refused the request: %s" % name_align_switch(detail)
+
+
+#: How the daemon names the way out of a failed face alignment, for its command line too.
+_DAEMON_ALIGN_OFF = "alignment off (`--align none`, or the plug-in's alignment switch)"
+
+
+def name_align_switch(detail: str) -> str:
+    """The daemon's sentence with "alignment off" naming the plug-in's switch as its UI
+    calls it; the rest of the sentence, which says why and what else to do, unchanged."""
+    ours = "alignment off (set %s to Off)" % ALIGN_SWITCH
+    if _DAEMON_ALIGN_OFF in detail:
+        return detail.replace(_DAEMON_ALIGN_OFF, ours)
+    if "alignment off" in detail and ALIGN_SWITCH not in detail:
+        return detail.replace("alignment off", ours, 1)
+    return detail
+
+
+def aligned(kind: str) -> str:
+    """What the daemon's face alignment did (``kind``: open_session's info ``align``)."""
+    return "face found, aligned (%s)" % kind.upper()
 
 
 def stop_unanswered(grace: float) -> str:

@@ -28,6 +28,11 @@ SPACES = ("w+", "w")
 PASTE_MODES = ("detail", "resample")
 #: The drag's rules (docs/PROTOCOL.md drag params ``method``); the first is the daemon's default.
 METHODS = ("dragd", "draggan", "freedrag")
+#: Face alignment (docs/PROTOCOL.md open_session ``align``): "auto" aligns the face when the
+#: model wants it (the FFHQ models), "none" edits the selection's square as it is.
+ALIGN_MODES = ("auto", "none")
+#: The switch's name in both hosts' UIs, which the daemon's refusals are reworded to name.
+ALIGN_SWITCH = "Face alignment"
 
 
 @dataclass
@@ -47,6 +52,7 @@ class BaseDragSettings:
     preview_every: int = 2
     preview_max_size: int = 256
     paste: str = "detail"
+    align: str = ALIGN_MODES[0]
 
     def invert_fields(self) -> Dict[str, Any]:
         return {"method": "pti", "quality": self.inversion}

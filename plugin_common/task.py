@@ -31,7 +31,7 @@ from . import messages
 from .errors import UserError
 from .geometry import Arrow
 from .hello import accept_hello
-from .jobs import BaseJobModel, Outcome, inversion_psnr, poor_domain
+from .jobs import BaseJobModel, Outcome, alignment, domain_judged, inversion_psnr, poor_domain
 from .keys import curve_for
 from .mask import MaskInfo
 from .settings import CLOSE_TIMEOUT, CONNECT_TIMEOUT, STOP_GRACE
@@ -249,7 +249,8 @@ class DragTask:
         m.connected(fields)
         self._lap("connect")
         self.job = self._send(lambda: self.client.start_open_session(
-            self.image, roi=self.region, invert=s.invert_fields(), model=s.model or None))
+            self.image, roi=self.region, invert=s.invert_fields(), model=s.model or None,
+            align=s.align))
 
     def _start_drag(self) -> None:
         mask_img = None
@@ -272,6 +273,7 @@ class DragTask:
         self.model.dragged(Outcome(img, int(m.get("steps", 0)), str(m.get("stop", "converged")),
                                    m.get("distance"), list(m.get("handles") or []),
                                    psnr=inversion_psnr(info), poor_domain=poor_domain(info),
+                                   domain_judged=domain_judged(info), aligned=alignment(info),
                                    continued=bool((info.get("info") or {}).get("continues_edit"))))
         self._begin_close()
 

@@ -18,12 +18,14 @@ LONG_DRAG = 1000          # a drag with max_steps >= this runs long_drag_steps (
 
 
 class RecordingBackend(NullBackend):
-    """opened: [{"size": (w, h, channels), "model", "invert", "roi"}]; drags: [{"points", "mask",
+    """opened: [{"size": (w, h, channels), "model", "invert", "roi", "align"}]; drags: [{"points", "mask",
     "params", "ended", "cancel_reason"}]; previews: how many were sent.
 
     A model named "slow" inverts slowly; a layer fail_width px wide fails its drag with
     out_of_memory. The drag inverts the colours, everywhere, or (honour_mask) blended
-    through the mask as the real daemon pastes back."""
+    through the mask as the real daemon pastes back. open_session replies with ``info`` as
+    set (e.g. the daemon's ``align`` and ``domain``), or refuses with ``open_error`` (a
+    BackendError) when set."""
 
     def __init__(self, *, models=("toy",), invert_steps: int = 3, invert_wait: float = 0.05,
                  drag_steps: int = 5, step_wait: float = 0.05, long_drag_steps: int = 100,
@@ -36,17 +38,23 @@ class RecordingBackend(NullBackend):
         self.preview_size, self.fail_width = preview_size, fail_width
         self.honour_mask = honour_mask
         self.opened, self.drags = [], []
+        self.info: dict = {}
+        self.open_error: BackendError | None = None
         self.previews = 0
 
     def open_session(self, session_id, image, width, height, channels, settings, progress, cancel):
         self.opened.append({"size": (width, height, channels), "model": settings.get("model"),
-                            "invert": settings.get("invert"), "roi": settings.get("roi")})
+                            "invert": settings.get("invert"), "roi": settings.get("roi"),
+                            "align": settings.get("align")})
         for i in range(self.invert_steps):
             cancel.check()
             progress({"stage": "invert", "step": i, "total": self.invert_steps})
             cancel.wait(self.invert_wait if settings.get("model") != "slow" else 0.5)
-        return super().open_session(session_id, image, width, height, channels, settings,
-                                    progress, cancel)
+        if self.open_error is not None:
+            raise self.open_error
+        reply = super().open_session(session_id, image, width, height, channels, settings,
+                                     progress, cancel)
+        return dict(reply, info=dict(self.info)) if self.info else reply
 
     def drag(self, session_id, points, mask, params, progress, cancel):
         img = self._get(session_id)

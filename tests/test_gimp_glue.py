@@ -267,7 +267,8 @@ def test_dialog_info_names_the_path_used_and_says_when_others_are_not():
 def test_arguments_cover_the_settings():
     names = [a.name for a in ARGUMENTS]
     assert names == ["model", "max-steps", "learning-rate", "lambda-mask", "latent-space", "method",
-                     "inversion", "paste", "daemon", "time-limit", "live-preview"]
+                     "inversion", "paste", "face-alignment", "daemon", "time-limit",
+                     "live-preview"]
     s = DragSettings()
     for a in ARGUMENTS:
         assert hasattr(s, a.attr)
@@ -287,6 +288,10 @@ def test_settings_from_config_values():
     assert s.invert_fields() == {"method": "pti", "quality": "fast"}
     assert DragSettings.from_values({"learning-rate": 0.002}).drag_params()["lr"] == 0.002
     assert DragSettings.from_values({"latent-space": "w-plus"}).space == "w+"
+    assert s.align == "auto" and DragSettings.from_values({"face-alignment": "off"}).align == "none"
+    assert model.ARG_BY_NAME["face-alignment"].label == "_Face alignment"     # what refusals name
+    with pytest.raises(UserError, match="face-alignment"):
+        DragSettings.from_values({"face-alignment": "ffhq"})
     with pytest.raises(UserError, match="not a ZeroMQ address"):
         DragSettings.from_values({"daemon": "localhost:5557"})
     with pytest.raises(UserError, match="latent-space"):
@@ -362,9 +367,9 @@ class FakeClient:
             self.queue.append((job, ev))
         return job
 
-    def start_open_session(self, image, roi=None, invert=None, model=None):
-        job = self.start("open_session", {"roi": roi, "invert": invert, "model": model},
-                         {"image": image})
+    def start_open_session(self, image, roi=None, invert=None, model=None, align=None):
+        job = self.start("open_session", {"roi": roi, "invert": invert, "model": model,
+                                          "align": align}, {"image": image})
         job.session = SimpleNamespace(id="sess-1")
         return job
 
@@ -466,6 +471,7 @@ def test_run_success_sends_points_mask_params_and_closes():
     assert out.steps == 3 and out.stop == "converged" and out.image.width == 8
     assert [t for t, _, _ in c.sent] == ["hello", "open_session", "drag", "close_session"]
     assert c.sent[1][1]["invert"] == {"method": "pti", "quality": "fast"}
+    assert c.sent[1][1]["align"] == "auto"
     session, points, mask_img, params = c.drag_args
     assert points == [{"handle": [1, 1], "target": [5, 5]}]
     assert mask_img.channels == 1 and bytes(mask_img.data) == mask.data

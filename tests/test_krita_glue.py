@@ -204,7 +204,7 @@ def test_settings_validate_and_become_wire_fields():
     assert DragSettings(live_preview=False).drag_params()["preview_every"] == 0
     for bad, pat in ((dict(max_steps=0), "step limit"), (dict(learning_rate=2), "learning"),
                      (dict(space="z"), "latent"), (dict(inversion="x"), "inversion"),
-                     (dict(paste="x"), "result pixels"),
+                     (dict(paste="x"), "result pixels"), (dict(align="x"), "face alignment"),
                      (dict(endpoint=""), "empty"), (dict(endpoint="localhost:5557"),
                                                     "not a ZeroMQ address")):
         with pytest.raises(UserError, match=pat):
@@ -214,7 +214,7 @@ def test_settings_validate_and_become_wire_fields():
 def test_settings_survive_krita_string_storage():
     s = DragSettings(model="ffhq", max_steps=77, learning_rate=0.001, lambda_mask=5.0,
                      space="w", inversion="quality", endpoint="tcp://10.0.0.2:5557",
-                     live_preview=False)
+                     live_preview=False, align="none")
     assert DragSettings.from_strings(s.to_strings()) == s
     assert DragSettings.from_strings({}) == DragSettings()
     assert DragSettings.from_strings({"max_steps": "abc"}).max_steps == 300

@@ -82,6 +82,34 @@ def test_settings_become_wire_fields():
     assert s.invert_fields() == {"method": "pti", "quality": "fast"}
     assert BaseDragSettings(learning_rate=0.002).drag_params()["lr"] == 0.002
     assert BaseDragSettings(live_preview=False).drag_params()["preview_every"] == 0
+    assert BaseDragSettings().align == "auto"       # the model's metadata decides
+
+
+def test_outcome_says_what_face_alignment_did_and_trusts_the_daemons_domain_verdict():
+    from dragd.plugin_common.jobs import alignment, domain_judged
+    aligned = Outcome(None, 2, "converged", None, psnr=25.0, aligned="ffhq").summary()
+    assert aligned == "converged after 2 steps; inversion 25.0 dB; face found, aligned (FFHQ)"
+    assert alignment({"info": {"align": "ffhq"}}) == "ffhq"
+    assert alignment({"info": {"align": "none"}}) is None and alignment({}) is None
+    # The daemon judged the picture fine: its verdict, not the plug-in's PSNR rule.
+    good = Outcome(None, 2, "converged", None, psnr=15.0, domain_judged=True).summary()
+    assert good == "converged after 2 steps; inversion 15.0 dB"
+    assert domain_judged({"info": {"domain": {"verdict": "good", "psnr": 15.0}}})
+    assert not domain_judged({"info": {"tuning": {"psnr": 15.0}}})
+
+
+def test_a_refusal_naming_alignment_off_names_the_plugins_switch():
+    from dragd.plugin_common import messages
+    daemon = ("no face found in this image, so it cannot be aligned for this face model; edit "
+              "with alignment off (`--align none`, or the plug-in's alignment switch), or use a "
+              "model made for this kind of picture")
+    assert messages.refused(daemon) == (
+        "The dragd daemon refused the request: no face found in this image, so it cannot be "
+        "aligned for this face model; edit with alignment off (set Face alignment to Off), or "
+        "use a model made for this kind of picture")
+    short = "handle 1 lies outside the aligned square; select the face, or edit with alignment off"
+    assert messages.refused(short).endswith("or edit with alignment off (set Face alignment to Off)")
+    assert messages.refused("no model 'x'") == "The dragd daemon refused the request: no model 'x'"
 
 
 def test_arrow_pair_and_point_format():

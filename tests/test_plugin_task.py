@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from daemon_fixture import free_endpoint
+from dragd.daemon.service.backend import BackendError
 from dragd.gimp_plugin import model as gimp_model
 from dragd.gimp_plugin import run as gimp_run
 from dragd.krita_plugin import model as krita_model
@@ -94,6 +95,41 @@ def test_the_inversion_region_is_the_selections_box_or_what_the_host_names(serve
         assert task.model.phase == "done", task.model.error
         assert backend.opened[-1]["roi"] == sent
         assert backend.drags[-1]["params"]["paste"] == "resample"
+
+
+def test_face_alignment_is_sent_and_what_it_did_is_said():
+    """The switch reaches open_session's ``align``; the outcome says the daemon aligned the
+    face; its refusal reaches the user with the switch named as the UI names it."""
+    backend = RecordingBackend(invert_steps=1, drag_steps=1)
+    with serving(backend) as endpoint:
+        arrow = [Arrow((1.5, 1.5), (4.0, 2.0))]
+
+        def run(**kw):
+            task = DragTask(BaseDragSettings(endpoint=endpoint, **kw), arrow, small_image(), None)
+            task.start()
+            drive(task)
+            return task.model
+
+        backend.info = {"align": "ffhq", "align_quad": [[0, 0], [6, 0], [6, 6], [0, 6]],
+                        "tuning": {"psnr": 15.0}, "domain": {"verdict": "good", "psnr": 15.0}}
+        m = run()
+        assert backend.opened[-1]["align"] == "auto"
+        assert m.phase == "done", m.error
+        assert m.end_text().endswith("; inversion 15.0 dB; face found, aligned (FFHQ)")
+        backend.info = {"align": "none"}
+        m = run(align="none")
+        assert backend.opened[-1]["align"] == "none"
+        assert m.phase == "done" and "align" not in m.end_text()
+        backend.open_error = BackendError(
+            "bad_value", "no face found in this image, so it cannot be aligned for this face "
+            "model; edit with alignment off (`--align none`, or the plug-in's alignment switch), "
+            "or use a model made for this kind of picture")
+        m = run()
+        assert m.phase == "failed"
+        assert m.error == ("The dragd daemon refused the request: no face found in this image, "
+                           "so it cannot be aligned for this face model; edit with alignment off "
+                           "(set Face alignment to Off), or use a model made for this kind of "
+                           "picture")
 
 
 def test_mask_region_of_rows_and_columns():
