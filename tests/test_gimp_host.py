@@ -375,7 +375,8 @@ def test_real_daemon_drag_and_daemon_down(running_daemon, home):
     assert res["registered"] is True, r.log()
     assert res["arguments"] == ["run-mode", "image", "drawables", "model", "max-steps",
                                 "learning-rate", "lambda-mask", "latent-space", "method",
-                                "inversion", "paste", "daemon", "time-limit", "live-preview"]
+                                "inversion", "paste", "face-alignment", "daemon", "time-limit",
+                                "live-preview"]
     assert res["menu_paths"] == ["<Image>/Filters/Generative"]
     assert res["menu_label"] == "_Drag (DragGAN)..."
     drag, again, unselected, source, fail = res["calls"]
@@ -429,7 +430,8 @@ def test_request_contents_region_and_no_preview_layer(daemon, home):
     endpoint, backend = daemon
     calls = [{"label": "drag", "args": {"daemon": endpoint, "inversion": "fast",
                                         "max-steps": 40, "lambda-mask": 12.5,
-                                        "latent-space": "w", "live-preview": True}}]
+                                        "latent-space": "w", "live-preview": True,
+                                        "face-alignment": "off"}}]
     r = run_calls(home, calls, trace=True)
     res = r.result
     (drag,) = res["calls"]
@@ -447,6 +449,7 @@ def test_request_contents_region_and_no_preview_layer(daemon, home):
     assert backend.opened[-1]["size"][2] == 4
     # the selection (20, 10) 16x14 in the image is (10, 4) on the layer at (10, 6)
     assert backend.opened[-1]["roi"] == {"x": 10, "y": 4, "width": 16, "height": 14}
+    assert backend.opened[-1]["align"] == "none"          # the Face alignment switch, Off
     assert p["paste"] == "detail"
     assert drag["outcome"] == "converged after 6 steps, 0.5 px from the targets", drag
     (proc,) = plugin_processes(r)
