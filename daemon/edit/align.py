@@ -37,7 +37,7 @@ from PIL import Image, ImageFilter
 
 from . import faces as faces_mod
 from .image_prep import CropGeometry, LayerError, PreparedTarget, content_hash, validate_layer
-from .pasteback import Correspondence, _gaussian_blur_t, blend_weights
+from .pasteback import Correspondence, _gaussian_blur_t, blend_weights, layer_for_paste
 
 ALIGN_MODES = ("auto", "ffhq", "none")
 TRANSFORM_SIZE = 4096
@@ -364,12 +364,8 @@ def paste_aligned(layer, edited, geo: AlignedGeometry, *, mask=None, feather: fl
     "detail" warps the layer's own pixels along `correspondence` (edited → reconstruction, in
     the aligned frame) instead, generated pixels only where nothing can be warped."""
     original = layer
-    in_shape = tuple(getattr(layer, "shape", ()))
-    gray = len(in_shape) == 2 or (len(in_shape) == 3 and in_shape[2] in (1, 2))
-    layer = validate_layer(layer, max_side=1 << 30, max_pixels=1 << 62)
+    layer, gray = layer_for_paste(layer, geo.layer_width, geo.layer_height, "the alignment")
     H, W, _ = layer.shape
-    if (H, W) != (geo.layer_height, geo.layer_width):
-        raise LayerError(f"the layer is {W}×{H} but the alignment was made for {geo.layer_width}×{geo.layer_height}")
     R = geo.resolution
     if feather is None:
         feather = max(1.0, _SQUARE_FEATHER * geo.side)

@@ -432,6 +432,18 @@ def _detail_layer(layer: np.ndarray, geometry: CropGeometry, edited_lr: np.ndarr
     return out, use_gen
 
 
+def layer_for_paste(layer, width: int, height: int, made_by: str) -> tuple[np.ndarray, bool]:
+    """(the layer as H×W×C uint8, whether it came in grayscale) for a paste-back; it must be
+    the size `made_by` (a geometry, an alignment) was made for."""
+    in_shape = tuple(getattr(layer, "shape", ()))
+    gray = len(in_shape) == 2 or (len(in_shape) == 3 and in_shape[2] in (1, 2))
+    layer = validate_layer(layer, max_side=1 << 30, max_pixels=1 << 62)
+    H, W, _ = layer.shape
+    if (H, W) != (height, width):
+        raise LayerError(f"the layer is {W}×{H} but {made_by} was made for {width}×{height}")
+    return layer, gray
+
+
 def paste_back(layer, edited, geometry: CropGeometry, *, mask=None, mask_gen=None,
                feather: float | None = None, mode: str = "resample",
                correspondence: Correspondence | None = None, reconstruction=None,
@@ -454,13 +466,8 @@ def paste_back(layer, edited, geometry: CropGeometry, *, mask=None, mask_gen=Non
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     original = layer
-    in_shape = tuple(getattr(layer, "shape", ()))
-    gray = len(in_shape) == 2 or (len(in_shape) == 3 and in_shape[2] in (1, 2))
-    layer = validate_layer(layer, max_side=1 << 30, max_pixels=1 << 62)
+    layer, gray = layer_for_paste(layer, geometry.layer_width, geometry.layer_height, "the crop geometry")
     H, W, C = layer.shape
-    if (H, W) != (geometry.layer_height, geometry.layer_width):
-        raise LayerError(f"the layer is {W}×{H} but the crop geometry was made for "
-                         f"{geometry.layer_width}×{geometry.layer_height}")
     R = geometry.resolution
     edited_lr = _edited_to_array(edited, R)
     vx0, vy0, vx1, vy1 = geometry.valid
