@@ -269,12 +269,25 @@ class BaseJobModel:
             text = self.DRAG_TEXT % (self.step, self.total or self.settings.max_steps)
             if self.distance is not None:
                 text += ", %.1f px to go" % self.distance
-            return text + stopping
+            return text + self.opened_words() + stopping
         if self.phase in ("closing", "done"):
             return self.DONE_TEXT % self.outcome.summary() if self.outcome else "done"
         if self.phase == "cancelled":
             return self.error or CANCELLED
         return "error: %s" % (self.error or "failed")
+
+    def opened_words(self) -> str:
+        """What opening found, said while the drag runs so the user need not wait for it:
+        the face alignment applied, and the daemon's sentence when the picture is outside
+        the model's domain."""
+        text = ""
+        kind = alignment(self.session_info)
+        if kind:
+            text += "; " + aligned(kind)
+        poor = poor_domain(self.session_info)
+        if poor:
+            text += " (%s)" % poor
+        return text
 
     def line(self, text: str) -> str:
         """``text`` as the host shows it."""

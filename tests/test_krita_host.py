@@ -250,7 +250,7 @@ def __main__(args):
         out["runs"].append(one(app, start_drag, DragSettings, "stub", stub, max_steps=40,
                                inversion="fast", lambda_mask=12.5, space="w"))
         out["runs"].append(one(app, start_drag, DragSettings, "u16", stub, depth="U16",
-                               max_steps=40, inversion="fast"))
+                               max_steps=40, inversion="fast", align="none"))
         out["runs"].append(one(app, start_drag, DragSettings, "cancel", stub, max_steps=2000,
                                cancel_after=2))
         out["runs"].append(one(app, start_drag, DragSettings, "down", down))
@@ -483,6 +483,10 @@ def main(window, app):
     R["models"] = [d.model_box.itemText(i) for i in range(d.model_box.count())]
     R["probe_status"] = d.status_label.text()
     d.show()
+    # The Face alignment switch, set Off as a user would: the docker saves it with the run.
+    R["align_items"] = [[d.align_box.itemText(i), d.align_box.itemData(i)]
+                        for i in range(d.align_box.count())]
+    d.align_box.setCurrentIndex(d.align_box.findData("none"))
     real = press_run(app, window, d, "real", os.environ["DRAGD_ENDPOINT"], 400)
     R_docs = {"real": press_run.doc}
     again = press_run(app, window, d, "again", os.environ["DRAGD_ENDPOINT"], 400,
@@ -503,6 +507,7 @@ def main(window, app):
     R["switch_debug"] = [len(first), app.activeDocument() == R_docs["real"]]
     R["saved_max_steps"] = app.readSetting("dragd", "max_steps", "")
     R["saved_inversion"] = app.readSetting("dragd", "inversion", "")
+    R["saved_align"] = app.readSetting("dragd", "align", "")
     R["big"] = big_run(app, window, d, os.environ["DRAGD_ENDPOINT"], 400)
     return R
 '''
@@ -593,7 +598,8 @@ def test_run_function_in_kritarunner_stub_daemon_u16_cancel_and_daemon_down(
     # the selection (28, 16) 24x20 on the layer whose content starts at (20, 12)
     assert backend.opened[n_opened] == {"size": (ART[2], ART[3], 4), "model": None,
                                         "invert": {"method": "pti", "quality": "fast"},
-                                        "roi": {"x": 8, "y": 4, "width": 24, "height": 20}}
+                                        "roi": {"x": 8, "y": 4, "width": 24, "height": 20},
+                                        "align": "auto"}
     assert sent["params"]["paste"] == "detail"
     check_pixels(stub)        # the daemon's blended result, written as it came
     # previews go to the docker (none here: no docker in kritarunner), never to a layer
@@ -605,6 +611,7 @@ def test_run_function_in_kritarunner_stub_daemon_u16_cancel_and_daemon_down(
     assert u16["state"] == "done", u16["message"]
     assert u16["new"]["depth"] == "U16"
     assert backend.drags[n_drags + 1]["points"] == EXPECTED_POINTS
+    assert backend.opened[n_opened + 1]["align"] == "none"       # face alignment off
     check_pixels(u16, min_changed=0.9, px=8)
 
     # 3. Cancel during the drag: nothing changes, promptly.
@@ -663,6 +670,8 @@ def test_docker_run_button_in_the_krita_gui_with_the_real_daemon(chroot_root, ru
     assert res["models"][0] == "" and len(res["models"]) >= 2, res   # "" = the loaded model
     assert res["probe_status"].startswith("Daemon at %s" % running_daemon.endpoint)
     assert res["saved_max_steps"] == "20" and res["saved_inversion"] == "fast"
+    assert res["align_items"] == [["Automatic (what the model wants)", "auto"], ["Off", "none"]]
+    assert res["saved_align"] == "none"
     real, again, dead = res["runs"]
 
     assert real["state"] == "done", (real.get("message"), real.get("statuses"),
@@ -677,6 +686,7 @@ def test_docker_run_button_in_the_krita_gui_with_the_real_daemon(chroot_root, ru
     assert all(st == ["bg", "art", "drag"] for st in real["watch"]["stacks"][:-1]), real["watch"]
     assert real["stack"] == ["bg", "art", "art (dragged)", "drag"]
     assert "; inversion " in real["message"] and " dB" in real["message"], real["message"]
+    assert "aligned" not in real["message"], real["message"]        # alignment off: no word
     # the user's line is now a thin arrow (with an arrowhead) from where the handle went
     assert len(real["arrow_svgs"]) == 2, real["arrow_svgs"]          # and the rectangle
     assert any("marker" in sv for sv in real["arrow_svgs"]), real["arrow_svgs"]

@@ -96,6 +96,14 @@ def test_outcome_says_what_face_alignment_did_and_trusts_the_daemons_domain_verd
     assert good == "converged after 2 steps; inversion 15.0 dB"
     assert domain_judged({"info": {"domain": {"verdict": "good", "psnr": 15.0}}})
     assert not domain_judged({"info": {"tuning": {"psnr": 15.0}}})
+    # Said while the drag runs, before the user waits for its end.
+    m = BaseJobModel(BaseDragSettings(max_steps=10), [Arrow((1, 1), (5, 5))])
+    m.connected({})
+    m.opened({"info": {"align": "ffhq", "domain": {"verdict": "poor", "message": "not a face"}}})
+    m.on_event("progress", {"stage": "drag", "step": 2, "total": 10, "distance": 3.0}, {})
+    assert m.status() == "step 2/10, 3.0 px to go; face found, aligned (FFHQ) (not a face)"
+    m.opened({"info": {"align": "none", "domain": {"verdict": "good"}}})
+    assert m.status() == "step 0/10, 3.0 px to go"
 
 
 def test_a_refusal_naming_alignment_off_names_the_plugins_switch():
