@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..plugin_common import (ALIGN_MODES, ALIGN_SWITCH, CLOSE_TIMEOUT,  # noqa: F401
-                             CONNECT_TIMEOUT, DEFAULT_ENDPOINT, INVERSION_QUALITIES, METHODS, OPEN_WEIGHT, PASTE_MODES,
-                             PREVIEW_LAYER_NAME,
+                             CONNECT_TIMEOUT, DEFAULT_ENDPOINT, INVERSION_QUALITIES, METHODS,
+                             OPEN_WEIGHT, PASTE_MODES, PREVIEW_LAYER_NAME,
                              START_COMMAND, STOP_GRACE, Arrow, BaseDragSettings, BaseJobModel,
                              Cancelled, Outcome, Point, UserError, merge_alpha)
 from ..plugin_common import MaskInfo as _CommonMaskInfo

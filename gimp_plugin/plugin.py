@@ -9,9 +9,9 @@ Procedure ``plug-in-dragd-drag`` (an image procedure on one layer). Arguments: s
 inversion, paste, face-alignment, daemon, time-limit, live-preview). Return values:
 new-layer (the result), steps, stop-reason ("converged", "max_steps", "cancelled" when
 stopped and kept, "stalled"), outcome (the same in words, with the inversion's PSNR;
-interactive runs show it in a message). Run modes: INTERACTIVE shows the settings and progress dialogs;
-NONINTERACTIVE (scripts, tests) and WITH_LAST_VALS (Filters > Repeat) run with the
-config's values.
+interactive runs show it in a message). Run modes: INTERACTIVE shows the settings and
+progress dialogs; NONINTERACTIVE (scripts, tests) and WITH_LAST_VALS (Filters > Repeat)
+run with the config's values.
 """
 from __future__ import annotations
 

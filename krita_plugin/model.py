@@ -33,10 +33,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..plugin_common import (ALIGN_MODES, ALIGN_SWITCH, CLOSE_TIMEOUT,  # noqa: F401
-                             CONNECT_TIMEOUT, DEFAULT_ENDPOINT, INVERSION_QUALITIES, METHODS, OPEN_WEIGHT, PASTE_MODES,
-                             PREVIEW_LAYER_NAME, SPACES, START_COMMAND, STOP_GRACE, Arrow,
-                             BaseDragSettings, BaseJobModel, Cancelled, Outcome, Point,
-                             UserError, merge_alpha, to_rgba)
+                             CONNECT_TIMEOUT, DEFAULT_ENDPOINT, INVERSION_QUALITIES, METHODS,
+                             OPEN_WEIGHT, PASTE_MODES, PREVIEW_LAYER_NAME, SPACES, START_COMMAND,
+                             STOP_GRACE, Arrow, BaseDragSettings, BaseJobModel, Cancelled,
+                             Outcome, Point, UserError, merge_alpha, to_rgba)
 from ..plugin_common import MaskInfo as _CommonMaskInfo
 from ..plugin_common import check_handles_movable as _check_handles_movable
 from ..plugin_common import fmt_point as _fmt

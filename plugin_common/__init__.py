@@ -34,13 +34,14 @@ from .geometry import Arrow, Point, fmt_point
 from .jobs import OPEN_STAGES, OPEN_WEIGHT, BaseJobModel, Outcome
 from .mask import MaskInfo, check_handles_movable, make_mask
 from .pixels import merge_alpha, to_rgba
-from .settings import (ALIGN_MODES, ALIGN_SWITCH, CLOSE_TIMEOUT, CONNECT_TIMEOUT, DEFAULT_ENDPOINT, INVERSION_QUALITIES,
-                       METHODS, PASTE_MODES, PREVIEW_LAYER_NAME, SPACES, START_COMMAND, STOP_GRACE,
-                       BaseDragSettings)
+from .settings import (ALIGN_MODES, ALIGN_SWITCH, CLOSE_TIMEOUT, CONNECT_TIMEOUT,
+                       DEFAULT_ENDPOINT, INVERSION_QUALITIES, METHODS, PASTE_MODES,
+                       PREVIEW_LAYER_NAME, SPACES, START_COMMAND, STOP_GRACE, BaseDragSettings)
 
 __all__ = [
-    "ALIGN_MODES", "ALIGN_SWITCH", "Arrow", "BaseDragSettings", "BaseJobModel", "CLOSE_TIMEOUT", "CONNECT_TIMEOUT",
-    "Cancelled", "DEFAULT_ENDPOINT", "INVERSION_QUALITIES", "MaskInfo", "OPEN_STAGES",
+    "ALIGN_MODES", "ALIGN_SWITCH", "Arrow", "BaseDragSettings", "BaseJobModel", "CLOSE_TIMEOUT",
+    "CONNECT_TIMEOUT", "Cancelled", "DEFAULT_ENDPOINT", "INVERSION_QUALITIES", "MaskInfo",
+    "OPEN_STAGES",
     "METHODS", "OPEN_WEIGHT", "Outcome", "PASTE_MODES", "PREVIEW_LAYER_NAME", "Point", "SPACES", "START_COMMAND",
     "STOP_GRACE", "UserError", "check_handles_movable", "fmt_point", "make_mask",
     "merge_alpha", "to_rgba",

@@ -18,8 +18,8 @@ LONG_DRAG = 1000          # a drag with max_steps >= this runs long_drag_steps (
 
 
 class RecordingBackend(NullBackend):
-    """opened: [{"size": (w, h, channels), "model", "invert", "roi", "align"}]; drags: [{"points", "mask",
-    "params", "ended", "cancel_reason"}]; previews: how many were sent.
+    """opened: [{"size": (w, h, channels), "model", "invert", "roi", "align"}]; drags:
+    [{"points", "mask", "params", "ended", "cancel_reason"}]; previews: how many were sent.
 
     A model named "slow" inverts slowly; a layer fail_width px wide fails its drag with
     out_of_memory. The drag inverts the colours, everywhere, or (honour_mask) blended

@@ -116,7 +116,8 @@ def test_a_refusal_naming_alignment_off_names_the_plugins_switch():
         "aligned for this face model; edit with alignment off (set Face alignment to Off), or "
         "use a model made for this kind of picture")
     short = "handle 1 lies outside the aligned square; select the face, or edit with alignment off"
-    assert messages.refused(short).endswith("or edit with alignment off (set Face alignment to Off)")
+    assert messages.refused(short).endswith(
+        "or edit with alignment off (set Face alignment to Off)")
     assert messages.refused("no model 'x'") == "The dragd daemon refused the request: no model 'x'"
 
 
