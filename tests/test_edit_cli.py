@@ -269,3 +269,14 @@ def test_a_read_only_output_is_refused_before_the_edit(photo, tmp_path):
     out.chmod(0o444)
     r = dragd("edit", d / "in.png", "--drag", "40,30:44,30", "-o", out, "--connect", "tcp://127.0.0.1:9")
     assert r.returncode == 2 and f"cannot write output {out}" in r.stderr
+
+
+def test_arrows_shorter_than_a_working_pixel_say_why_nothing_moved(running_daemon, tmp_path):
+    """A 4-px arrow on a 512-px layer is half a pixel of a 32-px model's working image: the
+    drag "converges" at once, and the user is told why instead of a bare "converged"."""
+    Image.fromarray(np.full((512, 512, 3), 128, np.uint8)).save(tmp_path / "in.png")
+    r = dragd("edit", tmp_path / "in.png", "--drag", "200,200:204,200", "-o", tmp_path / "out.png",
+              "--quality", "fast", "--connect", running_daemon.endpoint)
+    assert r.returncode == 0, r.stderr
+    assert "converged after 0 steps" in r.stderr and "nothing moved" in r.stderr
+    assert "32-px working image" in r.stderr and "draw longer arrows" in r.stderr

@@ -133,6 +133,11 @@ def cmd_edit(args) -> int:
                              preview_max_size=512, paste=args.paste)
         print(f"\n{result['stop']} after {result['steps']} steps in {time.perf_counter() - t1:.1f} s; "
               f"mean distance to targets {result.get('distance') or 0:.2f} px", file=sys.stderr)
+        if result["stop"] == "converged" and result["steps"] == 0 and (result.get("distance") or 0) > 0:
+            print(f"nothing moved: every handle already lies within the stop distance of its target in "
+                  f"the model's {session.info.get('resolution', '?')}-px working image; draw longer arrows, or give a "
+                  "smaller --roi or --mask so that a layer pixel is more of the working image",
+                  file=sys.stderr)
     except RemoteError as exc:
         raise UserFacingError(exc.message) from None
     finally:
