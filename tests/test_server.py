@@ -373,12 +373,13 @@ def test_cancel_queued_job_and_unknown_job(server, backend):
 
 
 def test_busy_when_queue_full(backend):
-    backend.step_sleep = 0.05
     cfg = ServerConfig(endpoint="tcp://127.0.0.1:0", limits=Limits(max_queue=2))
     with Server(backend, cfg) as srv, Client(srv.endpoint, timeout=3) as c:
         s = c.open_session(make_image(16, 16, 4))
-        # Each job runs ≥ 10 s, so the first cannot finish (and free the queue) before the
-        # fourth request is read, however loaded the machine is.
+        # The drag converges after 14 one-pixel steps, so at 0.75 s a step each job runs
+        # ≥ 10 s: the first cannot finish (and free the queue) before the fourth request is
+        # read, however loaded the machine is (at 0.05 s a step it sometimes did).
+        backend.step_sleep = 0.75
         jobs = [c.start_drag(s, [((1, 1), (15, 15))], max_steps=200) for _ in range(4)]
         t0 = time.monotonic()
         while not jobs[3].done and time.monotonic() - t0 < 10:
@@ -389,10 +390,10 @@ def test_busy_when_queue_full(backend):
 
 
 def test_busy_when_queued_layers_exceed_budget(backend):
-    backend.step_sleep = 0.05
     cfg = ServerConfig(endpoint="tcp://127.0.0.1:0", max_queued_bytes=3000)
     with Server(backend, cfg) as srv, Client(srv.endpoint, timeout=3) as c:
         s = c.open_session(make_image(16, 16, 4))
+        backend.step_sleep = 0.75      # the running drag outlasts the reading of the requests
         first = c.start_drag(s, [((1, 1), (15, 15))], max_steps=30)     # runs
         jobs = [c.start_open_session(make_image(16, 16, 4)) for _ in range(4)]  # 1 KiB each
         t0 = time.monotonic()
