@@ -185,3 +185,31 @@ def test_models_fetch_cli_unreachable(tmp_path, monkeypatch, capsys):
                         _entry("stylegan2-ffhq-512x512", [f"http://127.0.0.1:{port}/x.pkl"], None))
     assert cli.main(["models", "fetch", "stylegan2-ffhq-512x512", "--timeout", "2"]) == 2
     assert "could not download" in capsys.readouterr().err
+
+
+def test_the_registry_knows_each_models_paper_drag_lr():
+    """The paper's Adam lr: 2e-3 for FFHQ, AFHQ cats and LSUN cars, 1e-3 for the others; a
+    model file that states its own drag_lr keeps it."""
+    assert reg.known_metadata("stylegan2-ffhq-512x512") == {"align": "ffhq", "drag_lr": "0.002"}
+    assert reg.known_metadata("x", "/m/stylegan2-car-config-f.pkl")["drag_lr"] == "0.002"
+    assert reg.known_metadata("stylegan2_lions_512_pytorch")["drag_lr"] == "0.001"
+    assert reg.known_metadata("/somewhere/mine.pkl") == {}
+
+
+def test_a_converted_registry_pickle_keeps_the_papers_drag_lr(tmp_path):
+    import torch
+
+    import nvidia_fixtures as nf
+    from dragd.daemon.cli import main
+    from dragd.daemon.model.checkpoints import load_checkpoint
+    from dragd.daemon.model.stylegan2 import Generator
+
+    torch.manual_seed(0)
+    G = Generator(resolution=16, z_dim=8, w_dim=8, channel_base=256, channel_max=16, mapping_layers=2).eval()
+    for name, lr in (("stylegan2_lions_512_pytorch.pkl", 1e-3), ("stylegan2-afhqcat-512x512.pkl", 2e-3),
+                     ("mine.pkl", None)):
+        src = tmp_path / name
+        src.write_bytes(nf.network_pickle_bytes(G, None))
+        out = tmp_path / (name + ".safetensors")
+        assert main(["models", "convert", str(src), str(out)]) == 0
+        assert load_checkpoint(out).drag_lr == lr, name

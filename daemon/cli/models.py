@@ -86,9 +86,7 @@ def cmd_convert(args) -> int:
     for key in ("network", "code", "training_set"):
         if key in info:
             meta[f"source_{key}"] = info[key]
-    align = reg.alignment_of(args.input, src)     # the converted file keeps what faces it wants
-    if align:
-        meta["align"] = align
+    meta.update(reg.known_metadata(args.input, src))   # the converted file keeps what the registry knew
     if info.get("format") == "dragd":      # keep the free-form facts of a native file
         meta.update({k: v for k, v in info.items()
                      if k not in ("format", "format_version", "dtype", "warnings", "name", "path",

@@ -46,6 +46,8 @@ class ModelEntry:
     description: str
     license: str
     align: str | None = None         # the faces the model wants: "ffhq" = aligned as FFHQ's
+    drag_lr: float = 1e-3            # the paper's drag learning rate: 2e-3 for FFHQ, AFHQ cats and
+                                     # LSUN cars, 1e-3 for the other models
 
 
 _NGC = "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/"
@@ -57,13 +59,15 @@ _SD_LICENSE = "Self-Distilled StyleGAN (Mokady et al. 2022); see the authors' te
 
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in [
     ModelEntry("stylegan2-ffhq-512x512", "stylegan2-ffhq-512x512.pkl", 512, (_NGC + "stylegan2-ffhq-512x512.pkl",),
-               None, "nvidia-pickle", "FFHQ faces, StyleGAN2 (StyleGAN3 release)", _NV_LICENSE, align="ffhq"),
+               None, "nvidia-pickle", "FFHQ faces, StyleGAN2 (StyleGAN3 release)", _NV_LICENSE, align="ffhq",
+               drag_lr=2e-3),
     ModelEntry("stylegan2-afhqcat-512x512", "stylegan2-afhqcat-512x512.pkl", 512,
                (_NGC + "stylegan2-afhqcat-512x512.pkl",), None, "nvidia-pickle",
-               "AFHQ cats, StyleGAN2 (StyleGAN3 release)", _NV_LICENSE),
+               "AFHQ cats, StyleGAN2 (StyleGAN3 release)", _NV_LICENSE, drag_lr=2e-3),
     ModelEntry("stylegan2-car-config-f", "stylegan2-car-config-f.pkl", 512,
                tuple(m + "stylegan2-car-config-f.pkl" for m in _TF_MIRRORS), None, "nvidia-tf-pickle",
-               "LSUN cars (512×384 content, letterboxed), original TensorFlow StyleGAN2", _NV_LICENSE),
+               "LSUN cars (512×384 content, letterboxed), original TensorFlow StyleGAN2", _NV_LICENSE,
+               drag_lr=2e-3),
     ModelEntry("stylegan2-cat-config-f", "stylegan2-cat-config-f.pkl", 256,
                tuple(m + "stylegan2-cat-config-f.pkl" for m in _TF_MIRRORS), None, "nvidia-tf-pickle",
                "LSUN cats, original TensorFlow StyleGAN2", _NV_LICENSE),
@@ -262,13 +266,25 @@ def _download(resp, url: str, entry: ModelEntry, final: Path, progress: Progress
             tmp.unlink()
 
 
+def entry_for(name_or_path: str | os.PathLike, path: str | os.PathLike | None = None) -> ModelEntry | None:
+    """The registry entry of a model named by its registry name or its file's name, if any."""
+    names = {str(name_or_path), Path(str(name_or_path)).name, Path(str(path)).name if path else ""}
+    return next((e for e in REGISTRY.values() if e.name in names or e.filename in names), None)
+
+
 def alignment_of(name_or_path: str | os.PathLike, path: str | os.PathLike | None = None) -> str | None:
     """The alignment a registry model wants, by its name or its file's name (None: none known)."""
-    names = {str(name_or_path), Path(str(name_or_path)).name, Path(str(path)).name if path else ""}
-    for e in REGISTRY.values():
-        if e.align and (e.name in names or e.filename in names):
-            return e.align
-    return None
+    e = entry_for(name_or_path, path)
+    return e.align if e is not None else None
+
+
+def known_metadata(name_or_path: str | os.PathLike, path: str | os.PathLike | None = None) -> dict:
+    """What the registry knows about a model that its file does not say: the faces it wants
+    and the paper's drag learning rate for it (as checkpoint info keys)."""
+    e = entry_for(name_or_path, path)
+    if e is None:
+        return {}
+    return {**({"align": e.align} if e.align else {}), "drag_lr": repr(e.drag_lr)}
 
 
 def resolve_model(name_or_path: str | os.PathLike, directory: Path | None = None,

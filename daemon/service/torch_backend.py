@@ -140,9 +140,8 @@ class TorchBackend(Backend):
             raise BackendError(ErrorCode.UNKNOWN_MODEL, str(exc)) from None
         except CheckpointError as exc:
             raise BackendError(ErrorCode.MODEL_ERROR, str(exc)) from None
-        align = model_registry.alignment_of(name, path)
-        if align and "align" not in loaded.info:
-            loaded.info["align"] = align
+        for key, value in model_registry.known_metadata(name, path).items():
+            loaded.info.setdefault(key, value)          # what the file says wins
         stat = Path(path).stat()
         model = _Model(name, EditModel(loaded, f"{name}:{stat.st_size}:{int(stat.st_mtime)}"),
                        time.perf_counter() - t0)
