@@ -92,41 +92,24 @@ class DragDocker(DockWidget):
                                     "(the paper's \u03bb, 20)")
         form.addRow("\u03bb (keep outside)", self.lambda_spin)
 
-        self.space_box = QComboBox()
-        for label, value in SPACE_ITEMS:
-            self.space_box.addItem(label, value)
+        self.space_box = _choice_box(SPACE_ITEMS)
         form.addRow("Latent space", self.space_box)
-
-        self.method_box = QComboBox()
-        for label, value in METHOD_ITEMS:
-            self.method_box.addItem(label, value)
-        self.method_box.setToolTip("The drag's rules: DragGAN with handles that arrived held in "
-                                   "place while the others are pulled, DragGAN as published, "
-                                   "or FreeDrag (adaptive feature templates, no point tracking)")
+        self.method_box = _choice_box(
+            METHOD_ITEMS, "The drag's rules: DragGAN with handles that arrived held in place while the "
+            "others are pulled, DragGAN as published, or FreeDrag (adaptive feature templates, no "
+            "point tracking)")
         form.addRow("Drag method", self.method_box)
-
-        self.inversion_box = QComboBox()
-        for label, value in INVERSION_ITEMS:
-            self.inversion_box.addItem(label, value)
-        self.inversion_box.setToolTip("How hard the daemon works to reproduce the layer "
-                                      "before dragging (PTI)")
+        self.inversion_box = _choice_box(
+            INVERSION_ITEMS, "How hard the daemon works to reproduce the layer before dragging (PTI)")
         form.addRow("Inversion", self.inversion_box)
-
-        self.paste_box = QComboBox()
-        for label, value in PASTE_ITEMS:
-            self.paste_box.addItem(label, value)
-        self.paste_box.setToolTip("How the edit goes back into the layer: the layer's own "
-                                  "pixels moved along the generator's correspondence (keeps "
-                                  "a photo sharp), or the generated image scaled up to the "
-                                  "selection")
+        self.paste_box = _choice_box(
+            PASTE_ITEMS, "How the edit goes back into the layer: the layer's own pixels moved along "
+            "the generator's correspondence (keeps a photo sharp), or the generated image scaled up "
+            "to the selection")
         form.addRow("Result pixels", self.paste_box)
-
-        self.align_box = QComboBox()
-        for label, value in ALIGN_ITEMS:
-            self.align_box.addItem(label, value)
-        self.align_box.setToolTip("Automatic: for a face model (FFHQ) the daemon finds the face "
-                                  "and aligns it as the model's training faces before editing; "
-                                  "Off: edit the selection's square as it is")
+        self.align_box = _choice_box(
+            ALIGN_ITEMS, "Automatic: for a face model (FFHQ) the daemon finds the face and aligns it "
+            "as the model's training faces before editing; Off: edit the selection's square as it is")
         form.addRow(ALIGN_SWITCH, self.align_box)
 
         self.endpoint_edit = QLineEdit()
@@ -327,6 +310,16 @@ class DragDocker(DockWidget):
         self.run_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
         self.cancel_button.setEnabled(running)
+
+
+def _choice_box(items, tooltip: str = "") -> QComboBox:
+    """A drop-down of (label, value) items, the setting's value as each item's data."""
+    box = QComboBox()
+    for label, value in items:
+        box.addItem(label, value)
+    if tooltip:
+        box.setToolTip(tooltip)
+    return box
 
 
 def _same_doc(a: Any, b: Any) -> bool:

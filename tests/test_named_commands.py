@@ -24,7 +24,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PROSE = {"daemon", "release", "protocol", "safetensors", "wire", "to", "reads", "plug-in",
          "plug-ins", "training", "native", "model", "loads", "listens", "format", "conversion",
          "contributors", "brings", "and", "install", "client", "is", "was", "does", "never",
-         "keeps", "runs", "uses", "sees", "answers", "itself", "session", "sessions", "itself,"}
+         "keeps", "runs", "uses", "sees", "answers", "itself", "session", "sessions"}
 #: Where a command ends inside a sentence.
 STOP_WORDS = {"or", "and", "to", "then", "in", "for", "on", "—", "–", "(", "if", "when", "first",
               "again", "instead", "from", "with", "so", "before", "after", "at"}
