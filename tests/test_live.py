@@ -1,0 +1,154 @@
+"""The live view's session (plugin_common/live.py) against a real `dragd serve` with the tiny
+model: open, place points, Start, previews, Stop, Continue, back to history entry 1, Apply;
+and the point editing, a refused drag, a daemon that is not there."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from daemon_fixture import free_endpoint
+from dragd.plugin_common import Arrow, BaseDragSettings, make_mask
+from dragd.plugin_common.live import LiveSession
+from dragd.protocol import Image
+
+W, H = 48, 40
+SEL = (8, 6, 30, 28)            # x, y, width, height
+
+
+def layer() -> Image:
+    data = bytearray()
+    for y in range(H):
+        for x in range(W):
+            data += bytes((x * 5 % 256, y * 7 % 256, (x * y) % 256, 255))
+    return Image(bytes(data), W, H, 4)
+
+
+def selection():
+    sel = bytearray(W * H)
+    x0, y0, w, h = SEL
+    for y in range(y0, y0 + h):
+        sel[y * W + x0:y * W + x0 + w] = b"\xff" * w
+    return make_mask(bytes(sel), W, H)
+
+
+def settings(endpoint: str, **kw) -> BaseDragSettings:
+    s = BaseDragSettings(endpoint=endpoint, paste="resample", preview_every=1, **kw)
+    s.invert_fields = lambda: {"method": "pti", "quality": "fast", "w_steps": 20,
+                               "tune_steps": 5}
+    return s
+
+
+def run_until(live: LiveSession, cond, timeout: float) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        assert live.tick(20), (live.state, live.error)
+        assert time.monotonic() - t0 < timeout, (live.state, live.status_line())
+
+
+def opened(endpoint: str, **kw) -> LiveSession:
+    live = LiveSession(settings(endpoint, **kw), layer(), selection(),
+                       arrows=[Arrow((14.0, 12.0), (20.0, 16.0))])
+    live.start()
+    assert live.state == "connecting"
+    run_until(live, lambda: live.state == "idle", 120)
+    return live
+
+
+def test_live_session_start_stop_continue_undo_apply(running_daemon):
+    live = opened(running_daemon.endpoint, max_steps=2000)
+    assert live.connected and live.connection_line().startswith(
+        "Connected to %s (cpu" % running_daemon.endpoint)
+    # the view shows the daemon's crop (the selection's box grown to a square), in the layer
+    x0, y0, x1, y1 = live.view_box
+    assert x0 <= SEL[0] and y0 <= SEL[1] and x1 >= SEL[0] + SEL[2] and y1 >= SEL[1] + SEL[3]
+    assert (x0, y0) >= (0, 0) and (x1, y1) <= (W, H)
+    assert [e.index for e in live.history] == [0] and not live.can_apply()
+
+    live.click((24.0, 20.0))                       # a second pair: handle, then target
+    live.click((26.0, 25.0))
+    assert [(p.handle, p.target) for p in live.points][1] == ((24.0, 20.0), (26.0, 25.0))
+    assert live.start_drag() and live.state == "dragging"
+    run_until(live, lambda: live.timings.frames >= 4 or live.state == "idle", 60)
+    assert live.timings.frames >= 4 and live.timings.first_frame_s is not None
+    f = live.frame
+    assert f.box == live.view_box and f.image.channels == 3
+    assert live.shown_points()[0][0] == tuple(live.tracked[0])     # where the tracker is
+    live.stop()
+    run_until(live, lambda: live.state == "idle", 30)
+    first = bytes(live.result.data)
+    assert live.position == 1 and live.history[-1].stop == "cancelled", live.history[-1]
+    assert live.can_apply()
+    # Continue starts where the tracker left the handles
+    assert live.points[0].handle == tuple(live.history[1].points[0].handle)
+
+    live.click((30.0, 12.0))                       # a third pair, then Continue
+    live.click((33.0, 14.0))
+    assert live.start_drag()
+    run_until(live, lambda: live.state == "idle", 120)
+    assert live.position == 2 and [e.index for e in live.history] == [0, 1, 2]
+    assert len(live.history[2].points) == 3
+    assert bytes(live.result.data) != first
+
+    assert live.go_to(1) and live.state == "undoing"
+    run_until(live, lambda: live.state == "idle", 30)
+    assert live.position == 1 and [e.index for e in live.history] == [0, 1]
+    assert len(live.points) == 2 and live.frame.image is live.history[1].frame.image
+    # Apply writes the daemon's state of entry 1: the layer its first drag returned
+    assert live.can_apply() and bytes(live.result.data) == first
+    live.close()
+    assert live.state == "closed" and live.client is None
+
+
+def test_a_refused_drag_says_why_and_the_session_goes_on(running_daemon):
+    live = opened(running_daemon.endpoint, max_steps=3)
+    live.points = []
+    live.click((1.0, 1.0))                          # outside the crop the daemon works on
+    live.click((2.0, 2.0))
+    live.set_use_mask(False)
+    assert live.start_drag()
+    run_until(live, lambda: live.state == "idle", 30)
+    assert "outside the region being edited" in live.notice, live.notice
+    assert live.status_line() == live.notice and live.position == 0
+    live.points = []
+    live.click((20.0, 16.0))
+    live.click((22.0, 18.0))
+    assert live.start_drag()
+    run_until(live, lambda: live.state == "idle", 60)
+    assert live.position == 1 and live.notice is None
+    live.close()
+
+
+def test_points_are_placed_grabbed_moved_removed_and_frozen_while_dragging():
+    live = LiveSession(settings(free_endpoint()), layer(), None)
+    assert not live.can_start()
+    live.click((5.0, 5.0))
+    assert not live.can_start() and live.points[0].target is None
+    live.click((9.0, 5.0))
+    live.click((30.0, 30.0))
+    assert [(p.handle, p.target) for p in live.points] == [((5.0, 5.0), (9.0, 5.0)),
+                                                           ((30.0, 30.0), None)]
+    assert live.grab((8.0, 6.0), 2.0) == (0, "target")
+    assert live.grab((20.0, 20.0), 2.0) is None
+    live.move(0, "handle", (4.0, 4.0))
+    assert live.points[0].handle == (4.0, 4.0)
+    live.remove(1)
+    assert len(live.points) == 1
+    live.state = "dragging"
+    live.click((1.0, 1.0))
+    live.remove(0)
+    live.move(0, "target", (0.0, 0.0))
+    assert [(p.handle, p.target) for p in live.points] == [((4.0, 4.0), (9.0, 5.0))]
+
+
+def test_no_daemon_fails_fast_with_the_command_to_start_one():
+    endpoint = free_endpoint()
+    live = LiveSession(settings(endpoint), layer(), None, connect_timeout=1.0)
+    live.start()
+    t0 = time.monotonic()
+    while live.tick(20):
+        assert time.monotonic() - t0 < 10
+    assert live.state == "failed" and not live.connected
+    assert endpoint in live.error and "dragd serve" in live.error
+    assert live.connection_line().startswith("Not connected: ")
+    assert time.monotonic() - t0 < 5
