@@ -119,6 +119,16 @@ class _Rng:
         colour = torch.lerp(pal[i], pal[i + 1], frac)
         return (colour * (1 + self.uniform(3, low=-jitter, high=jitter))).clamp(0, 1)
 
+    def mixture(self, p_rare: float, common: tuple, rare: tuple) -> Tensor:
+        """[B] values from `common` most of the time and from `rare` with probability p_rare."""
+        pick = self.uniform() < p_rare
+        return torch.where(pick, self.uniform(low=rare[0], high=rare[1]),
+                           self.uniform(low=common[0], high=common[1]))
+
+    def integer(self, low: int, high: int) -> Tensor:
+        """[B] whole numbers in [low, high), as floats."""
+        return torch.floor(self.uniform(low=low, high=high))
+
     def lattice(self, channels: int, height: int, width: int, smooth_cells: int = 0) -> Tensor:
         """[B, C, H, W] noise in [-1, 1]; smooth_cells > 0 makes it low-frequency by
         upsampling a coarser lattice, so one texture read serves several frequencies."""
@@ -126,6 +136,56 @@ class _Rng:
             return self.uniform(channels, height, width, low=-1.0, high=1.0)
         coarse = self.uniform(channels, smooth_cells, smooth_cells, low=-1.0, high=1.0)
         return F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+
+
+LATENT_DIMS = 90
+"""How many latent dimensions `latent_params` reads; a generator distilled on it needs a
+z of at least this size (extra dimensions are ignored)."""
+LATENT_LATTICE_CELLS = 3
+"""Side of the coarse blotch lattice drawn from latents (3 × 3 numbers instead of the seed
+renderer's 7 × 7: every number costs a latent dimension)."""
+
+
+class _LatentSource:
+    """The `_Rng` interface on Gaussian latents: draw k is Φ(z[:, k]), so each parameter is a
+    smooth, monotone function of one coordinate of z and a generator can learn the map.
+
+    Where the seed renderer jumps, this source does not: a rare/common mixture is one inverse
+    CDF of a single number, whole counts stay fractional, and the per-pixel grain, which no
+    function of a few hundred numbers can reproduce, is zero."""
+
+    def __init__(self, z: Tensor):
+        if z.ndim != 2 or z.shape[1] < LATENT_DIMS:
+            raise ValueError(f"latents must be [B, D] with D ≥ {LATENT_DIMS}, got {tuple(z.shape)}")
+        self.u = 0.5 * (1 + torch.erf(z.float() / math.sqrt(2)))
+        self.used = 0
+
+    def uniform(self, *shape: int, low: float = 0.0, high: float = 1.0) -> Tensor:
+        n = math.prod(shape)
+        if self.used + n > LATENT_DIMS:
+            raise RuntimeError("LATENT_DIMS is smaller than the parameters drawn")
+        u = self.u[:, self.used:self.used + n]
+        self.used += n
+        return (low + (high - low) * u).reshape(-1, *shape)
+
+    pick = _Rng.pick
+
+    def mixture(self, p_rare: float, common: tuple, rare: tuple) -> Tensor:
+        u = self.uniform()
+        in_rare = (u / p_rare).clamp(max=1)
+        in_common = ((u - p_rare) / (1 - p_rare)).clamp(min=0)
+        return torch.where(u < p_rare, rare[0] + (rare[1] - rare[0]) * in_rare,
+                           common[0] + (common[1] - common[0]) * in_common)
+
+    def integer(self, low: int, high: int) -> Tensor:
+        return self.uniform(low=low, high=high)
+
+    def lattice(self, channels: int, height: int, width: int, smooth_cells: int = 0) -> Tensor:
+        if not smooth_cells:
+            return self.u.new_zeros(self.u.shape[0], channels, height, width)
+        n = LATENT_LATTICE_CELLS
+        coarse = self.uniform(channels, n, n, low=-1.0, high=1.0)
+        return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
 
 
 def _hsv(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
@@ -236,19 +296,29 @@ def _as_seeds(seeds, device) -> Tensor:
     return torch.tensor(list(seeds), dtype=torch.int64, device=device)
 
 
-def _mixture(rng: _Rng, p_rare: float, common: tuple, rare: tuple) -> Tensor:
-    """[B] values from `common` most of the time and from `rare` with probability p_rare."""
-    pick = rng.uniform() < p_rare
-    return torch.where(pick, rng.uniform(low=rare[0], high=rare[1]),
-                       rng.uniform(low=common[0], high=common[1]))
-
-
 def sample_params(seeds, device="cpu") -> PortraitParams:
     """Random portrait parameters, one image per seed (list of ints or int tensor)."""
-    rng = _Rng(_as_seeds(seeds, device))
+    seeds = _as_seeds(seeds, device)
+    return _draw_params(_Rng(seeds), seeds, device)
+
+
+def latent_params(z: Tensor) -> PortraitParams:
+    """Portrait parameters as smooth functions of Gaussian latents z [B, D] (D ≥ LATENT_DIMS):
+    the targets a generator is distilled on. `seed` is -1: these portraits have none."""
+    return _draw_params(_LatentSource(z), torch.full((z.shape[0],), -1, dtype=torch.int64,
+                                                     device=z.device), z.device)
+
+
+def render_latents(z: Tensor, resolution: int = 128) -> tuple[Tensor, Tensor]:
+    """latent_params + render."""
+    return render(latent_params(z), resolution)
+
+
+def _draw_params(rng, seeds: Tensor, device) -> PortraitParams:
+    """The parameter table, drawn from `rng` (an `_Rng` or a `_LatentSource`) in a fixed order."""
     u = rng.uniform
     eye_y = u(low=-0.05, high=0.05)
-    eye_open = _mixture(rng, 0.15, (0.65, 1.0), (0.08, 0.6))
+    eye_open = rng.mixture(0.15, (0.65, 1.0), (0.08, 0.6))
     brow_raise = u(low=0.18, high=0.25)
     brow_asym = u(low=-0.02, high=0.02)
     hue = u()
@@ -256,7 +326,7 @@ def sample_params(seeds, device="cpu") -> PortraitParams:
                          torch.full_like(hue, 0.8)], dim=1)
     bg_angle = u(low=0, high=2 * math.pi)
     return PortraitParams(
-        seed=_as_seeds(seeds, device),
+        seed=seeds,
         center=torch.stack([u(low=-0.08, high=0.08), u(low=0.0, high=0.08)], dim=1),
         scale=u(low=0.6, high=0.68),
         roll=u(low=-0.2, high=0.2),
@@ -289,17 +359,17 @@ def sample_params(seeds, device="cpu") -> PortraitParams:
         mouth_y=u(low=0.54, high=0.6),
         mouth_half_width=u(low=0.15, high=0.22),
         smile=u(low=-0.015, high=0.05),
-        mouth_open=_mixture(rng, 0.4, (0.0, 0.0), (0.02, 0.14)),
+        mouth_open=rng.mixture(0.4, (0.0, 0.0), (0.02, 0.14)),
         lip_upper=u(low=0.03, high=0.045),
         lip_lower=u(low=0.04, high=0.06),
         cupid_bow=u(low=0.0, high=0.012),
         ear_y=eye_y + u(low=0.08, high=0.14),
         hair_volume=u(low=0.04, high=0.16),
-        hair_length=_mixture(rng, 0.5, (0.1, 0.5), (0.6, 1.8)),
+        hair_length=rng.mixture(0.5, (0.1, 0.5), (0.6, 1.8)),
         hairline=torch.stack([u(low=-0.62, high=-0.4), u(low=0.05, high=0.2),
                               u(low=0.25, high=0.5)], dim=1),
         hair_part=u(low=-0.3, high=0.3),
-        hair_strands=torch.stack([torch.floor(u(low=36, high=64)), u(low=-4.0, high=4.0)], dim=1),
+        hair_strands=torch.stack([rng.integer(36, 64), u(low=-4.0, high=4.0)], dim=1),
         skin=rng.pick(_SKIN, 0.04),
         lips=torch.lerp(rng.pick(_SKIN, 0.0), torch.tensor([0.7, 0.24, 0.27], device=device),
                         u(low=0.45, high=0.75)[:, None]),
@@ -310,7 +380,7 @@ def sample_params(seeds, device="cpu") -> PortraitParams:
                                 _hsv(hue + u(low=-0.15, high=0.15), u(low=0.05, high=0.5),
                                      u(low=0.25, high=0.8))], dim=1),
         background_dir=torch.stack([bg_angle.cos(), bg_angle.sin()], dim=1),
-        stripes=torch.stack([_mixture(rng, 0.35, (0.0, 0.0), (0.15, 0.35)),
+        stripes=torch.stack([rng.mixture(0.35, (0.0, 0.0), (0.15, 0.35)),
                              u(low=1.5, high=4.0)], dim=1),
         neckline=torch.stack([u(low=0.25, high=0.45), u(low=0.1, high=0.45)], dim=1),
         light=light / light.norm(dim=1, keepdim=True),

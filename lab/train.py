@@ -96,6 +96,11 @@ class TrainConfig:
     data_seed: int = 1_000_000        # the renderer's seeds start here (test seeds live below)
     seed: int = 0                     # weights, z and noise
     amp: bool = True                  # bf16 autocast, only ever applied on CUDA
+    # "gan": the StyleGAN2 losses above. "distill": G learns render(latent_params(z)) from z
+    # with a dense loss (no D, no style mixing; see `Trainer.distill_step`).
+    objective: str = "gan"
+    distill_scales: int = 3           # L1 at full, 1/2, 1/4 … resolution
+    distill_grad_weight: float = 1.0  # L1 of the images' finite differences (edges)
 
     def generator_config(self) -> GeneratorConfig:
         return GeneratorConfig(resolution=self.resolution, z_dim=self.z_dim, w_dim=self.w_dim,
@@ -150,6 +155,14 @@ PRESETS: dict[str, dict] = {
                        d_channel_max=256, batch=32, r1_gamma=r1_gamma_heuristic(128, 32),
                        ema_kimg=10.0, sample_every_kimg=50.0, ckpt_every_min=10.0,
                        log_every=100),
+    # The shipped default model, distilled on one CPU thread (see `Trainer.distill_step`):
+    # 128 px, the mapping's lr raised because it must learn the renderer's parameters from z.
+    "distill128": dict(resolution=128, z_dim=128, w_dim=256, mapping_layers=4,
+                       g_channel_base=4096, g_channel_max=128, d_channel_base=1024,
+                       d_channel_max=32, batch=8, objective="distill", g_lr=0.002,
+                       beta1=0.9, beta2=0.99, style_mixing_prob=0.0, mapping_lr_multiplier=0.1,
+                       ema_kimg=2.0, ema_rampup=0.1, sample_every_kimg=10.0,
+                       ckpt_every_min=5.0, log_every=50, data="dragd.lab.portraits:render_latents"),
 }
 
 
@@ -191,6 +204,40 @@ def fetch_reals(data_fn: Callable, seeds: list[int], resolution: int,
     if tuple(images.shape) != expected:
         raise ValueError(f"data function returned {tuple(images.shape)}, expected {expected}")
     return images
+
+
+def normalize_latents(z: torch.Tensor) -> torch.Tensor:
+    """z as the mapping network sees it (unit second moment per sample): the renderer's
+    parameters must be a function of what G receives, not of the raw draw."""
+    return z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+
+
+def fetch_latent_reals(data_fn: Callable, z: torch.Tensor, resolution: int,
+                       device: torch.device) -> torch.Tensor:
+    out = data_fn(z, resolution=resolution)
+    images = (out[0] if isinstance(out, (tuple, list)) else out).to(device=device, dtype=torch.float32)
+    expected = (z.shape[0], 3, resolution, resolution)
+    if tuple(images.shape) != expected:
+        raise ValueError(f"data function returned {tuple(images.shape)}, expected {expected}")
+    return images
+
+
+def multiscale_l1(fake: torch.Tensor, real: torch.Tensor, scales: int) -> torch.Tensor:
+    """Mean L1 at full resolution and `scales − 1` successive 2× average-pooled ones."""
+    total = fake.new_zeros([])
+    for i in range(scales):
+        if i:
+            fake, real = F.avg_pool2d(fake, 2), F.avg_pool2d(real, 2)
+        total = total + (fake - real).abs().mean()
+    return total
+
+
+def gradient_l1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mean L1 between the images' horizontal and vertical neighbour differences."""
+    def diffs(x):
+        return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+    (fx, fy), (rx, ry) = diffs(fake), diffs(real)
+    return (fx - rx).abs().mean() + (fy - ry).abs().mean()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,6 +361,8 @@ class Trainer:
 
     def step(self) -> dict:
         """One minibatch: Gmain, [Greg], Dmain, [Dreg], EMA. Returns the stats of the step."""
+        if self.cfg.objective == "distill":
+            return self.distill_step()
         cfg, G, D = self.cfg, self.G, self.D
         b = cfg.batch
         stats: dict = {"step": self.step_idx}
@@ -379,6 +428,33 @@ class Trainer:
 
         stats["ema_beta"] = self.update_ema()
         self.nimg += b
+        self.step_idx += 1
+        return stats
+
+    def distill_step(self) -> dict:
+        """One minibatch of distillation: G(z) regresses onto the renderer's portrait for the
+        same z (`data` maps normalised latents to images), so every sample has its own
+        target and nothing can collapse. Loss: L1 at `distill_scales` resolutions plus L1 of
+        horizontal and vertical differences, which keeps edges from averaging into a blur."""
+        cfg, G = self.cfg, self.G
+        z = self.randn(cfg.batch, cfg.z_dim)
+        with torch.no_grad():
+            target = fetch_latent_reals(self.data_fn, normalize_latents(z), cfg.resolution, self.device)
+        G.requires_grad_(True)
+        self.G_opt.zero_grad(set_to_none=True)
+        with self.autocast():
+            fake = G.synthesis(G.mapping(z, update_w_avg=True), noise_mode="const").image.float()
+        loss_l1 = multiscale_l1(fake, target, cfg.distill_scales)
+        loss_grad = gradient_l1(fake, target)
+        loss = loss_l1 + cfg.distill_grad_weight * loss_grad
+        loss.backward()
+        self.G_opt.step()
+        stats = {"step": self.step_idx, "loss_G": loss.detach(), "l1": loss_l1.detach(),
+                 "grad_l1": loss_grad.detach()}
+        keys = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
+        stats.update(zip(keys, torch.stack([stats[k].float() for k in keys]).tolist()))
+        stats["ema_beta"] = self.update_ema()
+        self.nimg += cfg.batch
         self.step_idx += 1
         return stats
 
@@ -502,7 +578,11 @@ def train(preset: str | TrainConfig = "tiny", kimg: float = 1.0, out: str | Path
         f"amp={trainer.use_amp} G={count_params(trainer.G) / 1e6:.2f}M D={count_params(trainer.D) / 1e6:.2f}M "
         f"params; G fp16 ≈ {state_bytes(trainer.G) / 2**20:.2f} MiB")
     (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    if trainer.step_idx == 0:
+    if trainer.step_idx == 0 and cfg.objective == "distill":
+        save_image_grid(fetch_latent_reals(trainer.data_fn, normalize_latents(trainer.fixed_z),
+                                           cfg.resolution, trainer.device), out / "reals.png",
+                        cfg.sample_grid)
+    elif trainer.step_idx == 0:
         save_image_grid(trainer.real_batch()[: cfg.sample_grid[0] * cfg.sample_grid[1]]
                         if cfg.batch >= cfg.sample_grid[0] * cfg.sample_grid[1]
                         else fetch_reals(trainer.data_fn, list(range(cfg.sample_grid[0] * cfg.sample_grid[1])),
@@ -548,9 +628,10 @@ def train(preset: str | TrainConfig = "tiny", kimg: float = 1.0, out: str | Path
                 tick_t0, tick_nimg = time.time(), trainer.nimg
                 stats_file.flush()
                 extra = "".join(f" {k}={stats[k]:.4f}" for k in ("r1_penalty", "pl_penalty") if k in stats)
+                losses = " ".join(f"{k} {stats[k]:.4f}" for k in
+                                  ("loss_G", "loss_D", "D_real", "D_fake", "l1", "grad_l1") if k in stats)
                 log(f"step {trainer.step_idx} kimg {trainer.nimg / 1000:.2f} {kimg_s * 3600:.1f} kimg/h "
-                    f"G {stats['loss_G']:.3f} D {stats['loss_D']:.3f} Dreal {stats['D_real']:+.2f} "
-                    f"Dfake {stats['D_fake']:+.2f}{extra} wall {trainer.wall_s / 60:.1f} min")
+                    f"{losses}{extra} wall {trainer.wall_s / 60:.1f} min")
             if trainer.nimg >= next_sample_nimg:
                 next_sample_nimg += int(cfg.sample_every_kimg * 1000)
                 trainer.save_samples(out / f"samples-{trainer.nimg // 1000:06d}kimg.png")
@@ -600,7 +681,9 @@ def export(ckpt: str | Path, out_path: str | Path, with_d: bool = True,
         "export_command": command or " ".join(shlex.quote(a) for a in sys.argv),
         "train_config": json.dumps(cfg.to_dict(), sort_keys=True),
         "data": cfg.data,
-        "trainer": "dragd.lab.train (StyleGAN2 recipe: NS logistic loss, lazy R1, EMA, style mixing)",
+        "trainer": ("dragd.lab.train (distillation: G(z) regresses onto render(latent_params(z)), "
+                    "multi-scale and gradient L1, EMA)" if cfg.objective == "distill" else
+                    "dragd.lab.train (StyleGAN2 recipe: NS logistic loss, lazy R1, EMA, style mixing)"),
         "torch_version": torch.__version__,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

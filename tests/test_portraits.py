@@ -319,3 +319,30 @@ def test_training_seeds_never_touch_the_held_out_range():
     assert lm._train_seeds(cfg, 0).min() >= lm.HELD_OUT_SEEDS_END
     with pytest.raises(ValueError):
         lm.errors(lm.load(), [lm.HELD_OUT_SEEDS_END + 3])
+
+
+def test_latent_portraits_are_smooth_in_z_and_cover_the_seed_variety():
+    z = torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
+    p = P.latent_params(z)
+    seeded = P.sample_params(range(400))
+    for name in ("scale", "yaw", "mouth_open", "eye_open_l", "smile", "hair_length"):
+        lo, hi = getattr(seeded, name).min(), getattr(seeded, name).max()
+        vals = getattr(p, name)
+        slack = 0.05 * (hi - lo)          # 400 seeds come near the ends of a range, not onto them
+        assert lo - slack <= vals.min() and vals.max() <= hi + slack, name
+        assert vals.std() > 0.2 * getattr(seeded, name).std(), name
+    # the renderer's only per-pixel noise (grain) is off, the blotches are smooth
+    assert (p.noise[:, 1] == 0).all() and p.noise[:, 0].abs().max() > 0.1
+    # a small step in z moves the picture a little, a large one a lot
+    img, _ = P.render_latents(z[:8], 64)
+    near, _ = P.render_latents(z[:8] + 0.01, 64)
+    far, _ = P.render_latents(z[:8] + 1.0, 64)
+    assert (near - img).abs().mean() < 0.1 * (far - img).abs().mean()
+    with pytest.raises(ValueError, match="D ≥"):
+        P.latent_params(torch.zeros(2, P.LATENT_DIMS - 1))
+
+
+def test_latent_dims_is_what_the_parameter_table_reads():
+    src = P._LatentSource(torch.zeros(1, P.LATENT_DIMS))
+    P._draw_params(src, torch.zeros(1, dtype=torch.long), "cpu")
+    assert src.used == P.LATENT_DIMS

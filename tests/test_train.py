@@ -205,3 +205,57 @@ def test_default_data_is_the_portrait_renderer():
     assert fn is portraits.render_seeds
     reals = T.fetch_reals(fn, [1, 2], 32, torch.device("cpu"))
     assert reals.shape == (2, 3, 32, 32) and reals.min() >= -1 and reals.max() <= 1
+
+
+def latent_standin(z, resolution=32):
+    """A disc whose centre and colour are smooth functions of the first latent coordinates."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, resolution), torch.linspace(-1, 1, resolution),
+                            indexing="ij")
+    cx, cy = (0.3 * torch.tanh(z[:, 0]))[:, None, None], (0.3 * torch.tanh(z[:, 1]))[:, None, None]
+    disc = torch.sigmoid((0.5 - ((xx - cx) ** 2 + (yy - cy) ** 2).sqrt()) * 20)[:, None]
+    colour = torch.tanh(z[:, 2:5])[:, :, None, None]
+    return disc * colour - (1 - disc) * 0.5, None
+
+
+def test_distillation_regresses_each_latent_onto_its_own_target(tmp_path):
+    cfg = tiny(objective="distill", batch=8, g_lr=0.01, beta1=0.9, style_mixing_prob=0.0,
+               mapping_lr_multiplier=0.1, ema_kimg=0.001)
+    tr = T.Trainer(cfg, data_fn=latent_standin)
+    z = torch.randn(16, cfg.z_dim, generator=torch.Generator().manual_seed(5))
+    target = latent_standin(T.normalize_latents(z), 32)[0]
+
+    def error():
+        with torch.no_grad():
+            img = tr.G.synthesis(tr.G.mapping(z), noise_mode="const").image
+        return float((img - target).abs().mean())
+
+    before = error()
+    for _ in range(150):
+        stats = tr.step()
+    assert set(stats) >= {"loss_G", "l1", "grad_l1"} and "loss_D" not in stats
+    assert error() < 0.6 * before
+    # the discriminator takes no part in distillation
+    fresh = T.Trainer(cfg, data_fn=latent_standin)
+    for a, b in zip(tr.D.state_dict().values(), fresh.D.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_distilled_export_says_how_it_was_trained(tmp_path):
+    pytest.importorskip("safetensors")
+    run = tmp_path / "run"
+    T.train(tiny(objective="distill", style_mixing_prob=0.0), kimg=1, out=run, data_fn=latent_standin,
+            max_steps=2, log=quiet)
+    assert (run / "reals.png").is_file()
+    info = T.export(run / T.CKPT_NAME, tmp_path / "m.safetensors", with_d=False, log=quiet)["info"]
+    assert "distillation" in info["trainer"]
+
+
+def test_multiscale_and_gradient_l1_see_what_they_should():
+    a = torch.zeros(1, 3, 8, 8)
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1.0
+    b = checker.expand(1, 3, 8, 8)
+    # a checkerboard averages to zero: only the full-resolution term sees it …
+    assert T.multiscale_l1(a, b, 3) == pytest.approx(1.0)
+    # … while the gradient term sees every edge
+    assert T.gradient_l1(a, b) == pytest.approx(4.0)
+    assert T.gradient_l1(b + 0.3, b) == 0
