@@ -50,11 +50,12 @@ class Report:
     max_steps: int
     device: str
     method: str = DragConfig.method
+    lr: float = DragConfig.lr
     rows: list[Row] = field(default_factory=list)
 
     def table(self) -> str:
         lines = [f"landmark benchmark: {self.pairs} pairs, {self.resolution}-px model, method {self.method}, "
-                 f"step limit {self.max_steps}, {self.device}",
+                 f"lr {self.lr:g}, step limit {self.max_steps}, {self.device}",
                  f"{'points':>8} | {'MD no edit':>10} {'MD drag':>8} | {'@512 no edit':>12} {'@512 drag':>9} | "
                  f"{'reduction':>9} | {'s/edit':>7} {'steps':>6} {'conv':>5} | {'FID':>7} | {'track err':>9}"]
         for r in self.rows:
@@ -114,10 +115,12 @@ def _latents(G, seeds: list[int], truncation: float, device) -> torch.Tensor:
 
 def run_benchmark(G, detector_net, pairs: int = 20, point_counts=(1, 5, None), max_steps: int = 300,
                   seed: int = 0, truncation: float = 0.7, track_every: int = 10, device="cpu",
-                  log=None, method: str = DragConfig.method) -> Report:
+                  log=None, method: str = DragConfig.method, lr: float | None = None) -> Report:
+    """`lr`: the drag's Adam learning rate; None = DragConfig's (the CLI passes the model's own)."""
     res = G.resolution
     det = Detector(detector_net)
-    report = Report(res, pairs, max_steps, str(device), method)
+    lr = DragConfig.lr if lr is None else lr
+    report = Report(res, pairs, max_steps, str(device), method, lr)
     ws = _latents(G, [seed * 100003 + i for i in range(2 * pairs)], truncation, device)
     with torch.no_grad():
         images = torch.cat([G.synthesize(ws[i:i + 1]).image.cpu() for i in range(2 * pairs)])
@@ -135,7 +138,7 @@ def run_benchmark(G, detector_net, pairs: int = 20, point_counts=(1, 5, None), m
             idx = _dedupe(handles, idx)
             targets = lms[b].clamp(0, res - 1)[idx]
             # the paper's protocol: only the step limit ends a drag (no "stalled" stop)
-            cfg = DragConfig(max_steps=max_steps, stall_steps=0, method=method)
+            cfg = DragConfig(max_steps=max_steps, stall_steps=0, method=method, lr=lr)
             session = DragSession(G, ws[a:a + 1], handles[idx], targets, config=cfg)
             t0 = time.perf_counter()
             last = None
@@ -180,16 +183,18 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--method", default=DragConfig.method, help="the drag method (dragd, draggan, freedrag)")
+    ap.add_argument("--lr", type=float, help="drag learning rate (default: the model's own)")
     ap.add_argument("--json", help="also write the report as JSON here")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
     device = pick_device(args.device)
-    G = load_checkpoint(resolve_model(args.model), device=device).G
+    loaded = load_checkpoint(resolve_model(args.model), device=device)
+    G = loaded.G
     net = landmarks.load(args.detector, device=device)
     counts = [None if p == "all" else int(p) for p in args.points.split(",")]
     log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     report = run_benchmark(G, net, args.pairs, counts, args.max_steps, args.seed, device=device, log=log,
-                           method=args.method)
+                           method=args.method, lr=args.lr or loaded.drag_lr)
     report.device = describe_device(device)
     print(report.table())
     if args.json:

@@ -10,7 +10,7 @@
 * **Inversion**: `--inversions` held-out renders (seeds 900000…) at the model's resolution,
   PTI with the `fast` preset; PSNR of the tuned reconstruction against the render.
 * **Landmarks**: the paper's Table-1 protocol (`lab/bench_landmarks.py`) with 1, 5 and all
-  points.
+  points, at the model's own drag learning rate.
 
 MODEL is anything `dragd models` resolves (a registry name or a file).
 """
@@ -78,13 +78,15 @@ def main(argv=None) -> int:
     ap.add_argument("--inversions", type=int, default=20)
     ap.add_argument("--pairs", type=int, default=20)
     ap.add_argument("--parts", default="fid,inversion,landmarks")
+    ap.add_argument("--lr", type=float, help="drag learning rate (default: the model's own)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
     unknown = parts - {"fid", "inversion", "landmarks"}
     if unknown:
         ap.error(f"unknown part(s) {sorted(unknown)}; choose from fid, inversion, landmarks")
-    G = load_checkpoint(resolve_model(args.model)).G.float().eval()
+    loaded = load_checkpoint(resolve_model(args.model))
+    G = loaded.G.float().eval()
     net = landmarks.load()
     report: dict = {"model": args.model, "resolution": G.resolution}
     say = lambda m: print(m, flush=True)   # noqa: E731
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
         say(f"inversion, fast preset, {len(ps)} held-out renders: PSNR mean {statistics.mean(ps):.2f} dB, "
             f"min {min(ps):.2f}, max {max(ps):.2f} ({time.perf_counter() - t0:.0f} s)")
     if "landmarks" in parts:
-        bench = run_benchmark(G, net, pairs=args.pairs)
+        bench = run_benchmark(G, net, pairs=args.pairs, lr=args.lr or loaded.drag_lr)
         report["landmarks"] = [r.__dict__ for r in bench.rows]
         say(bench.table())
     if args.json:

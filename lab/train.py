@@ -657,8 +657,10 @@ def train(preset: str | TrainConfig = "tiny", kimg: float = 1.0, out: str | Path
 
 def export(ckpt: str | Path, out_path: str | Path, with_d: bool = True,
            dtype: torch.dtype = torch.float16, command: str | None = None, note: str | None = None,
-           drag_lr: float | None = None, log: Callable[[str], None] = print) -> dict:
-    """Training checkpoint → native dragd safetensors (G_ema [+ D]) with the training facts."""
+           drag_lr: float | None = None, placeholder: bool | None = None,
+           log: Callable[[str], None] = print) -> dict:
+    """Training checkpoint → native dragd safetensors (G_ema [+ D]) with the training facts.
+    `placeholder` overrides the preset's flag (a model that misses its targets stays one)."""
     from dragd.daemon.model.checkpoints import save_native
 
     state = load_training_checkpoint(ckpt)
@@ -671,7 +673,7 @@ def export(ckpt: str | Path, out_path: str | Path, with_d: bool = True,
         D.load_state_dict(state["D"])
     info = {
         "preset": cfg.name,
-        "placeholder": "true" if cfg.placeholder else "false",
+        "placeholder": "true" if (cfg.placeholder if placeholder is None else placeholder) else "false",
         "kimg": f"{state['nimg'] / 1000:.3f}",
         "steps": str(state["step"]),
         "batch": str(cfg.batch),
@@ -769,9 +771,11 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("--note", help="free text stored as metadata 'notes' (e.g. how the run went)")
         ap.add_argument("--drag-lr", type=float, help="default drag learning rate for this model, stored as "
                         "metadata 'drag_lr' (the paper's 2e-3 suits 512-px FFHQ; small models want more)")
+        ap.add_argument("--placeholder", action="store_true",
+                        help="mark the model a placeholder whatever its preset says (metadata 'placeholder')")
         args = ap.parse_args(argv[1:])
         export(args.ckpt, args.out, with_d=not args.no_d, dtype=getattr(torch, args.dtype), command=command,
-               note=args.note, drag_lr=args.drag_lr)
+               note=args.note, drag_lr=args.drag_lr, placeholder=True if args.placeholder else None)
         return
     if argv[:1] == ["samples"]:
         ap = argparse.ArgumentParser(prog="python -m dragd.lab.train samples",

@@ -247,7 +247,10 @@ def test_distilled_export_says_how_it_was_trained(tmp_path):
             max_steps=2, log=quiet)
     assert (run / "reals.png").is_file()
     info = T.export(run / T.CKPT_NAME, tmp_path / "m.safetensors", with_d=False, log=quiet)["info"]
-    assert "distillation" in info["trainer"]
+    assert "distillation" in info["trainer"] and info["placeholder"] == "false"
+    info = T.export(run / T.CKPT_NAME, tmp_path / "p.safetensors", with_d=False, placeholder=True,
+                    log=quiet)["info"]
+    assert info["placeholder"] == "true"
 
 
 def test_multiscale_and_gradient_l1_see_what_they_should():
