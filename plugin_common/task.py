@@ -248,9 +248,11 @@ class DragTask:
             return
         m.connected(fields)
         self._lap("connect")
+        # No reconstruction back: the plug-ins show none of it, and for a large layer it
+        # is a copy of the layer for the host's UI thread to receive.
         self.job = self._send(lambda: self.client.start_open_session(
             self.image, roi=self.region, invert=s.invert_fields(), model=s.model or None,
-            align=s.align))
+            align=s.align, reconstruction="none"))
 
     def _start_drag(self) -> None:
         mask_img = None

@@ -777,14 +777,18 @@ class Client:
                            invert: Optional[Dict[str, Any]] = None,
                            model: Optional[str] = None,
                            on_event: Optional[Callable[[Event], Any]] = None,
-                           align: Optional[str] = None) -> Job:
-        """Non-blocking open; ``job.session`` is filled in when the result arrives."""
+                           align: Optional[str] = None,
+                           reconstruction: Optional[str] = None) -> Job:
+        """Non-blocking open; ``job.session`` is filled in when the result arrives.
+        ``reconstruction="none"``: the reply carries no reconstruction image."""
         s = Session(image, roi, invert, model, align)
         fields: Dict[str, Any] = {"model": model, "roi": roi}
         if invert:
             fields["invert"] = invert
         if align:
             fields["align"] = align
+        if reconstruction:
+            fields["reconstruction"] = reconstruction
         return self.start("open_session", fields, {"image": image}, on_event=on_event,
                           session=s)
 

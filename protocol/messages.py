@@ -154,6 +154,9 @@ REQUESTS: Dict[str, MessageSpec] = {
          "roi": opt(Nullable(ROI), None),
          # auto: what the model's metadata says (FFHQ models: ffhq), else none.
          "align": opt(Str(choices=("auto", "ffhq", "none")), "auto"),
+         # none: no reconstruction in the reply (a plug-in that shows none of it need
+         # not receive a copy of a huge layer).
+         "reconstruction": opt(Str(choices=("layer", "none")), "layer"),
          # {} rather than absent, so the daemon always gets the filled-in defaults.
          "invert": opt(INVERT, {})},
         frames={"image": FrameSpec(required=True)},

@@ -367,9 +367,11 @@ class FakeClient:
             self.queue.append((job, ev))
         return job
 
-    def start_open_session(self, image, roi=None, invert=None, model=None, align=None):
+    def start_open_session(self, image, roi=None, invert=None, model=None, align=None,
+                           reconstruction=None):
         job = self.start("open_session", {"roi": roi, "invert": invert, "model": model,
-                                          "align": align}, {"image": image})
+                                          "align": align, "reconstruction": reconstruction},
+                         {"image": image})
         job.session = SimpleNamespace(id="sess-1")
         return job
 

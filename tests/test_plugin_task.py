@@ -422,7 +422,8 @@ def test_loading_the_task_without_pyzmq_says_how_to_install_it():
 
 def test_previews_from_the_real_daemon_are_the_region_at_display_size_through_the_mask(
         running_daemon):
-    """The real `dragd serve` (tiny model, no inversion): every preview is the selection's
+    """The real `dragd serve` (tiny model, no inversion): the open reply has no
+    reconstruction (the task asks for none); every preview is the selection's
     region (the daemon's square for the selection's box, within the layer) at most
     preview_max_size on a side; where the selection excludes a pixel, the preview is the
     source there."""
@@ -449,9 +450,20 @@ def test_previews_from_the_real_daemon_are_the_region_at_display_size_through_th
             firsts.append(bytes(p.data)[:3])
         real_on_event(kind, fields, images)
     task.model.on_event = on_event
+    open_images = []
+    real_on_result = task._on_event
+
+    def on_result(ev):
+        if ev.kind == "result" and task.model.phase == "opening":
+            open_images.append(ev.job.result.image)
+        real_on_result(ev)
+    task._on_event = on_result
     task.start()
     drive(task, timeout=60)
     assert task.model.phase == "done", task.model.error
+    # The plug-ins show none of the reconstruction: the open reply carries no copy of the
+    # layer (for a 6000x4000 layer, 72 MB for the host's UI thread to take in).
+    assert open_images == [None]
     geo = make_geometry(h, w, 32, (60, 30, 80, 50))
     vx0, vy0, vx1, vy1 = geo.valid
     scale = min(1.0, 24 / max(vx1 - vx0, vy1 - vy0))

@@ -132,7 +132,8 @@ class Backend:
              "invert": {"method": "pti" | "w" | "w+" | "none",
                         "w_steps": int | None, "tune_steps": int | None,
                         "lr": float | None, "tune_lr": float | None,
-                        "seed": int | None}}
+                        "seed": int | None},
+             "reconstruction": "layer" | "none"}     # none: leave out "image"
 
         Returns ``{"model": str, "resolution": int, "bytes": int (memory this session
         holds, for the daemon's session budget), "info": {...} (optional, e.g.

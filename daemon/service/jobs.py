@@ -131,7 +131,8 @@ class Dispatcher:
         # not a secret: the daemon logs it).
         token = secrets.token_urlsafe(24)
         settings = {"model": m.get("model"), "roi": m.get("roi"), "invert": m.get("invert", {}),
-                    "align": m.get("align", "auto")}
+                    "align": m.get("align", "auto"),
+                    "reconstruction": m.get("reconstruction", "layer")}
         r = plain(self.backend.open_session(sid, img.data, img.width, img.height, img.channels,
                                             settings, progress, tok) or {})
         if tok.reason in ("client_gone", "shutdown"):

@@ -190,10 +190,11 @@ class TorchBackend(Backend):
             log.info("session %s continues an earlier edit of this layer: no inversion", session_id)
         with self._lock:
             self._sessions[session_id] = session
-        recon = _image(session.reconstruction())
-        return {"model": model.name, "resolution": model.loaded.G.resolution, "bytes": self._counted(session_id, session),
-                "seconds": time.perf_counter() - t0, "info": _plain_info(session.info, session.geometry),
-                "image": recon}
+        out = {"model": model.name, "resolution": model.loaded.G.resolution, "bytes": self._counted(session_id, session),
+               "seconds": time.perf_counter() - t0, "info": _plain_info(session.info, session.geometry)}
+        if settings.get("reconstruction", "layer") != "none":
+            out["image"] = _image(session.reconstruction())
+        return out
 
     def drag(self, session_id, points, mask, params, progress, cancel):
         s = self._session(session_id)
