@@ -467,14 +467,18 @@ def check_handles_movable(arrows: Sequence[Arrow], mask: _CommonMaskInfo) -> Non
 # ---------------------------------------------------------------------------
 
 
-def bgra_to_rgba(data: bytes) -> bytes:
+def bgra_to_rgba_array(data: bytes) -> bytearray:
     """Swap the 1st and 3rd byte of every 4-byte pixel (its own inverse)."""
     if len(data) % 4:
         raise ValueError("%d bytes is not a whole number of 4-byte pixels" % len(data))
     out = bytearray(data)
     out[0::4] = data[2::4]
     out[2::4] = data[0::4]
-    return bytes(out)
+    return out
+
+
+def bgra_to_rgba(data: bytes) -> bytes:
+    return bytes(bgra_to_rgba_array(data))
 
 
 rgba_to_bgra = bgra_to_rgba

@@ -90,6 +90,9 @@ class DragRun:
         self.mask: Any = None
         self.arrows: List[Any] = []
         self.stale_removed = 0
+        #: What the run measured (s): its phases, and the longest time one UI-thread
+        #: callback spent on each kind of work ("ui_tick" the whole callback, "ui_read",
+        #: "ui_send", "ui_poll_dragging", "ui_write", ...): what would stall Krita.
         self.timings: Dict[str, float] = {}
         self._t0 = 0.0
         self._source_rgba = b""
@@ -111,7 +114,7 @@ class DragRun:
         try:
             self.settings.validate()
             task_module()                      # says what is missing before reading
-            self._prepare()
+            self._timed("start", self._prepare)
         except UserError as e:
             self._end("failed", str(e))
             return False
@@ -150,29 +153,48 @@ class DragRun:
         of the result once it is there. Returns True while the run goes on."""
         if self.finished:
             return False
+        t0 = self.clock()
+        try:
+            return self._step()
+        finally:
+            self._lap_ui("tick", t0)
+
+    def _lap_ui(self, what: str, since: float) -> None:
+        """Keep the longest time one callback spent on ``what`` (``timings["ui_" + what]``)."""
+        key = "ui_" + what
+        self.timings[key] = max(self.clock() - since, self.timings.get(key, 0.0))
+
+    def _timed(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        t0 = self.clock()
+        try:
+            return fn(*args)
+        finally:
+            self._lap_ui(what, t0)
+
+    def _step(self) -> bool:
         try:
             if self.task is None:
-                if self.reader.step():
-                    self._start_task()
+                if self._timed("read", self.reader.step):
+                    self._timed("send", self._start_task)
                     if self.task.done:
                         self._finish_task()
                         return False
                 return True
-            self.task.tick()
+            self._timed("poll_" + self.task.model.phase, self.task.tick)
             model = self.task.model
             if model.outcome is not None and self.writer is None:
                 self.outcome = model.outcome
-                self.writer = self.host.result_writer(
-                    self.doc, self.source, self.rect, model.outcome.image, self._source_rgba,
-                    self._native, self.mask)
+                self.writer = self._timed(
+                    "writer", self.host.result_writer, self.doc, self.source, self.rect,
+                    model.outcome.image, self._source_rgba, self._native, self.mask)
             elif self.writer is not None and self.new_layer is None:
-                if self.writer.step():
-                    self._written(self.writer.layer)
+                if self._timed("write", self.writer.step):
+                    self._timed("added", self._written, self.writer.layer)
             if self.task.done and (self.writer is None or self.new_layer is not None):
                 self._finish_task()
                 return False
-            self._show_preview()
-            self._show_progress()
+            self._timed("preview", self._show_preview)
+            self._timed("progress", self._show_progress)
         except Exception as e:
             if self.task is not None:
                 self.task.close()

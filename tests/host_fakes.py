@@ -523,6 +523,12 @@ class FakeSelection:
         self.rect = (x, y, w, h)
         self.value = value
 
+    def x(self):
+        return self.rect[0]
+
+    def y(self):
+        return self.rect[1]
+
     def width(self):
         return self.rect[2]
 

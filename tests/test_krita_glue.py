@@ -346,6 +346,25 @@ def test_host_reads_rect_pixels_arrows_and_mask_in_layer_coordinates(res):
     assert h.read_mask(doc, rect).whole_layer
 
 
+def test_only_the_selections_box_is_read_and_the_mask_is_the_same(monkeypatch):
+    """A small selection on a large layer: Krita is asked for the selection's bounding box
+    (clipped to the layer), not for the layer's whole rectangle; the mask is what reading
+    all of it gives, also for a selection reaching outside the layer."""
+    doc, bg, art, vec = scene()
+    h = KritaHost()
+    rect = h.layer_rect(doc, art)                                  # (8, 4) 40x30
+    for box in ((16, 8, 20, 16), (0, 0, 12, 9), (40, 30, 24, 18)):
+        doc.sel = FakeSelection(doc, *box)
+        asked = []
+        real = doc.sel.pixelData
+        monkeypatch.setattr(doc.sel, "pixelData", lambda *a: asked.append(a) or real(*a))
+        mask = h.read_mask(doc, rect)
+        assert mask.data == real(rect.x, rect.y, rect.width, rect.height), box
+        x0, y0 = max(8, box[0]), max(4, box[1])
+        assert asked == [(x0, y0, min(48, box[0] + box[2]) - x0,
+                          min(34, box[1] + box[3]) - y0)], (box, asked)
+
+
 def write_all(writer):
     n = 0
     while not writer.step():
@@ -370,7 +389,7 @@ def test_result_layer_is_a_copy_above_the_source_written_in_bands(monkeypatch):
     assert not w.step()
     assert [n.name() for n in doc.root.childNodes()] == ["bg", "art", "drag"]   # not yet
     new = write_all(w)
-    assert w.steps == 5                                                # 30 rows, 7 a step
+    assert w.steps == 6                              # 30 rows, 7 a step; then the add
     assert [n.name() for n in doc.root.childNodes()] == ["bg", "art", "art (dragged)", "drag"]
     assert bytes(art.px) == before
     assert new.pixelData(8, 4, 1, 1) == bytes([3, 2, 1]) + art.pixelData(8, 4, 1, 1)[3:]
