@@ -137,6 +137,11 @@ class DragDocker(DockWidget):
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.stop_button)
         buttons.addWidget(self.cancel_button)
+        self.live_button = QPushButton("Live view\u2026")
+        self.live_button.setToolTip("Drag interactively: click handles and targets on the "
+                                    "picture, watch it follow, go back, Apply")
+        self.live_button.clicked.connect(self.open_live)
+        buttons.addWidget(self.live_button)
 
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1000)
@@ -236,6 +241,19 @@ class DragDocker(DockWidget):
         if not run.finished:
             self.current_run = run
         return run
+
+    def open_live(self) -> Any:
+        """The Live view button: the interactive view on the active document."""
+        from .live import open_live_view
+
+        s = self.settings()
+        try:
+            s.validate()
+        except UserError as e:
+            self._show(0.0, str(e))
+            return None
+        save_settings(s)
+        return open_live_view(Krita.instance().activeDocument(), s, self)
 
     def stop(self, how: str) -> None:
         if self.current_run is not None:
