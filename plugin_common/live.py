@@ -485,7 +485,7 @@ class LiveSession:
         self.state = "opening"
         self._job = self._send(lambda: self.client.start_open_session(
             self.image, roi=self.region, invert=s.invert_fields(), model=s.model or None,
-            align=s.align))
+            align=s.align, reconstruction="none"))      # the view shows the layer itself
         if self._job is None:
             self._fail(self.notice or "The layer could not be sent to the daemon.")
 
