@@ -26,8 +26,8 @@ def gen():
     return G, ws
 
 
-def _force_plan(monkeypatch, j, size):
-    monkeypatch.setattr(wn, "window_plan", lambda cfg, block, half, count: (j, size))
+def _force_plan(monkeypatch, j, half):
+    monkeypatch.setattr(wn, "window_plan", lambda cfg, block, h, count: (j, wn.window_sizes(half, BLOCK - j)))
 
 
 def _box(c, half, r):
@@ -47,17 +47,13 @@ def _max_box_error(full, fw, centres, half):
     return worst
 
 
-def _plan_size(j, half):
-    return wn.window_size(half, 2 ** (BLOCK - j))[1]
-
-
 CENTRES = [(0, 0), (63, 63), (0, 63), (5, 60), (31, 32), (17, 2), (61, 40)]
 
 
 @pytest.mark.parametrize("j,half", [(4, 2), (4, 6), (3, 3), (3, 8)])
 def test_windows_equal_the_whole_map_inside_their_boxes(gen, monkeypatch, j, half):
     G, ws = gen
-    _force_plan(monkeypatch, j, _plan_size(j, half))
+    _force_plan(monkeypatch, j, half)
     with torch.no_grad():
         full = G.synthesize(ws, stop_after_block=BLOCK, render=False).features[-1]
         fw = G.feature_windows(ws, BLOCK, CENTRES, half)
@@ -67,13 +63,14 @@ def test_windows_equal_the_whole_map_inside_their_boxes(gen, monkeypatch, j, hal
     assert _max_box_error(full, fw, CENTRES, half) < 1e-5 * max(scale, 1.0)
 
 
-def test_margin_of_three_pixels_per_block_is_needed(gen, monkeypatch):
-    """With a margin one pixel short, interior windows read wrong values: the constant is tight."""
+@pytest.mark.parametrize("name,short", [("CONV_REACH", 0), ("UP_REACH", (2, 2)), ("UP_REACH", (3, 1))])
+def test_each_layer_reads_exactly_its_reach(gen, monkeypatch, name, short):
+    """With any layer's reach one pixel short, interior windows read wrong values: the spans are tight."""
     G, ws = gen
     half = 4
-    monkeypatch.setattr(wn, "WINDOW_BLOCK_MARGIN", 2)
-    _force_plan(monkeypatch, 4, _plan_size(4, half))
-    centres = [(31, 32), (20, 45)]                  # away from the map's border
+    monkeypatch.setattr(wn, name, short)
+    _force_plan(monkeypatch, 2, half)
+    centres = [(31, 32), (20, 45), (40, 21)]       # away from the map's border
     with torch.no_grad():
         full = G.synthesize(ws, stop_after_block=BLOCK, render=False).features[-1]
         fw = G.feature_windows(ws, BLOCK, centres, half)
@@ -83,7 +80,7 @@ def test_margin_of_three_pixels_per_block_is_needed(gen, monkeypatch):
 def test_window_gradients_equal_whole_map_gradients(gen, monkeypatch):
     G, ws = gen
     half = 5
-    _force_plan(monkeypatch, 3, _plan_size(3, half))
+    _force_plan(monkeypatch, 3, half)
     centres = [(22, 23), (61, 3)]                  # feature px; covers pts below (image px ÷ 2)
     pts = torch.tensor([[[40.0, 50.0], [47.5, 43.25]], [[120.0, 10.0], [125.0, 2.0]]])  # image px
     grads = []
@@ -105,9 +102,9 @@ def test_window_gradients_equal_whole_map_gradients(gen, monkeypatch):
 
 def test_plan_picks_windows_for_few_handles_and_the_whole_map_for_many():
     G = Generator(resolution=512)                   # FFHQ channels; the plan only reads the config
-    j, size = wn.window_plan(G.cfg, 6, 6, 2)
-    assert j < 6 and 0 < size < G.block_resolution(j)
-    assert wn.window_plan(G.cfg, 6, 6, 5000) == (6, 0)
+    j, sizes = wn.window_plan(G.cfg, 6, 6, 2)
+    assert j < 6 and 0 < sizes[0] < G.block_resolution(j) and sizes[-1] == 13
+    assert wn.window_plan(G.cfg, 6, 6, 5000) == (6, [])
 
 
 def test_whole_map_comes_back_when_windows_do_not_pay(gen):
