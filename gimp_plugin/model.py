@@ -283,6 +283,28 @@ def dialog_info(arrows: Sequence[Arrow], path_name: str, mask: Any, layer_name: 
     return [points, mask.describe(), daemon_line]
 
 
+def model_choices(current: str, models: Optional[Sequence[str]], loaded: Optional[str]
+                  ) -> Tuple[List[Tuple[str, str]], str]:
+    """The settings dialog's Model list: (value, label) items (value "" = the model the
+    daemon has loaded) and a note to show beside it. ``models``: the daemon's list, None
+    when it could not be fetched: then the list keeps the last used model (``current``)
+    and the note says so, as it does when ``current`` is not among the daemon's models."""
+    items = [("", "The daemon's loaded model (%s)" % loaded if loaded
+              else "The model the daemon has loaded")]
+    if models is None:
+        if current:
+            items.append((current, current))
+        return items, ("The daemon's model list could not be fetched; %s"
+                       % ("the last used model, %r, is kept." % current if current
+                          else "the daemon's loaded model is used."))
+    items += [(m, m) for m in models]
+    if current and current not in models:
+        items.append((current, "%s (not on this daemon)" % current))
+        return items, ("The last used model, %r, is not on this daemon: choose one of its "
+                       "models." % current)
+    return items, ""
+
+
 # ---------------------------------------------------------------------------
 # Mask: selection -> movable region
 # ---------------------------------------------------------------------------

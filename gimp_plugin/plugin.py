@@ -28,8 +28,10 @@ from gi.repository import Gegl, GLib, GObject, Gimp  # noqa: E402
 from ..plugin_common.messages import bug  # noqa: E402
 from .host import GimpHost  # noqa: E402
 from .model import (ARGUMENTS, MENU_LABEL, MENU_PATH, PROCEDURE_NAME,  # noqa: E402
-                    Cancelled, DragSettings, UserError, check_handles_movable, dialog_info)
-from .run import describe_daemon, run_on_layer, task_module  # noqa: E402
+                    Cancelled, DragSettings, UserError, check_handles_movable, dialog_info,
+                    model_choices)
+from .live import LIVE_MENU_LABEL, LIVE_PROCEDURE_NAME, run_live  # noqa: E402
+from .run import probe_daemon, run_on_layer, task_module  # noqa: E402
 
 RW = GObject.ParamFlags.READWRITE
 
@@ -80,10 +82,13 @@ def run(procedure: Any, run_mode: Any, image: Any, drawables: Any, config: Any,
             from .ui import settings_dialog
             GimpUi.init(PROCEDURE_NAME)
             endpoint = str(config.get_property("daemon") or "").strip()
+            probe = probe_daemon(endpoint)
             info = dialog_info(arrows, path_name, mask, layer.get_name(),
-                               len(list(image.get_paths() or [])), describe_daemon(endpoint))
+                               len(list(image.get_paths() or [])), probe.describe())
+            models = model_choices(str(config.get_property("model") or ""),
+                                   None if probe.error else probe.models, probe.loaded_model)
             if not settings_dialog(GimpUi, procedure, config, info,
-                                   [a.name for a in ARGUMENTS]):
+                                   [a.name for a in ARGUMENTS], models=models):
                 return _error(procedure, Gimp.PDBStatusType.CANCEL, "Cancelled.")
         settings = DragSettings.from_values(config_values(config))
         dialog_factory = None
@@ -113,6 +118,36 @@ def run(procedure: Any, run_mode: Any, image: Any, drawables: Any, config: Any,
     return rv
 
 
+def run_live_view(procedure: Any, run_mode: Any, image: Any, drawables: Any, config: Any,
+                  data: Any) -> Any:
+    """The live view (gimp_plugin/live.py) with the procedure's settings; returns the layer
+    Apply wrote, or CANCEL when the image was left as it was."""
+    if run_mode != Gimp.RunMode.INTERACTIVE:
+        return _error(procedure, Gimp.PDBStatusType.CALLING_ERROR,
+                      "The live view is interactive: open it from Filters > Generative > "
+                      "Drag live (DragGAN); scripts call plug-in-dragd-drag.")
+    host = GimpHost(Gimp, Gegl)
+    try:
+        task_module()
+        layer = host.source_layer(list(drawables))
+        gi.require_version("GimpUi", "3.0")
+        from gi.repository import GimpUi
+        GimpUi.init(LIVE_PROCEDURE_NAME)
+        new_layer = run_live(GimpUi, host, image, layer,
+                             DragSettings.from_values(config_values(config)))
+    except UserError as e:
+        return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, str(e))
+    except Exception as e:  # a bug: say so, with the details on stderr
+        traceback.print_exc()
+        return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR,
+                      bug(e, " with GIMP's error output"))
+    if new_layer is None:
+        return _error(procedure, Gimp.PDBStatusType.CANCEL, "Cancelled.")
+    rv = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, None)
+    _set_return(rv, 1, GObject.Value(Gimp.Layer, new_layer))
+    return rv
+
+
 def _set_return(rv: Any, index: int, value: Any) -> None:
     """Put a return value at ``index`` (new_return_values(SUCCESS) already holds a
     default for every declared return value)."""
@@ -125,12 +160,14 @@ def _set_return(rv: Any, index: int, value: Any) -> None:
 
 class DragdGimp(Gimp.PlugIn):
     def do_query_procedures(self):
-        return [PROCEDURE_NAME]
+        return [PROCEDURE_NAME, LIVE_PROCEDURE_NAME]
 
     def do_set_i18n(self, name):
         return False
 
     def do_create_procedure(self, name):
+        if name == LIVE_PROCEDURE_NAME:
+            return self._live_procedure(name)
         proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
         proc.set_image_types("RGB*, GRAY*")
         proc.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
@@ -159,6 +196,27 @@ class DragdGimp(Gimp.PlugIn):
                                      "The outcome in words: how the drag ended, how far the "
                                      "handles are from the targets, the inversion's quality",
                                      "", RW)
+        return proc
+
+    def _live_procedure(self, name):
+        proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_live_view,
+                                       None)
+        proc.set_image_types("RGB*, GRAY*")
+        proc.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        proc.set_menu_label(LIVE_MENU_LABEL)
+        proc.add_menu_path(MENU_PATH)
+        proc.set_documentation(
+            "Drag points of a layer interactively with DragGAN",
+            "Opens the live view: click a handle and then its target on the picture, Start, "
+            "watch the picture follow, Stop, add points and Continue, go back to an earlier "
+            "drag, Apply. Served by the dragd daemon (start it with: dragd serve). The "
+            "selection is the region that may move; the strokes of the path are the first "
+            "points. Apply adds the result as a new layer above the source, in one undo step.",
+            name)
+        proc.set_attribution("dragd", "dragd contributors", "2025")
+        add_arguments(proc)
+        proc.add_layer_return_value("new-layer", "New layer", "The layer holding the result",
+                                    True, RW)
         return proc
 
 

@@ -36,14 +36,16 @@ def make_task(settings: DragSettings, arrows: list, image: Any, mask: Any, **kw:
                                   **kw)
 
 
-def describe_daemon(endpoint: str, timeout: float = 1.5, **kw: Any) -> str:
-    """One line about the daemon for the settings dialog (waits at most ~``timeout``)."""
+def probe_daemon(endpoint: str, timeout: float = 1.5, **kw: Any) -> Any:
+    """Ask the daemon for its models before the settings dialog opens (waits at most
+    ~``timeout``): the finished DaemonProbe (``models``, ``loaded_model`` or ``error``;
+    ``describe()`` is the dialog's line about the daemon)."""
     probe = task_module().DaemonProbe(endpoint, client_name=CLIENT_NAME, timeout=timeout,
                                       **kw)
     probe.start()
     while probe.tick(POLL_MS):
         pass
-    return probe.describe()
+    return probe
 
 
 class NullUi:

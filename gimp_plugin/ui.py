@@ -16,14 +16,14 @@ Test hook (used by the host tests under Xvfb, inert otherwise): with the environ
 variable ``DRAGD_GIMP_TEST_DIALOG="ok [name=value ...]"`` the settings dialog makes those
 edits and answers OK by itself, and with ``DRAGD_GIMP_TEST_STOP=N`` the progress dialog
 presses Stop at drag step N; ``DRAGD_GIMP_TEST_SHOTS=FOLDER`` saves a screenshot of each
-dialog there (settings.png before OK, progress.png at the Stop or the last preview) and
-the previews' sizes (previews.json).
+dialog there (settings.png before OK, progress.png at the Stop or the last preview), the
+previews' sizes (previews.json) and the Model list's items (models.json).
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 from .model import PREVIEW_SIZE
 
@@ -38,11 +38,15 @@ def _gtk():
 
 
 def settings_dialog(GimpUi: Any, procedure: Any, config: Any, info_lines: Sequence[str],
-                    properties: Sequence[str], title: str = "Drag (DragGAN)") -> bool:
-    """Show the procedure dialog; True when the user pressed OK."""
+                    properties: Sequence[str], title: str = "Drag (DragGAN)",
+                    models: Optional[Tuple[Sequence[Tuple[str, str]], str]] = None) -> bool:
+    """Show the procedure dialog; True when the user pressed OK. ``models``: the Model
+    argument as a list ((value, label) items, a note) instead of a text field (see
+    :func:`~.model.model_choices`); the choice goes into the config on OK."""
     Gtk, GLib = _gtk()
     dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title=title)
     ids = []
+    label = None
     for i, line in enumerate(info_lines):
         wid = "dragd-info-%d" % i
         label = dialog.get_label(wid, line, False, False)
@@ -53,14 +57,68 @@ def settings_dialog(GimpUi: Any, procedure: Any, config: Any, info_lines: Sequen
         except Exception:
             pass
         ids.append(wid)
+    combo = None
+    if models is not None and "model" in properties:
+        properties = [p for p in properties if p != "model"]
     dialog.fill(list(ids) + list(properties))
+    if models is not None:
+        combo = _model_list(Gtk, dialog, config, models, after=label)
     test = os.environ.get("DRAGD_GIMP_TEST_DIALOG", "").split()
     if test and test[0] == "ok":
-        GLib.timeout_add(300, _test_answer, dialog, config, test[1:], Gtk.ResponseType.OK)
+        GLib.timeout_add(300, _test_answer, dialog, config, test[1:], Gtk.ResponseType.OK,
+                         combo)
         GLib.timeout_add(150, _test_shot, dialog, "settings.png")
+        _test_models(models)
     ok = bool(dialog.run())
+    if ok and combo is not None:
+        config.set_property("model", combo.get_active_id() or "")
     dialog.destroy()
     return ok
+
+
+def _model_list(Gtk: Any, dialog: Any, config: Any,
+                models: Tuple[Sequence[Tuple[str, str]], str], after: Any) -> Any:
+    """The Model row (a label, the daemon's models, the note) put where the procedure
+    dialog would have put its text field, after the widget ``after`` (the last info
+    line); returns the combo box."""
+    items, note = models
+    combo = Gtk.ComboBoxText()
+    for value, label in items:
+        combo.append(value, label)
+    combo.set_active_id(str(config.get_property("model") or ""))
+    pspec = config.find_property("model")
+    label = Gtk.Label.new_with_mnemonic(pspec.get_nick() if pspec is not None else "_Model")
+    label.set_mnemonic_widget(combo)
+    label.set_xalign(0.0)
+    if pspec is not None:
+        combo.set_tooltip_text(pspec.get_blurb())
+    row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+    row.pack_start(label, False, False, 0)
+    row.pack_start(combo, True, True, 0)
+    box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
+    box.pack_start(row, False, False, 0)
+    if note:
+        words = Gtk.Label(label=note)
+        words.set_line_wrap(True)
+        words.set_max_width_chars(60)
+        words.set_xalign(0.0)
+        box.pack_start(words, False, False, 0)
+    area = after.get_parent() if after is not None else None
+    area = area or dialog.get_content_area()
+    kids = list(area.get_children())
+    at = next((i + 1 for i, k in enumerate(kids) if k is after), len(kids))
+    area.pack_start(box, False, False, 0)
+    area.reorder_child(box, at)
+    box.show_all()
+    return combo
+
+
+def _test_models(models: Any) -> None:
+    """Test hook: the Model list's items and note in $DRAGD_GIMP_TEST_SHOTS/models.json."""
+    folder = os.environ.get("DRAGD_GIMP_TEST_SHOTS")
+    if folder and models is not None:
+        with open(os.path.join(folder, "models.json"), "w") as f:
+            json.dump({"items": [list(i) for i in models[0]], "note": models[1]}, f)
 
 
 def _test_shot(window: Any, name: str) -> bool:
@@ -78,11 +136,15 @@ def _test_shot(window: Any, name: str) -> bool:
     return False
 
 
-def _test_answer(dialog: Any, config: Any, edits: Sequence[str], response: int) -> bool:
-    """Test hook: set ``name=value`` edits on the config as a user would in the dialog,
-    then answer."""
+def _test_answer(dialog: Any, config: Any, edits: Sequence[str], response: int,
+                 combo: Any = None) -> bool:
+    """Test hook: set ``name=value`` edits on the config as a user would in the dialog
+    (the model by choosing it in the Model list), then answer."""
     for edit in edits:
         name, _, value = edit.partition("=")
+        if name == "model" and combo is not None:
+            combo.set_active_id(value)
+            continue
         pspec = config.find_property(name)
         vtype = pspec.value_type.name if pspec is not None else ""
         if vtype in ("gint", "guint"):
@@ -119,6 +181,10 @@ class ProgressDialog:
             pass
         self.label = Gtk.Label(label="Connecting to the dragd daemon...")
         self.label.set_xalign(0.0)
+        # wrapped: the outcome can be a paragraph (the daemon's domain verdict), which
+        # unwrapped made the window thousands of pixels wide
+        self.label.set_line_wrap(True)
+        self.label.set_max_width_chars(60)
         self.bar = Gtk.ProgressBar()
         self.bar.set_size_request(360, -1)
         self.preview = Gtk.Image()

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from dragd.gimp_plugin import host as gimp_host
-from dragd.gimp_plugin import model, run
+from dragd.gimp_plugin import model, run, ui
 from dragd.gimp_plugin.model import (ARGUMENTS, Arrow, Cancelled, DragSettings, JobModel,
                                      LayerGeometry, MaskInfo, Stroke, UserError,
                                      arrows_from_strokes, bezier_anchors,
@@ -740,13 +740,158 @@ def test_run_daemon_down_fails_fast_with_the_start_command():
     assert elapsed < 4.0, elapsed
 
 
-def test_describe_daemon(null_server):
-    line = run.describe_daemon(null_server.endpoint)
+def test_probe_daemon_gives_the_model_list_or_a_fallback_within_its_timeout(null_server):
+    probe = run.probe_daemon(null_server.endpoint)
+    line = probe.describe()
     assert line.startswith("Daemon at %s" % null_server.endpoint) and "null" in line
+    items, note = model.model_choices("", probe.models, probe.loaded_model)
+    assert items == [("", "The daemon's loaded model (null)"), ("null", "null")]
+    assert note == ""
     t0 = time.monotonic()
-    line = run.describe_daemon("tcp://127.0.0.1:1", timeout=0.5)
-    assert "not reachable" in line and "dragd serve" in line
+    probe = run.probe_daemon("tcp://127.0.0.1:1", timeout=0.5)
+    assert "not reachable" in probe.describe() and "dragd serve" in probe.describe()
     assert time.monotonic() - t0 < 3.0
+    assert probe.error and probe.models == []
+
+
+def test_model_choices_keep_the_last_used_model_and_say_why():
+    # unreachable: the default and the last used model, with words saying so
+    items, note = model.model_choices("ffhq", None, None)
+    assert items == [("", "The model the daemon has loaded"), ("ffhq", "ffhq")]
+    assert "could not be fetched" in note and "'ffhq'" in note
+    items, note = model.model_choices("", None, None)
+    assert [v for v, _ in items] == [""] and "loaded model is used" in note
+    # the last used model is not on this daemon: kept, marked, and said
+    items, note = model.model_choices("gone", ["a", "b"], "a")
+    assert items == [("", "The daemon's loaded model (a)"), ("a", "a"), ("b", "b"),
+                     ("gone", "gone (not on this daemon)")]
+    assert "not on this daemon" in note
+
+
+class _FakeWidget:
+    def __init__(self, *a, **kw):
+        self.children, self.calls, self.items, self.active = [], [], [], None
+
+    def __getattr__(self, name):          # setters the dialog calls for looks
+        return lambda *a, **kw: self.calls.append(name)
+
+    def pack_start(self, child, *a):
+        self.children.append(child)
+
+    def get_children(self):
+        return list(self.children)
+
+    def reorder_child(self, child, at):
+        self.children.remove(child)
+        self.children.insert(at, child)
+
+    def append(self, value, label):
+        self.items.append((value, label))
+
+    def set_active_id(self, value):
+        self.active = value if any(v == value for v, _ in self.items) else None
+        return self.active is not None
+
+    def get_active_id(self):
+        return self.active
+
+
+class _FakeLabel(_FakeWidget):
+    def __init__(self, label=""):
+        super().__init__()
+        self.text = label
+
+    @classmethod
+    def new_with_mnemonic(cls, text):
+        return cls(text)
+
+
+class _FakeGtk:
+    ComboBoxText, Box, Label = _FakeWidget, _FakeWidget, _FakeLabel
+    Orientation = SimpleNamespace(HORIZONTAL=0, VERTICAL=1)
+    ResponseType = SimpleNamespace(OK=-5)
+
+
+class _FakeConfig:
+    def __init__(self, **values):
+        self.values = values
+
+    def get_property(self, name):
+        return self.values.get(name)
+
+    def set_property(self, name, value):
+        self.values[name] = value
+
+    def find_property(self, name):
+        return SimpleNamespace(get_nick=lambda: "_Model", get_blurb=lambda: "blurb",
+                               value_type=SimpleNamespace(name="gchararray"))
+
+
+class _FakeProcedureDialog(_FakeWidget):
+    choose = None          # what the "user" picks in the Model list before the answer
+    answer = True
+
+    def __init__(self, **kw):
+        super().__init__()
+        self.area = _FakeWidget()
+        self.filled = None
+        self.labels = {}
+
+    def get_label(self, wid, text, *a):
+        self.labels[wid] = _FakeLabel(text)
+        self.labels[wid].get_parent = lambda: self.area
+        return self.labels[wid]
+
+    def fill(self, ids):
+        self.filled = list(ids)
+        # GIMP's content area holds a widget of its own before the filled ones
+        self.area.children = ["gimp's own"] + [self.labels.get(i, "widget:" + i) for i in ids]
+
+    def get_content_area(self):
+        return self.area
+
+    def combo(self):
+        return self.area.children[4].children[0].children[1]
+
+    def run(self):
+        if self.choose is not None:
+            self.combo().set_active_id(self.choose)
+        return self.answer
+
+
+def test_settings_dialog_offers_the_daemons_models_and_saves_the_choice(monkeypatch):
+    """The Model argument is a list of the daemon's models (in the text field's place,
+    after the info lines); the last used model is chosen when the dialog opens and the
+    chosen one goes into the config on OK, not on Cancel. The test hook chooses in the
+    list as a user would."""
+    monkeypatch.setattr(ui, "_gtk", lambda: (_FakeGtk, SimpleNamespace(timeout_add=None)))
+    monkeypatch.delenv("DRAGD_GIMP_TEST_DIALOG", raising=False)
+    made = []
+
+    def dialog(**kw):
+        made.append(_FakeProcedureDialog(**kw))
+        return made[-1]
+    GimpUi = SimpleNamespace(ProcedureDialog=dialog)
+    config = _FakeConfig(model="b")
+    models = model.model_choices("b", ["a", "b"], "a")
+    assert ui.settings_dialog(GimpUi, None, config, ["info", "more", "daemon"],
+                              ["model", "max-steps"], models=models)
+    assert made[-1].filled == ["dragd-info-0", "dragd-info-1", "dragd-info-2", "max-steps"]
+    assert made[-1].area.children[5] == "widget:max-steps"      # the list sits before it
+    assert made[-1].combo().items == [("", "The daemon's loaded model (a)"), ("a", "a"),
+                                      ("b", "b")]
+    assert config.values["model"] == "b"                         # preselected, kept
+    monkeypatch.setattr(_FakeProcedureDialog, "choose", "")
+    monkeypatch.setattr(_FakeProcedureDialog, "answer", False)
+    assert not ui.settings_dialog(GimpUi, None, config, ["i", "j", "k"], ["model"],
+                                  models=models)
+    assert config.values["model"] == "b"                         # Cancel: unchanged
+    monkeypatch.setattr(_FakeProcedureDialog, "answer", True)
+    assert ui.settings_dialog(GimpUi, None, config, ["i", "j", "k"], ["model"],
+                                  models=models)
+    assert config.values["model"] == ""                          # the loaded model
+    ui._test_answer(made[-1], config, ["model=a"], 1, made[-1].combo())
+    assert made[-1].combo().get_active_id() == "a"
 
 
 def test_gimp_plugin_package_imports_nothing_from_gimp_or_zmq():

@@ -551,6 +551,10 @@ def test_photo_the_selection_is_the_region_and_reconstructs_better_than_the_whol
     previews = json.loads((shots / "previews.json").read_text())
     assert previews["shown"] >= 1
     assert all(max(wh) <= 320 for wh in previews["sizes"]), previews
+    # the dialog's Model is a list: the daemon's loaded model, then each of its models
+    models = json.loads((shots / "models.json").read_text())
+    assert models["items"][0][0] == "" and "loaded model" in models["items"][0][1], models
+    assert len(models["items"]) >= 2 and models["note"] == "", models
     for name in ("settings.png", "progress.png", "gimp-result.png"):
         assert (shots / name).stat().st_size > 1000, name
         (tmp_path / name).write_bytes((shots / name).read_bytes())
