@@ -1,0 +1,313 @@
+"""The live view (gimp_plugin/live.py) in a REAL GIMP 3.0 (Debian trixie chroot, tests/hosts)
+under Xvfb, against a real `dragd serve` with the embedded model on this machine.
+
+A batch script (gimp-console under xvfb-run) builds the image (the embedded model's portrait,
+a rectangular selection, a path with one stroke) and calls ``plug-in-dragd-live``
+interactively; the plug-in process shows the dialog, and its test hook
+(``DRAGD_GIMP_TEST_LIVE``) runs DRIVER inside the dialog's GTK loop. The chroot has no
+xdotool, so the driver sends GDK button and motion events to the view (``widget.event``: the
+handlers a user's clicks reach) and presses the buttons with ``clicked()``: the path's stroke
+is the first point; it is removed with a right click; two pairs are clicked, one target
+dragged elsewhere; Start, at least 10 previews, Stop; a third pair, Continue; the first history
+entry; Apply. The batch script then checks the new layer against the daemon's state of that
+entry pixel for pixel. A 10 ms GLib timeout in the dialog's loop measures its longest stall.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+
+import pytest
+
+from dragd.daemon.cli.install_plugins import install_gimp
+from hosts.chroot import GIMP_PLUGIN_DIR, HostResult, ensure_chroot, new_home, run_in_chroot
+from test_krita_live_host import (LINE, MOVED_TARGET, PAIRS, SEL, THIRD,  # noqa: F401
+                                  face_daemon, portrait)
+
+pytestmark = pytest.mark.hosts
+
+SHOTS = ("gimp-live-dragging.png", "gimp-live-history.png")
+
+DRIVER = r'''
+import json, os, time
+
+PAIRS = %(PAIRS)r
+MOVED_TARGET = %(MOVED_TARGET)r
+THIRD = %(THIRD)r
+
+
+def main(window):
+    R = {}
+    try:
+        run(window, R)
+    except Exception:
+        import traceback
+        R["error"] = traceback.format_exc()
+        window.cancel()
+    with open(os.environ["DRAGD_LIVE_RESULT"], "w") as f:
+        json.dump(R, f)
+
+
+def run(window, R):
+    from gi.repository import Gdk, GLib
+
+    def spin(ms):
+        loop = GLib.MainLoop()
+        GLib.timeout_add(ms, lambda: loop.quit() or False)
+        loop.run()
+
+    def wait(cond, timeout):
+        t0 = time.monotonic()
+        while not cond() and time.monotonic() - t0 < timeout:
+            spin(10)
+        return cond()
+
+    gaps, last, slow = [], [time.monotonic()], []
+    R["slow"] = slow
+
+    def tick():
+        now = time.monotonic()
+        if last[0] is not None:
+            gaps.append(now - last[0])
+            if now - last[0] > 0.08:
+                slow.append([round(now - last[0], 3), live.state, live.timings.frames])
+        last[0] = now
+        return True
+
+    GLib.timeout_add(10, tick)
+    # How long the view's own callbacks run (wall and CPU time): the gaps above also count
+    # the time this process waits for a core on a loaded machine.
+    work = []
+
+    def timed(fn):
+        def run(*a):
+            t0, c0 = time.perf_counter(), time.thread_time()
+            out = fn(*a)
+            work.append((time.perf_counter() - t0, time.thread_time() - c0))
+            return out
+        return run
+
+    GLib.source_remove(window.timer_id)
+    GLib.timeout_add(30, timed(window._tick))
+    window.redraw = timed(window.redraw)
+
+    def shot(name):
+        gw = window.dialog.get_window()
+        pb = Gdk.pixbuf_get_from_window(gw, 0, 0, gw.get_width(), gw.get_height())
+        pb.savev(os.path.join(os.environ["DRAGD_SHOTS"], name), "png", [], [])
+        last[0] = None                      # the screenshot is the test's own work
+
+    def event(kind, p, button=1):
+        x, y = window.to_view(p)
+        ev = Gdk.Event.new(kind)
+        ev.x, ev.y = float(x), float(y)
+        ev.window = window.area.get_window()
+        if kind == Gdk.EventType.MOTION_NOTIFY:
+            ev.state = Gdk.ModifierType.BUTTON1_MASK
+        else:
+            ev.button = button
+        window.area.event(ev)
+
+    def click(p, button=1):
+        event(Gdk.EventType.BUTTON_PRESS, p, button)
+        event(Gdk.EventType.BUTTON_RELEASE, p, button)
+
+    live = window.live
+    ok = wait(lambda: live.state == "idle", 300)
+    R["open_state"] = live.state
+    R["open_status"] = window.status_label.get_text()
+    if not ok:
+        window.cancel()
+        return
+    spin(100)
+    R["connection"] = window.connection_label.get_text()
+    R["view_box"] = list(live.view_box)
+    R["prefilled"] = [[list(p.handle), list(p.target)] for p in live.points]
+    R["mask_switch"] = [window.mask_check.get_sensitive(), window.mask_check.get_active()]
+    click(live.points[0].handle, 3)
+    R["after_remove"] = len(live.points)
+    for h, t in PAIRS:
+        click(h)
+        click(t)
+    event(Gdk.EventType.BUTTON_PRESS, PAIRS[1][1])
+    event(Gdk.EventType.MOTION_NOTIFY, MOVED_TARGET)
+    event(Gdk.EventType.BUTTON_RELEASE, MOVED_TARGET)
+    R["placed"] = [[list(p.handle), list(p.target)] for p in live.points]
+    R["start_enabled"] = window.start_button.get_sensitive()
+
+    serial = live.frame.serial
+    t_click = time.monotonic()
+    window.start_button.clicked()
+    wait(lambda: live.frame.serial != serial or live.state == "idle", 60)
+    R["click_to_first_frame_s"] = time.monotonic() - t_click
+    seen, prev, t_first, shot_taken = set(), None, time.monotonic(), False
+    while live.state == "dragging" and len(seen) < 12 and time.monotonic() - t_first < 60:
+        spin(10)
+        if live.frame.serial != prev:
+            prev = live.frame.serial
+            seen.add(prev)
+        if len(seen) == 6 and not shot_taken:
+            shot("gimp-live-dragging.png")
+            shot_taken = True
+    R["frames_seen"] = len(seen)
+    R["frames_received"] = live.timings.frames
+    R["fps"] = live.timings.fps()
+    R["first_frame_s"] = live.timings.first_frame_s
+    window.stop_button.clicked()
+    wait(lambda: live.state == "idle", 60)
+    R["after_stop"] = {"position": live.position, "stop": live.history[-1].stop,
+                       "button": window.start_button.get_label()}
+    first = bytes(live.result.data)
+    click(THIRD[0])
+    click(THIRD[1])
+    window.start_button.clicked()
+    wait(lambda: live.state == "idle", 180)
+    R["after_continue"] = {"position": live.position, "points": len(live.points),
+                           "items": len(window.history_buttons)}
+    window.history_buttons[1].clicked()
+    wait(lambda: live.state == "idle", 60)
+    spin(100)
+    R["after_pick"] = {"position": live.position, "items": len(window.history_buttons),
+                       "apply_enabled": window.apply_button.get_sensitive()}
+    shot("gimp-live-history.png")
+    expected = bytes(live.result.data)
+    R["equals_first_drag"] = expected == first
+    with open(os.environ["DRAGD_LIVE_EXPECTED"], "wb") as f:
+        f.write(expected)
+    top = sorted(gaps, reverse=True)[:5]
+    R["max_gap"], R["top_gaps"] = (top[0] if top else None), [round(g, 3) for g in top]
+    R["work_max_s"] = max(w for w, _ in work)
+    R["work_cpu_max_s"] = max(c for _, c in work)
+    window.apply_button.clicked()
+    R["session_closed"] = live.state
+''' % {"PAIRS": PAIRS, "MOVED_TARGET": MOVED_TARGET, "THIRD": THIRD}
+
+SCRIPT = r'''
+import json, os
+from gi.repository import Gegl, Gio, Gimp
+
+SEL = %(SEL)r
+LINE = %(LINE)r
+RGBA = "R'G'B'A u8"
+
+image = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE,
+                       Gio.File.new_for_path(os.environ["DRAGD_PICTURE"]))
+layer = image.get_layers()[0]
+layer.set_name("portrait")
+path = Gimp.Path.new(image, "arrows")
+image.insert_path(path, None, 0)
+sid = path.bezier_stroke_new_moveto(*LINE[0])
+path.bezier_stroke_lineto(sid, *LINE[1])
+image.select_rectangle(Gimp.ChannelOps.REPLACE, *SEL)
+image.set_selected_layers([layer])
+w, h = layer.get_width(), layer.get_height()
+
+proc = Gimp.get_pdb().lookup_procedure("plug-in-dragd-live")
+R = {"registered": proc is not None,
+     "menu": list(proc.get_menu_paths()) if proc else None,
+     "label": proc.get_menu_label() if proc else None}
+cfg = proc.create_config()
+cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+cfg.set_property("image", image)
+cfg.set_core_object_array("drawables", [layer])
+for k, v in (("daemon", os.environ["DRAGD_ENDPOINT"]), ("inversion", "fast"),
+             ("max-steps", 60), ("paste", "resample")):
+    cfg.set_property(k, v)
+res = proc.run(cfg)
+R["status"] = res.index(0).value_nick
+R["stack"] = [lyr.get_name() for lyr in image.get_layers()]
+if R["status"] == "success":
+    new = res.index(1)
+    got = bytes(new.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, RGBA,
+                                     Gegl.AbyssPolicy.NONE))
+    with open(os.environ["DRAGD_LIVE_EXPECTED"], "rb") as f:
+        expected = f.read()
+    R["result_equal"] = got == expected
+    R["result_size"] = [new.get_width(), new.get_height(), len(got), len(expected)]
+    src = bytes(layer.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, RGBA,
+                                       Gegl.AbyssPolicy.NONE))
+    R["changed_pixels"] = sum(1 for i in range(0, len(src), 4) if src[i:i + 3] != got[i:i + 3])
+    R["position"] = image.get_item_position(new)
+elif res.length() > 1:
+    R["message"] = res.index(1)
+with open(os.environ["DRAGD_RESULT"], "w") as f:
+    json.dump(R, f)
+''' % {"SEL": SEL, "LINE": LINE}
+
+
+@pytest.fixture(scope="module")
+def chroot_root():
+    return ensure_chroot()
+
+
+def run_gimp_live(home, env, timeout=900):
+    rel = ".dragd-result-%d.json" % random.getrandbits(40)
+    env = dict(env, DRAGD_RESULT=home.chroot_path(rel))
+    t0 = time.monotonic()
+    proc = run_in_chroot(["xvfb-run", "-a", "-n", str(random.randrange(200, 900)), "-s",
+                          "-nolisten tcp -screen 0 1280x1024x24", "gimp-console-3.0", "-nis",
+                          "--batch-interpreter", "python-fu-eval", "-b", "-", "--quit"],
+                         timeout=timeout, env=env, input=SCRIPT, home=home)
+    r = HostResult(proc.args, proc.returncode, proc.stdout, proc.stderr)
+    r.elapsed = time.monotonic() - t0
+    if home.path(rel).exists():
+        r.result = json.loads(home.path(rel).read_text())
+    return r
+
+
+def test_live_view_in_gimp(chroot_root, face_daemon, tmp_path):
+    with new_home("gimp") as home:
+        install_gimp(home.path(GIMP_PLUGIN_DIR))
+        portrait(home.path("portrait.png"))
+        home.path("driver.py").write_text(DRIVER)
+        home.path("shots").mkdir()
+        r = run_gimp_live(home, {
+            "DRAGD_ENDPOINT": face_daemon.endpoint,
+            "DRAGD_PICTURE": home.chroot_path("portrait.png"),
+            "DRAGD_GIMP_TEST_LIVE": home.chroot_path("driver.py"),
+            "DRAGD_LIVE_RESULT": home.chroot_path("live.json"),
+            "DRAGD_LIVE_EXPECTED": home.chroot_path("expected.rgba"),
+            "DRAGD_SHOTS": home.chroot_path("shots")})
+        live = (json.loads(home.path("live.json").read_text())
+                if home.path("live.json").exists() else None)
+        for name in SHOTS:
+            if home.path("shots/" + name).exists():
+                shutil.copy(home.path("shots/" + name), tmp_path / name)
+    res = r.result
+    assert res is not None and live is not None, r.log()[-4000:]
+    assert "error" not in live, live["error"] + r.log()[-3000:]
+    assert res["registered"] and res["menu"] == ["<Image>/Filters/Generative"]
+    assert live["open_state"] == "idle", (live, face_daemon.log()[-3000:])
+    assert live["connection"].startswith("\u25cf Connected to %s (cpu" % face_daemon.endpoint)
+    x0, y0, x1, y1 = live["view_box"]
+    assert x0 < SEL[0] and y0 < SEL[1] and x1 > SEL[0] + SEL[2] and y1 > SEL[1] + SEL[3]
+    assert live["prefilled"] == [[list(LINE[0]), list(LINE[1])]]
+    assert live["mask_switch"] == [True, True] and live["after_remove"] == 0
+    expect = [[list(h), list(t)] for h, t in PAIRS]
+    expect[1][1] = list(MOVED_TARGET)
+    for got, want in zip(live["placed"], expect):
+        assert got == [pytest.approx(want[0], abs=0.5), pytest.approx(want[1], abs=0.5)]
+    assert len(live["placed"]) == 2 and live["start_enabled"]
+    assert live["frames_seen"] >= 10 and live["frames_received"] >= 10, live
+    assert live["after_stop"]["position"] == 1 and live["after_stop"]["button"] == "Continue"
+    assert live["after_continue"] == {"position": 2, "points": 3, "items": 3}
+    assert live["after_pick"] == {"position": 1, "items": 2, "apply_enabled": True}
+    assert live["equals_first_drag"]
+    assert live["session_closed"] == "closed"
+    assert res["status"] == "success", (res, r.log()[-3000:])
+    assert res["stack"] == ["portrait (dragged)", "portrait"], res["stack"]
+    assert res["position"] == 0
+    assert res["result_equal"], res["result_size"]
+    assert res["changed_pixels"] > 100
+    for name in SHOTS:
+        assert (tmp_path / name).stat().st_size > 1000, name
+    print("\nGIMP live view: %d previews shown (%.1f frames/s received), click to first "
+          "frame %.0f ms (%.0f ms to arrive), longest stall of the dialog's loop %.0f ms "
+          "(top %s; gaps over 80 ms [s, state, frames]: %s); the view's longest callback "
+          "%.0f ms wall, %.0f ms CPU; screenshots in %s" % (
+              live["frames_seen"], live["fps"] or 0, 1000 * live["click_to_first_frame_s"],
+              1000 * (live["first_frame_s"] or 0), 1000 * live["max_gap"], live["top_gaps"],
+              live["slow"], 1000 * live["work_max_s"], 1000 * live["work_cpu_max_s"],
+              tmp_path))
