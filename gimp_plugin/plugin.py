@@ -28,9 +28,10 @@ from gi.repository import Gegl, GLib, GObject, Gimp  # noqa: E402
 from ..plugin_common.messages import bug  # noqa: E402
 from .host import GimpHost  # noqa: E402
 from .model import (ARGUMENTS, MENU_LABEL, MENU_PATH, PROCEDURE_NAME,  # noqa: E402
-                    Cancelled, DragSettings, UserError, check_handles_movable, dialog_info)
+                    Cancelled, DragSettings, UserError, check_handles_movable, dialog_info,
+                    model_choices)
 from .live import LIVE_MENU_LABEL, LIVE_PROCEDURE_NAME, run_live  # noqa: E402
-from .run import describe_daemon, run_on_layer, task_module  # noqa: E402
+from .run import probe_daemon, run_on_layer, task_module  # noqa: E402
 
 RW = GObject.ParamFlags.READWRITE
 
@@ -81,10 +82,13 @@ def run(procedure: Any, run_mode: Any, image: Any, drawables: Any, config: Any,
             from .ui import settings_dialog
             GimpUi.init(PROCEDURE_NAME)
             endpoint = str(config.get_property("daemon") or "").strip()
+            probe = probe_daemon(endpoint)
             info = dialog_info(arrows, path_name, mask, layer.get_name(),
-                               len(list(image.get_paths() or [])), describe_daemon(endpoint))
+                               len(list(image.get_paths() or [])), probe.describe())
+            models = model_choices(str(config.get_property("model") or ""),
+                                   None if probe.error else probe.models, probe.loaded_model)
             if not settings_dialog(GimpUi, procedure, config, info,
-                                   [a.name for a in ARGUMENTS]):
+                                   [a.name for a in ARGUMENTS], models=models):
                 return _error(procedure, Gimp.PDBStatusType.CANCEL, "Cancelled.")
         settings = DragSettings.from_values(config_values(config))
         dialog_factory = None
