@@ -318,9 +318,10 @@ class ResultWriter:
     as they come, with the source's alpha, so a rerun on the result continues the edit.
 
     The new layer is a copy of the source (opacity, blending mode, masks, colour space),
-    named after it ("art (dragged)", never "art (dragged) (dragged)"), added when the last
-    band is written: directly above the source and above the results made from it
-    before. A layer that is not RGBA/U8 is converted back in one step (rare: 8-bit
+    named after it ("art (dragged)", never "art (dragged) (dragged)"), added in the step
+    after the last band: directly above the source and above the results made from it
+    before. That step is Krita's floor: ``addChildNode`` waits for the whole image to be
+    recomposited (0.2-0.6 s for 6000x4000 on 2 busy cores, an empty layer too). A layer that is not RGBA/U8 is converted back in one step (rare: 8-bit
     RGBA is what Krita's documents are by default) with the unselected pixels copied from
     the source bit for bit."""
 

@@ -375,7 +375,7 @@ def write_all(writer):
 
 def test_result_layer_is_a_copy_above_the_source_written_in_bands(monkeypatch):
     """The daemon's pixels as they are (it blended them through the selection), the
-    source's alpha, a band of rows per step; added when the last band is written."""
+    source's alpha, a band of rows per step; added in the step after the last band."""
     from dragd.krita_plugin import host as krita_host
 
     monkeypatch.setattr(krita_host, "BAND_BYTES", 40 * 4 * 7)          # 7 rows a step

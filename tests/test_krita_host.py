@@ -359,6 +359,8 @@ def big_run(app, window, docker, endpoint, timeout):
     doc.setActiveNode(art)
     spin(500)
     R = press_run(app, window, docker, "big", endpoint, timeout, doc=doc, steps=30)
+    run = docker.last_run
+    R["writer_steps"] = run.writer.steps if run is not None and run.writer else 0
     R.pop("before", None), R.pop("mask", None), R.pop("source_after", None), R.pop("new", None)
     doc.setModified(False)
     return R
@@ -721,10 +723,15 @@ def test_docker_run_button_in_the_krita_gui_with_the_real_daemon(chroot_root, ru
     assert big["state"] == "done", (big.get("message"), running_daemon.log()[-3000:])
     assert big["stack"] == ["art", "art (dragged)", "drag"], big["stack"]
     assert big["preview_sizes"] and all(max(wh) == 256 for wh in big["preview_sizes"]), big
-    # Measured 0.12-0.30 s here (2 shared cores): sending the layer, the open reply's
-    # full-size reconstruction, adding and activating the result; the plug-in's own reads,
-    # blends and writes are banded. Before: 2.7 s, 4.2 s with this selection.
-    assert big["watch"]["max_gap"] < 0.5, (big["watch"]["long_gaps"], big["timings"])
+    # The plug-in's own work is banded (the result written in ~24 steps, then added in a
+    # step of its own) and the open reply carries no reconstruction. What is left is
+    # Krita's: libkis Node.addChildNode waits (image.waitForDone) for the recomposition of
+    # the whole 6000x4000 image, an empty layer too: 0.18-0.64 s measured on these 2
+    # shared cores, 0.008 s in a 640x480 document. The longest gap: 0.28-0.54 s, all of it
+    # in that add (timings ui_write/ui_added; every other callback <= 0.1 s on an idle
+    # machine). Before issue 18: 2.7 s, 4.2 s with this selection.
+    assert big["writer_steps"] >= 20, big["writer_steps"]
+    assert big["watch"]["max_gap"] < 1.0, (big["watch"]["long_gaps"], big["timings"])
     print("\nKrita 6000x4000, 100-px feathered selection: %.1f s, %s; max event-loop gap "
           "%.0f ms (gaps over 80 ms [s, s]: %s); timings %s" % (
               big["elapsed"], big["message"], 1000 * big["watch"]["max_gap"],
