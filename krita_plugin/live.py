@@ -75,7 +75,10 @@ class LiveInputs:
         self.rect = host.layer_rect(doc, source)
         self.arrows: list = []
         if vector is not None:
-            self.arrows, _ = host.read_arrows(doc, vector, self.rect)
+            try:
+                self.arrows, _ = host.read_arrows(doc, vector, self.rect)
+            except UserError:
+                pass        # an arrows layer without arrows yet: they are clicked here
         self.mask = host.read_mask(doc, self.rect)
         self.reader = host.pixel_reader(doc, source, self.rect)
 

@@ -359,3 +359,149 @@ def test_live_view_in_the_krita_gui(chroot_root, face_daemon, tmp_path):
               1000 * (res["first_frame_s"] or 0), 1000 * res["watch"]["max_gap"],
               res["watch"]["top"], res["start_clicked_at"], 1000 * res["work_max_s"], 1000 * res["work_cpu_max_s"],
               tmp_path))
+
+
+OFFER_TEST = r'''
+import os, time
+
+
+def spin(ms):
+    from PyQt5.QtCore import QEventLoop, QTimer
+    loop = QEventLoop()
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec_()
+
+
+def wait(cond, timeout):
+    t0 = time.monotonic()
+    while not cond() and time.monotonic() - t0 < timeout:
+        spin(20)
+    return cond()
+
+
+def main(window, app):
+    from krita import Selection
+    from PyQt5.QtCore import QByteArray, QPoint, Qt
+    from PyQt5.QtTest import QTest
+    from dragd.krita_plugin import live as L
+    R = {}
+    docker = [d for d in window.dockers() if d.objectName() == "dragd_krita_docker"][0]
+    doc = app.createDocument(64, 64, "offer", "RGBA", "U8", "", 72.0)
+    art = doc.createNode("art", "paintlayer")
+    doc.rootNode().addChildNode(art, None)
+    art.setPixelData(QByteArray(bytes(range(256)) * 64), 0, 0, 64, 64)
+    # Under Xvfb doc.activeNode() stays None (docs/HOSTS.md): an empty arrows layer above
+    # the paint layer says which layer to edit, as it would with no active layer.
+    doc.rootNode().addChildNode(doc.createVectorLayer("drag"), None)
+    window.addView(doc)
+    doc.setActiveNode(art)
+    spin(200)
+    docker.endpoint_edit.setText("")            # the local default address
+    docker.steps_spin.setValue(5)
+    docker.inversion_box.setCurrentIndex(docker.inversion_box.findData("fast"))
+    docker.live_button.click()
+    dialog = L._open[-1]
+    wait(lambda: dialog.offer_button.isVisible(), 30)
+    R["offer_visible"] = dialog.offer_button.isVisible()
+    R["offer_text"] = dialog.offer_label.text()
+    R["connection"] = dialog.connection_label.text()
+    t0 = time.monotonic()
+    QTest.mouseClick(dialog.offer_button, Qt.LeftButton)
+    R["starting_status"] = dialog.status_label.text()
+    ok = wait(lambda: dialog.live is not None and dialog.live.state == "idle"
+              and dialog.launcher is None, 150)
+    R["ready_s"] = time.monotonic() - t0
+    R["state"] = dialog.live.state if dialog.live else None
+    R["status"] = dialog.status_label.text()
+    R["connected"] = dialog.connection_label.text()
+    if ok:
+        for p in ((20.0, 30.0), (26.0, 30.0)):
+            v = dialog.canvas.to_view(p)
+            QTest.mouseClick(dialog.canvas, Qt.LeftButton, Qt.NoModifier,
+                             QPoint(int(v.x()), int(v.y())))
+        QTest.mouseClick(dialog.start_button, Qt.LeftButton)
+        wait(lambda: dialog.live.state == "idle" and dialog.live.position == 1, 120)
+        QTest.mouseClick(dialog.apply_button, Qt.LeftButton)
+        wait(lambda: dialog.applied is not None, 30)
+    R["stack"] = [n.name() for n in doc.rootNode().childNodes() if n.type() != "selectionmask"]
+    doc.setModified(False)
+    return R
+'''
+
+FAKE_DRAGD = """#!/bin/sh
+# Stands for dragd inside the chroot (which has no torch): tells the test that the plug-in ran
+# it, and stays alive as a daemon would; the test starts the real daemon on the host.
+echo "$$ $@" > "$HOME/dragd-started"
+exec sleep 150
+"""
+
+
+def test_no_daemon_the_live_view_offers_to_start_one(chroot_root, tmp_path):
+    """Nothing on the local default address and dragd installed (a stand-in inside the
+    chroot): the offer names the log file; accepting runs `dragd serve` with its output there;
+    once a daemon answers (the real one, started by this test when the stand-in ran), the
+    edit works."""
+    import os
+    import signal
+    import socket
+    import threading
+    import time
+
+    from daemon_fixture import start_daemon
+    from dragd.daemon.model.registry import DEFAULT_MODEL_PATH
+
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 5557)) == 0:
+            pytest.skip("something already listens on 127.0.0.1:5557, the default address")
+    test_file = tmp_path / "krita_gui_offer.py"
+    test_file.write_text(OFFER_TEST)
+    daemon = {}
+    with new_home("krita-gui") as home:
+        install_krita(home.path(".local/share/krita/pykrita"), home.path(".config/kritarc"))
+        fake = home.path("bin/dragd")
+        fake.parent.mkdir()
+        fake.write_text(FAKE_DRAGD)
+        fake.chmod(0o755)
+        started = home.path("dragd-started")
+        done = threading.Event()
+
+        def watch():
+            while not done.is_set():
+                if started.exists() and started.read_text().strip():
+                    daemon["d"] = start_daemon(DEFAULT_MODEL_PATH, tmp_path / "daemon",
+                                               port=5557)
+                    return
+                time.sleep(0.1)
+
+        t = threading.Thread(target=watch, daemon=True)
+        t.start()
+        try:
+            r = run_krita_gui(test_file, timeout=600, home=home,
+                              env={"DRAGD_COMMAND": home.chroot_path("bin/dragd")})
+            invoked = started.read_text().split() if started.exists() else []
+            log = home.path(".cache/dragd/serve.log")
+            log_exists = log.exists()
+        finally:
+            done.set()
+            t.join(100)
+            if "d" in daemon:
+                daemon["d"].stop()
+            if started.exists() and started.read_text().split():
+                try:
+                    os.kill(int(started.read_text().split()[0]), signal.SIGTERM)
+                except (ProcessLookupError, ValueError):
+                    pass
+    res = r.result
+    assert res is not None, r.log()[-4000:]
+    assert "error" not in res, res["error"] + r.log()[-3000:]
+    assert res["offer_visible"], res
+    assert "No dragd daemon answers at tcp://127.0.0.1:5557" in res["offer_text"]
+    assert "/.cache/dragd/serve.log" in res["offer_text"], res["offer_text"]
+    assert res["connection"].startswith("\u25cb Not connected")
+    assert invoked[1:] == ["serve"] and log_exists
+    assert res["starting_status"].startswith("Starting the dragd daemon (log: ")
+    assert res["state"] == "idle", res
+    assert res["connected"].startswith("\u25cf Connected to tcp://127.0.0.1:5557")
+    assert res["stack"] == ["Background", "art", "art (dragged)", "drag"], res
+    print("\nKrita, no daemon: offer shown, accepted, the daemon answered %.1f s later, "
+          "the edit applied" % res["ready_s"])
