@@ -491,6 +491,28 @@ def test_interactive_dialogs_stop_and_remembered_settings(daemon, home):
                                                                         r.elapsed))
 
 
+def test_dialog_model_list_when_the_daemon_is_down(home):
+    """The daemon is not running when the dialog opens: within the probe's bounded wait
+    the dialog shows the last used model (given as the model argument) and the loaded
+    model's entry, with words saying the list could not be fetched; OK then ends the run
+    with the daemon's start command."""
+    down = "tcp://127.0.0.1:%d" % free_port()
+    shots = home.path("downshots")
+    shots.mkdir()
+    t0 = time.monotonic()
+    r = run_calls(home, [{"label": "down", "run_mode": "INTERACTIVE",
+                          "args": {"daemon": down, "model": "stylegan2-ffhq-512x512"}}],
+                  xvfb=True, env={"DRAGD_GIMP_TEST_DIALOG": "ok",
+                                  "DRAGD_GIMP_TEST_SHOTS": home.chroot_path("downshots")})
+    (call,) = r.result["calls"]
+    assert call["status"] == "execution-error" and "dragd serve" in call["message"], call
+    models = json.loads((shots / "models.json").read_text())
+    assert [v for v, _ in models["items"]] == ["", "stylegan2-ffhq-512x512"], models
+    assert "could not be fetched" in models["note"], models
+    print("\nGIMP dialog with the daemon down: %.1f s in all; %s" % (
+        time.monotonic() - t0, models["note"]))
+
+
 def _photo_psnr(call, width, height, ellipse):
     """PSNR (dB) of the new layer against the source inside the ellipse (x, y, w, h)."""
     import numpy as np
