@@ -78,9 +78,9 @@ def settings_dialog(GimpUi: Any, procedure: Any, config: Any, info_lines: Sequen
 
 def _model_list(Gtk: Any, dialog: Any, config: Any,
                 models: Tuple[Sequence[Tuple[str, str]], str], after: Any) -> Any:
-    """The Model row (a label, the daemon's models, the note) put where the procedure
-    dialog would have put its text field, after the widget ``after`` (the last info
-    line); returns the combo box."""
+    """The Model row (a label, the daemon's models, the note) asked to go after the
+    widget ``after`` (the last info line), before the other arguments; returns the combo
+    box. (GIMP 3.0.4 shows it after the first info line: still above the arguments.)"""
     items, note = models
     combo = Gtk.ComboBoxText()
     for value, label in items:

@@ -860,8 +860,8 @@ class _FakeProcedureDialog(_FakeWidget):
 
 
 def test_settings_dialog_offers_the_daemons_models_and_saves_the_choice(monkeypatch):
-    """The Model argument is a list of the daemon's models (in the text field's place,
-    after the info lines); the last used model is chosen when the dialog opens and the
+    """The Model argument is a list of the daemon's models (asked to go after the info
+    lines, before the other arguments); the last used model is chosen when the dialog opens and the
     chosen one goes into the config on OK, not on Cancel. The test hook chooses in the
     list as a user would."""
     monkeypatch.setattr(ui, "_gtk", lambda: (_FakeGtk, SimpleNamespace(timeout_add=None)))
