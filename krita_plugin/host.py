@@ -32,8 +32,8 @@ from typing import Any, List, Optional, Tuple
 
 from .model import (ARROWS_LAYER_NAME, PREVIEW_LAYER_NAME, SRGB_PROFILE, Affine, LayerRect,
                     MaskInfo, ShapeInfo, UserError, arrows_from_shapes, arrows_svg,
-                    bgra_to_rgba, bgra_to_rgba_array, is_arrow_shape, make_mask, merge_alpha, result_name,
-                    rgba_to_bgra, splice_by_mask)
+                    bgra_to_rgba, bgra_to_rgba_array, is_arrow_shape, make_mask, merge_alpha,
+                    result_name, rgba_to_bgra, splice_by_mask)
 
 PAINT = "paintlayer"
 VECTOR = "vectorlayer"
@@ -321,9 +321,10 @@ class ResultWriter:
     named after it ("art (dragged)", never "art (dragged) (dragged)"), added in the step
     after the last band: directly above the source and above the results made from it
     before. That step is Krita's floor: ``addChildNode`` waits for the whole image to be
-    recomposited (0.2-0.6 s for 6000x4000 on 2 busy cores, an empty layer too). A layer that is not RGBA/U8 is converted back in one step (rare: 8-bit
-    RGBA is what Krita's documents are by default) with the unselected pixels copied from
-    the source bit for bit."""
+    recomposited (0.2-0.6 s for 6000x4000 on 2 busy cores, an empty layer too). A layer
+    that is not RGBA/U8 is converted back in one step (rare: 8-bit RGBA is what Krita's
+    documents are by default) with the unselected pixels copied from the source bit for
+    bit."""
 
     def __init__(self, doc: Any, source: Any, rect: LayerRect, result: Any,
                  source_rgba: bytes, native: Optional[NativeFormat],

@@ -281,7 +281,8 @@ def start_drag(doc: Any = None, settings: Optional[DragSettings] = None, *,
                source: Any = None, vector: Any = None,
                on_update: Optional[Callable[[DragRun], Any]] = None,
                on_finished: Optional[Callable[[DragRun], Any]] = None,
-               on_preview: Optional[Callable[[Any], Any]] = None, host: Any = None, task_factory: Callable[..., Any] = make_task,
+               on_preview: Optional[Callable[[Any], Any]] = None, host: Any = None,
+               task_factory: Callable[..., Any] = make_task,
                interval_ms: int = POLL_INTERVAL_MS) -> DragRun:
     """Start a drag on ``doc`` (default: the active document) and return at once. A
     QTimer calls :meth:`DragRun.step` every ``interval_ms`` until the run finishes.
