@@ -132,7 +132,18 @@ def run_live_view(procedure: Any, run_mode: Any, image: Any, drawables: Any, con
         layer = host.source_layer(list(drawables))
         gi.require_version("GimpUi", "3.0")
         from gi.repository import GimpUi
+        from .ui import settings_dialog
         GimpUi.init(LIVE_PROCEDURE_NAME)
+        # The drag's settings first (the same dialog as the filter's; GIMP keeps them as
+        # this procedure's last values), then the live view.
+        probe = probe_daemon(str(config.get_property("daemon") or "").strip())
+        models = model_choices(str(config.get_property("model") or ""),
+                               None if probe.error else probe.models, probe.loaded_model)
+        info = [probe.describe(),
+                "OK opens the live view: click the points on the picture there."]
+        if not settings_dialog(GimpUi, procedure, config, info, [a.name for a in ARGUMENTS],
+                               title="Drag live (DragGAN)", models=models):
+            return _error(procedure, Gimp.PDBStatusType.CANCEL, "Cancelled.")
         new_layer = run_live(GimpUi, host, image, layer,
                              DragSettings.from_values(config_values(config)))
     except UserError as e:

@@ -266,6 +266,7 @@ def test_live_view_in_gimp(chroot_root, face_daemon, tmp_path):
         r = run_gimp_live(home, {
             "DRAGD_ENDPOINT": face_daemon.endpoint,
             "DRAGD_PICTURE": home.chroot_path("portrait.png"),
+            "DRAGD_GIMP_TEST_DIALOG": "ok",      # the settings dialog before the view
             "DRAGD_GIMP_TEST_LIVE": home.chroot_path("driver.py"),
             "DRAGD_LIVE_RESULT": home.chroot_path("live.json"),
             "DRAGD_LIVE_EXPECTED": home.chroot_path("expected.rgba"),
