@@ -262,3 +262,18 @@ def test_multiscale_and_gradient_l1_see_what_they_should():
     # … while the gradient term sees every edge
     assert T.gradient_l1(a, b) == pytest.approx(4.0)
     assert T.gradient_l1(b + 0.3, b) == 0
+
+
+def test_growing_copies_the_low_resolution_blocks_and_refuses_other_architectures(tmp_path):
+    small = T.train(tiny(objective="distill", style_mixing_prob=0.0, resolution=16), kimg=1,
+                    out=tmp_path / "s16", data_fn=latent_standin, max_steps=3, log=quiet)
+    big = T.Trainer(tiny(objective="distill", style_mixing_prob=0.0), data_fn=latent_standin)
+    copied, fresh = big.grow_from(tmp_path / "s16" / T.CKPT_NAME)
+    assert copied > 0 and fresh > 0
+    ours, theirs = big.G_ema.state_dict(), small.G_ema.state_dict()
+    for key in theirs:
+        assert key in ours and torch.equal(ours[key], theirs[key]), key
+    assert [k for k in ours if k not in theirs] and all(".b32." in k or "b32" in k for k in ours if k not in theirs)
+    other = T.Trainer(tiny(objective="distill", style_mixing_prob=0.0, w_dim=16), data_fn=latent_standin)
+    with pytest.raises(ValueError, match="same z_dim"):
+        other.grow_from(tmp_path / "s16" / T.CKPT_NAME)
