@@ -497,6 +497,11 @@ def test_run_writes_the_daemons_result_as_a_new_layer_and_sends_previews_on(blen
     assert moved.handle == pytest.approx((32.0, 26.0)) == moved.target
     assert bytes(art.px) == before and doc.active is run.new_layer
     assert any("Dragging" in m for _, m in updates)
+    # the longest UI-thread time of each kind of work, for finding what stalls Krita
+    ui = {k for k in run.timings if k.startswith("ui_")}
+    assert {"ui_start", "ui_read", "ui_send", "ui_poll_dragging", "ui_writer", "ui_write",
+            "ui_added", "ui_tick"} <= ui, run.timings
+    assert run.timings["ui_tick"] >= max(run.timings[k] for k in ui - {"ui_start"})
     # What the daemon got: the arrow in layer pixels, the selection over the layer rect.
     sent = backend.drags[-1]
     assert sent["points"] == [[[12.0, 6.0], [32.0, 26.0]]]
