@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from daemon_fixture import free_endpoint
 from dragd.plugin_common import Arrow, BaseDragSettings, make_mask
@@ -152,3 +151,49 @@ def test_no_daemon_fails_fast_with_the_command_to_start_one():
     assert endpoint in live.error and "dragd serve" in live.error
     assert live.connection_line().startswith("Not connected: ")
     assert time.monotonic() - t0 < 5
+
+
+def test_reset_points_and_reopening_on_the_result_continues_the_edit(running_daemon):
+    live = opened(running_daemon.endpoint, max_steps=3)
+    assert live.start_drag()
+    run_until(live, lambda: live.state == "idle", 60)
+    assert live.position == 1
+    log_before = len(running_daemon.log())
+    live.reset_points()
+    assert live.points == [] and live.state == "idle"
+    live.click((20.0, 16.0))
+    live.click((21.0, 18.0))
+    assert live.start_drag()                  # queued behind the reset: it still runs
+    run_until(live, lambda: live.state == "idle", 60)
+    assert live.position == 2 and live.notice is None, live.notice
+    done = [line for line in running_daemon.log()[log_before:].splitlines()
+            if "job_done" in line]
+    assert "type=reset_points" in done[0] and "type=drag" in done[1], done
+    result = live.result
+    live.close()
+    # the view opened again on the layer Apply wrote, same selection: no inversion
+    again = LiveSession(settings(running_daemon.endpoint), result, selection())
+    again.start()
+    run_until(again, lambda: again.state == "idle", 30)
+    assert again.session_info["info"]["continues_edit"] is True
+    again.close()
+
+
+def test_the_connection_line_follows_a_daemon_that_goes_away(tiny_model_path, tmp_path):
+    from daemon_fixture import start_daemon
+
+    d = start_daemon(tiny_model_path, tmp_path)
+    try:
+        live = opened(d.endpoint, max_steps=3)
+        assert live.connected
+        d.stop()
+        t0 = time.monotonic()
+        # (a ping in the daemon's last moments is answered "shutting down"; then none is)
+        while "not reachable" not in live.connection_line() and time.monotonic() - t0 < 20:
+            live.tick(20)
+        assert live.connected is False and live.state == "idle"
+        assert live.connection_line().startswith("Not connected: dragd daemon not reachable")
+        assert "dragd serve" in live.connection_line()
+        live.close()
+    finally:
+        d.stop()
