@@ -43,8 +43,8 @@ Box = Tuple[float, float, float, float]          # x0, y0, x1, y1 in layer coord
 #: Seconds between two liveness pings while no job runs: the connection line stays true
 #: even when the user only looks.
 PING_INTERVAL = 2.0
-#: A click this close (view pixels, converted by the host) to a point grabs it.
-GRAB_RADIUS = 8.0
+#: The most seconds closing the view waits for the daemon to confirm close_session.
+CLOSE_WAIT = 0.08
 
 
 @dataclass
@@ -196,12 +196,19 @@ class LiveSession:
             self._fail(user_message(e))
         return self.state not in ("failed", "closed")
 
-    def close(self) -> None:
-        """Close the daemon session (best effort, not waited for) and the connection."""
+    def close(self, wait_s: float = CLOSE_WAIT) -> None:
+        """Stop what runs, close the daemon session and the connection, waiting at most
+        ``wait_s`` for the daemon's answer (the socket drops what it has not sent when it
+        closes; a daemon that does not answer in time frees the session of a client that
+        went away on its own)."""
         if self.client is not None and self.session is not None and self.session.id:
             try:
-                self.client.start("close_session", {"session": self.session.id})
-                self.client.poll(0)      # hands the request to the socket; never waits
+                if self.busy or self.state == "opening":
+                    self.client.cancel(self._job, wait=False)
+                job = self.client.start("close_session", {"session": self.session.id})
+                deadline = self.clock() + wait_s
+                while not job.done and self.clock() < deadline:
+                    self.client.poll(10)
             except Exception:
                 pass       # the daemon frees a session whose client is gone
         self._shutdown()

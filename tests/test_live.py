@@ -9,7 +9,7 @@ import time
 from daemon_fixture import free_endpoint
 from dragd.plugin_common import Arrow, BaseDragSettings, make_mask
 from dragd.plugin_common.live import LiveSession
-from dragd.protocol import Image
+from dragd.protocol import Client, Image
 
 W, H = 48, 40
 SEL = (8, 6, 30, 28)            # x, y, width, height
@@ -184,6 +184,22 @@ def test_the_connection_line_follows_a_daemon_that_goes_away(tiny_model_path, tm
 
     d = start_daemon(tiny_model_path, tmp_path)
     try:
+        # closing the view mid-drag stops the drag and closes the session on the daemon
+        live = opened(d.endpoint, max_steps=5000)
+        assert live.start_drag()
+        run_until(live, lambda: live.step >= 2, 30)
+        log_before = len(d.log())
+        t0 = time.monotonic()
+        live.close()
+        assert time.monotonic() - t0 < 0.5 and live.state == "closed"
+        with Client(d.endpoint, timeout=5.0) as other:
+            t0 = time.monotonic()
+            while other.status()["others"] != {"sessions": 0, "jobs": 0}:
+                assert time.monotonic() - t0 < 5, other.status()["others"]
+                time.sleep(0.05)
+        # asked for, not left to the daemon's clean-up of a client that went away
+        log = d.log()[log_before:]
+        assert "event=cancel " in log and "type=close_session" in log, log
         live = opened(d.endpoint, max_steps=3)
         assert live.connected
         d.stop()
