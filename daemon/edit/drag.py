@@ -77,10 +77,11 @@ shows no difference at 512 px on CPU.)
 
 Feature windows (optional generator capability, `supports_feature_windows = True`): a step
 reads the features only near the handles (the tracking square, then the motion disc around
-where tracking lands), so when no mask term needs the whole map the generator is asked for
-just those windows, `feature_windows(w, block, centres, half)`: it runs the early blocks whole
-and the last ones on one crop per handle, with the same values as the whole map up to float
-summation order. This removes most of the work of the two largest blocks the step runs (see
+where tracking lands; FreeDrag's line search and templates around its points), so when no mask
+term needs the whole map the generator is asked for just those windows,
+`feature_windows(w, block, centres, half)`: it runs the early blocks whole and the last ones on
+one shrinking crop per handle, with the same values as the whole map up to float summation
+order. This removes most of the work of the largest blocks the step runs (see
 benchmarks/bench_drag.py); `DragConfig(windows=False)` turns it off.
 
 Coordinates are image pixels (x, y) with pixel (i, j) centred on (x=j, y=i), i.e. array
@@ -656,17 +657,21 @@ class DragSession:
         """Whether this step can read the features in windows: nothing but the handles'
         neighbourhoods is read unless the mask term is on."""
         return (self.config.windows and getattr(self.generator, "supports_feature_windows", False)
-                and self.config.method != "freedrag"      # its line search reaches beyond the windows
                 and (self._mask_w is None or self.config.lambda_mask == 0))
 
     def _window_boxes(self) -> tuple[list[tuple[int, int]], int]:
         """(centres, half) at the feature block's resolution covering what a step reads around
         each handle: the tracking square (±r2 around the rounded handle), then the motion disc
-        (±r1) around wherever tracking lands, shifted by ≤1 px, plus bilinear neighbours."""
+        (±r1) around wherever tracking lands, shifted by ≤1 px, plus bilinear neighbours; for
+        FreeDrag, what its line search and template read around each point (freedrag.py)."""
         scale = self.generator.block_resolution(self.feature_block) / self.res
-        # a held handle's arrival disc lies within 2 stop distances of where it was tracked
-        reach = max(self.r2, 2 * self.stop_distance if self.config.method == "dragd" else 0)
-        half = math.ceil((reach + self.r1 + 2) * scale) + 1
+        if self.config.method == "freedrag":
+            span = self._fd.reach
+        else:
+            # a held handle's arrival disc lies within 2 stop distances of where it was tracked
+            reach = max(self.r2, 2 * self.stop_distance if self.config.method == "dragd" else 0)
+            span = reach + self.r1 + 2
+        half = math.ceil(span * scale) + 1
         centres = [(math.floor((round(x) + 0.5) * scale), math.floor((round(y) + 0.5) * scale))
                    for x, y in self._handles_host.tolist()]
         return centres, half

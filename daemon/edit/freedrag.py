@@ -20,12 +20,17 @@ that moves towards the target in sub-moves:
 * A handle has arrived when c is within the stop distance of its target and L_end ≤ l/4; the
   drag converges when all have, or 10 steps after every c reached its target.
 
-Hyperparameters as the authors': l = 0.3, d = 3 pixels of a 128-px feature grid (d·res/128
-image px; their lion and elephant models use l = 0.4, d = 4). l is an absolute feature distance
-tuned on trained FFHQ-class models: on random-weight and our small models the template loss
-stays far below it, the points run ahead of the content and "arrive" early (measured in
-benchmarks/bench_peer.py and the landmark benchmark; README). Written from the paper and the
-description of their published code; positions here are image pixels as in drag.py.
+Hyperparameters: d = 3 pixels of a 128-px feature grid (d·res/128 image px), as the authors'
+(their lion and elephant models use d = 4). Their l = 0.3 is an absolute feature distance tuned
+on trained FFHQ-class models; features of other models differ in scale (measured: a 1-grid-px
+shift costs ≈ 0.012 on our random-weight 128/256-px benchmark models and ≈ 0.005 on our 64-px
+model, so the template loss stayed below l/4 from the start, the points ran ahead of the content
+and "arrived" with it 4–7 px behind). So l is measured per handle at the start instead: the
+template distance of a shift of L_SHIFT grid px, averaged over 8 directions (F is bilinear
+between feature pixels, so the distance grows about linearly with the shift and the line search
+advances ≈ L_SHIFT grid px per sub-move where the content keeps up). α and β scale with l as
+in the paper. Written from the paper and the description of their published code; positions
+here are image pixels as in drag.py.
 """
 from __future__ import annotations
 
@@ -33,9 +38,10 @@ import math
 
 import torch
 
+from ..model.windows import FeatureWindows
 from .drag import sample_features
 
-L_EXPECTED = 0.3
+L_SHIFT = 2.0               # l: the template distance of a shift of this many grid px
 D_MAX = 3.0                   # in pixels of a 128-px grid
 SUB_STEPS = 5
 GRID_SPACING = 3.0            # image px between the template's 3×3 points
@@ -57,8 +63,7 @@ def template_distance(feat, points: torch.Tensor, templates: torch.Tensor, res: 
 
 
 def line_search(feat, current: torch.Tensor, target: torch.Tensor, template: torch.Tensor,
-                loss_end: float, loss_init: float, res: int, l: float = L_EXPECTED,
-                d: float = D_MAX) -> torch.Tensor:
+                loss_end: float, loss_init: float, res: int, l: float, d: float = D_MAX) -> torch.Tensor:
     """The next point [2] for one handle (module docstring); never past the target."""
     d = d * res / 128
     remain = float((target - current).norm())
@@ -74,8 +79,15 @@ def line_search(feat, current: torch.Tensor, target: torch.Tensor, template: tor
     end = start + min(reach / (remain + 1e-8), 1.0) * (target - start)
     s = torch.arange(1, INTERVALS + 1, device=current.device, dtype=current.dtype)[:, None] / INTERVALS
     candidates = (1 - s) * start + s * end                                   # [10, 2]
-    dist = template_distance(feat, candidates, template.expand(INTERVALS, *template.shape), res)
+    dist = template_distance(feat, candidates[None], template.expand(1, INTERVALS, *template.shape), res)[0]
     return candidates[(dist - want).abs().argmin()]
+
+
+def _window(feat, i: int):
+    """Handle i's view of the features: the whole map, or its own window as a batch of one."""
+    if isinstance(feat, FeatureWindows):
+        return FeatureWindows(feat.data[i:i + 1], feat.origins[i:i + 1], feat.full_size)
+    return feat
 
 
 def _room_behind(current: torch.Tensor, target: torch.Tensor, res: int) -> float:
@@ -89,10 +101,20 @@ def _room_behind(current: torch.Tensor, target: torch.Tensor, res: int) -> float
     return room
 
 
-def template_weight(loss_end: torch.Tensor, l: float = L_EXPECTED) -> torch.Tensor:
-    """λ = 1 / (1 + exp(α(L − β))), α = ln 9 / (0.6 l), β = 0.2 l: ½ at L = 0.2 l, 0.1 at 0.8 l."""
+def template_weight(loss_end: torch.Tensor, l) -> torch.Tensor:
+    """λ = 1 / (1 + exp(α(L − β))), α = ln 9 / (0.6 l), β = 0.2 l: ½ at L = 0.2 l, 0.1 at 0.8 l.
+    l: a float or one per handle, as loss_end."""
     alpha, beta = math.log(9.0) / (0.6 * l), 0.2 * l
     return torch.sigmoid(-alpha * (loss_end - beta))
+
+
+def expected_distance(f0, handles: torch.Tensor, templates: torch.Tensor, res: int) -> torch.Tensor:
+    """Each handle's l [P]: the template distance of a shift by L_SHIFT grid px at the start,
+    averaged over 8 directions (never 0, so that α stays finite on a flat map)."""
+    angles = torch.arange(8, device=handles.device, dtype=handles.dtype) * (math.pi / 4)
+    shifts = torch.stack([angles.cos(), angles.sin()], dim=-1) * (L_SHIFT * res / 128)    # [8, 2]
+    dist = template_distance(f0, handles[:, None, :] + shifts, templates[:, None], res)     # [P, 8]
+    return dist.mean(dim=1).clamp(min=1e-6)
 
 
 class FreeDragState:
@@ -103,6 +125,11 @@ class FreeDragState:
         self.points = handles.clone()
         grid = template_grid(handles.device)
         self.templates = sample_features(f0, handles[:, None, :] + grid, res).detach()   # [P, 9, C]
+        self.l = expected_distance(f0, handles, self.templates, res)
+        # Image px around a rounded point that one pass reads: line-search candidates lie within
+        # d of the point, template points GRID_SPACING further, a bilinear sample 1 more.
+        self.reach = D_MAX * res / 128 + GRID_SPACING + 1.5
+        self.l_host = self.l.tolist()
         p = handles.shape[0]
         self.loss_init = torch.zeros(p, device=handles.device)
         self.loss_end = torch.zeros(p, device=handles.device)
@@ -117,16 +144,16 @@ class FreeDragState:
         if self.started:
             self.loss_end = template_distance(feat, self.points, self.templates, self.res)
             near = (targets - self.points).norm(dim=-1) <= stop_distance
-            self.arrived = near & (self.loss_end <= 0.25 * L_EXPECTED)
-            lam = torch.where(self.arrived, torch.ones_like(self.loss_end), template_weight(self.loss_end))
+            self.arrived = near & (self.loss_end <= 0.25 * self.l)
+            lam = torch.where(self.arrived, torch.ones_like(self.loss_end), template_weight(self.loss_end, self.l))
             here = sample_features(feat, self.points[:, None, :] + template_grid(feat.device), self.res)
             self.templates = lam[:, None, None] * here + (1 - lam[:, None, None]) * self.templates
         self.started = True
         ends, inits = self.loss_end.tolist(), self.loss_init.tolist()
         for i in range(self.points.shape[0]):
             if not bool(self.arrived[i]):
-                self.points[i] = line_search(feat, self.points[i], targets[i], self.templates[i],
-                                             ends[i], inits[i], self.res)
+                self.points[i] = line_search(_window(feat, i), self.points[i], targets[i], self.templates[i],
+                                             ends[i], inits[i], self.res, self.l_host[i])
 
     def loss(self, feat, record: bool = True) -> torch.Tensor:
         """Per-handle template losses [P] on this pass (the gradient flows through F); the first
@@ -138,5 +165,5 @@ class FreeDragState:
 
     def after_step(self, per: list[float]) -> None:
         self.sub_step += 1
-        if self.sub_step >= SUB_STEPS or max(per) < 0.25 * L_EXPECTED:
+        if self.sub_step >= SUB_STEPS or all(x < 0.25 * l for x, l in zip(per, self.l_host)):
             self.sub_step = 0
