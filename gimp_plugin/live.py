@@ -10,7 +10,8 @@ state; Continue drags on from it; Reset points starts a new point set. Each fini
 a thumbnail in the history strip: clicking one goes back to it (the daemon's undo). Apply
 writes the state shown as a new layer, named and placed as the batch filter's result, in one
 undo step; Cancel leaves the image as it was. The selection is the movable region, shown
-dimmed outside, with a switch to ignore it. The connection line is always shown; when no
+dimmed outside, with a switch to ignore it; the Brush paints it (left button adds, right
+button takes away) for the next drag. The connection line is always shown; when no
 daemon answers on the local default address and ``dragd`` is installed, the dialog offers to
 start one and says where its log goes.
 
@@ -38,6 +39,7 @@ POLL_MS = 30
 VIEW_SIZE = 560
 THUMB_SIZE = 72
 GRAB_RADIUS = 8.0              # view pixels: a press this close grabs a point
+BRUSH_RADIUS = 14.0            # view pixels: the mask brush (zoom in for a finer one)
 HANDLE_RGB = (255, 59, 48)
 TARGET_RGB = (10, 132, 255)
 TITLE = "Drag live (DragGAN)"
@@ -97,6 +99,8 @@ class LiveWindow:
         self.scale = 1.0
         self.clicks = 0
         self._held: Optional[Tuple[int, str]] = None
+        self._brushing: Optional[bool] = None      # True: adding, False: taking away
+        self._brushed_at: Tuple[float, float] = (0.0, 0.0)
         self._cache: dict = {}
         self._shown: Any = None
         self._history_shown: Any = None
@@ -137,7 +141,8 @@ class LiveWindow:
             w.set_halign(Gtk.Align.START)
             w.set_valign(Gtk.Align.START)
         self.area.add_events(Gdk.EventMask.BUTTON_PRESS_MASK | Gdk.EventMask.BUTTON_RELEASE_MASK
-                             | Gdk.EventMask.BUTTON1_MOTION_MASK)
+                             | Gdk.EventMask.BUTTON1_MOTION_MASK
+                             | Gdk.EventMask.BUTTON3_MOTION_MASK)
         self.area.connect("button-press-event", self._press)
         self.area.connect("motion-notify-event", self._motion)
         self.area.connect("button-release-event", self._release)
@@ -162,6 +167,11 @@ class LiveWindow:
         self.mask_check.set_sensitive(has_sel)
         self.mask_check.connect("toggled", self._mask_toggled)
         tools.pack_end(self.mask_check, False, False, 0)
+        self.brush_check = Gtk.CheckButton(label="Brush")
+        self.brush_check.set_tooltip_text("Paint the movable region on the picture: left "
+                                          "button adds, right button takes away (a soft "
+                                          "round brush)")
+        tools.pack_end(self.brush_check, False, False, 0)
         box.pack_start(tools, False, False, 0)
 
         buttons = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
@@ -370,14 +380,15 @@ class LiveWindow:
         h = max(1, int(round((iy1 - iy0) * self.scale)))
         interp = (self.GdkPixbuf.InterpType.NEAREST if self.scale >= 2
                   else self.GdkPixbuf.InterpType.BILINEAR)
-        out = ((ix0 - vx0) * self.scale, (iy0 - vy0) * self.scale, sub.scale_simple(w, h, interp))
+        out = ((ix0 - vx0) * self.scale, (iy0 - vy0) * self.scale,
+               sub.scale_simple(w, h, interp))
         self._cache[key] = out
         return out
 
     def _overlay(self) -> Any:
         """The unselected part dimmed: black with the selection's bytes inverted as alpha."""
         if "overlay" not in self._cache:
-            m = self.mask
+            m = self.live.mask
             rgba = bytearray(4 * m.width * m.height)
             rgba[3::4] = m.data.translate(bytes(int((255 - v) * 0.55) for v in range(256)))
             img = live_module().Image(bytes(rgba), m.width, m.height, 4)
@@ -442,6 +453,11 @@ class LiveWindow:
 
     def _press(self, area: Any, ev: Any) -> bool:
         pt = self.to_layer(ev.x, ev.y)
+        if self.brush_check.get_active():
+            self._brushing, self._brushed_at = ev.button == 1, pt
+            self.live.brush(pt, BRUSH_RADIUS / self.scale, grow=self._brushing)
+            self.refresh()
+            return True
         hit = self.live.grab(pt, GRAB_RADIUS / self.scale)
         if ev.button == 3:
             if hit is not None:
@@ -456,13 +472,19 @@ class LiveWindow:
         return True
 
     def _motion(self, area: Any, ev: Any) -> bool:
-        if self._held is not None:
+        if self._brushing is not None:
+            pt = self.to_layer(ev.x, ev.y)
+            self.live.brush_line(self._brushed_at, pt, BRUSH_RADIUS / self.scale,
+                                 grow=self._brushing)
+            self._brushed_at = pt
+            self.refresh()
+        elif self._held is not None:
             self.live.move(self._held[0], self._held[1], self.to_layer(ev.x, ev.y))
             self.redraw()
         return True
 
     def _release(self, area: Any, ev: Any) -> bool:
-        self._held = None
+        self._held = self._brushing = None
         self.refresh()
         return True
 
@@ -500,8 +522,16 @@ class LiveWindow:
         self.reset_button.set_sensitive(idle)
         self.apply_button.set_sensitive(idle and live.can_apply())
         shown = (live.frame.serial if live.frame else 0, live.state,
-                 tuple(live.shown_points()), live.use_mask)
+                 tuple(live.shown_points()), live.use_mask, live.mask_serial)
         if shown != self._shown:
+            if self._shown is not None and self._shown[-1] != live.mask_serial:
+                for key in ("overlay", ("mask",)):     # the brush changed the region
+                    self._cache.pop(key, None)
+                self.mask_check.handler_block_by_func(self._mask_toggled)
+                self.mask_check.set_sensitive(live.mask is not None
+                                              and live.mask.data is not None)
+                self.mask_check.set_active(live.use_mask)
+                self.mask_check.handler_unblock_by_func(self._mask_toggled)
             self._shown = shown
             self.redraw()
         hist = (tuple(e.index for e in live.history), live.position)

@@ -10,9 +10,10 @@ the state; Continue drags on from it with the points as they are; Reset points s
 point set. Each finished drag is a thumbnail in the history strip: clicking one goes back to
 it (the daemon's undo). Apply writes the state shown as a new layer, named and placed as the
 Run button's result (one undo step in Krita); Cancel leaves the image as it was. The
-selection is the movable region, shown dimmed outside, with a switch to ignore it. The
-connection line is always shown; when no daemon answers on the local default address and
-``dragd`` is installed, the window offers to start one and says where its log goes.
+selection is the movable region, shown dimmed outside, with a switch to ignore it; the Brush
+paints it (left button adds, right button takes away) for the next drag. The connection line
+is always shown; when no daemon answers on the local default address and ``dragd`` is
+installed, the window offers to start one and says where its log goes.
 
 Everything runs from one 30 ms QTimer that polls the session without waiting
 (:class:`~..plugin_common.live.LiveSession`) and reads or writes at most one band of pixels
@@ -26,9 +27,9 @@ from typing import Any, List, Optional, Tuple
 
 from PyQt5.QtCore import QPointF, QSize, Qt, QTimer
 from PyQt5.QtGui import QBrush, QColor, QIcon, QImage, QPainter, QPen, QPixmap, QPolygonF
-from PyQt5.QtWidgets import (QCheckBox, QDialog, QHBoxLayout, QLabel, QListView, QListWidget,
-                             QListWidgetItem, QPushButton, QScrollArea, QToolButton, QVBoxLayout,
-                             QWidget)
+from PyQt5.QtWidgets import (QCheckBox, QDialog, QHBoxLayout, QLabel, QListView,
+                             QListWidget, QListWidgetItem, QPushButton, QScrollArea,
+                             QToolButton, QVBoxLayout, QWidget)
 
 from ..plugin_common import daemon_launcher
 from ..plugin_common.loader import load_task
@@ -93,6 +94,8 @@ class LiveCanvas(QWidget):
         self.scale = 1.0
         self.setMouseTracking(False)
         self._held: Optional[Tuple[int, str]] = None
+        self._brushing: Optional[bool] = None    # True: adding, False: taking away
+        self._brushed_at: Tuple[float, float] = (0.0, 0.0)
         self._cache: dict = {}
 
     # -- coordinates ------------------------------------------------------------------
@@ -201,6 +204,12 @@ class LiveCanvas(QWidget):
         if live is None:
             return
         pt = self.to_layer(event.pos())
+        if self.dialog.brush_check.isChecked():
+            self._brushing = event.button() == Qt.LeftButton
+            self._brushed_at = pt
+            live.brush(pt, BRUSH_RADIUS / self.scale, grow=self._brushing)
+            self.dialog.refresh()
+            return
         hit = live.grab(pt, GRAB_RADIUS / self.scale)
         if event.button() == Qt.RightButton:
             if hit is not None:
@@ -215,17 +224,26 @@ class LiveCanvas(QWidget):
 
     def mouseMoveEvent(self, event: Any) -> None:
         live = self.dialog.live
-        if live is not None and self._held is not None:
+        if live is not None and self._brushing is not None:
+            pt = self.to_layer(event.pos())
+            live.brush_line(self._brushed_at, pt, BRUSH_RADIUS / self.scale,
+                            grow=self._brushing)
+            self._brushed_at = pt
+            self.dialog.refresh()
+        elif live is not None and self._held is not None:
             live.move(self._held[0], self._held[1], self.to_layer(event.pos()))
             self.update()
 
     def mouseReleaseEvent(self, event: Any) -> None:
         self._held = None
+        self._brushing = None
         self.dialog.refresh()
 
 
 #: A press this close to a point (view pixels) grabs it instead of placing a new one.
 GRAB_RADIUS = 8.0
+#: The mask brush's radius in view pixels (zoom in for a finer brush).
+BRUSH_RADIUS = 14.0
 
 
 def _arrowhead(p: QPainter, h: QPointF, t: QPointF) -> None:
@@ -311,6 +329,10 @@ class LiveDialog(QDialog):
         for w in (self.zoom_out, self.zoom_fit, self.zoom_in):
             tools.addWidget(w)
         tools.addStretch(1)
+        self.brush_check = QCheckBox("Brush")
+        self.brush_check.setToolTip("Paint the movable region on the picture: left button "
+                                    "adds, right button takes away (a soft round brush)")
+        tools.addWidget(self.brush_check)
         tools.addWidget(self.mask_check)
 
         self.start_button = QPushButton("Start")
@@ -393,7 +415,7 @@ class LiveDialog(QDialog):
 
     def mask_overlay(self) -> Optional[QImage]:
         """The unselected part dimmed: the selection's bytes inverted as alpha, made once."""
-        m = self.inputs.mask if self.inputs else None
+        m = self.live.mask if self.live is not None else None
         if m is None or m.data is None:
             return None
         if self._overlay is None:
@@ -488,7 +510,7 @@ class LiveDialog(QDialog):
             return
         self.writer = self.host.result_writer(self.doc, inp.source, inp.rect, live.result,
                                               self._source_rgba, self._native,
-                                              inp.mask if live.use_mask else None)
+                                              live.mask if live.use_mask else None)
         self.status_label.setText("Writing the result layer\u2026")
 
     def start_daemon(self) -> None:
@@ -513,6 +535,14 @@ class LiveDialog(QDialog):
         except Exception:
             pass        # selecting the result is a courtesy; it is written
         self.accept()
+
+    def _sync_mask_check(self) -> None:
+        """The switch as the session has it (the brush makes a region where none was)."""
+        live = self.live
+        self.mask_check.blockSignals(True)
+        self.mask_check.setEnabled(live.mask is not None and live.mask.data is not None)
+        self.mask_check.setChecked(live.use_mask)
+        self.mask_check.blockSignals(False)
 
     def _mask_toggled(self, on: bool) -> None:
         if self.live is not None:
@@ -564,8 +594,12 @@ class LiveDialog(QDialog):
         self._buttons(idle and live.can_start(), live.state == "dragging", idle,
                       idle and live.can_apply())
         shown = (live.frame.serial if live.frame else 0, live.state,
-                 tuple(live.shown_points()), live.use_mask)
+                 tuple(live.shown_points()), live.use_mask, live.mask_serial)
         if shown != self._shown:
+            if self._shown is not None and self._shown[-1] != live.mask_serial:
+                self._overlay = None                 # the brush changed the region
+                self.canvas._cache.pop(("mask",), None)
+                self._sync_mask_check()
             self._shown = shown
             self.canvas.update()
         hist = (tuple(e.index for e in live.history), live.position)

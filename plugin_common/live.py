@@ -125,6 +125,7 @@ class LiveSession:
         self.image = image
         self.mask = mask
         self.use_mask = mask is not None and mask.data is not None
+        self.mask_serial = 0                   # grows with every brush dab
         self.points: List[LivePoint] = [LivePoint(a.handle, a.target) for a in arrows]
         self.region = region if region is not None else (
             mask.region() if mask is not None else None)
@@ -324,6 +325,50 @@ class LiveSession:
 
     def can_apply(self) -> bool:
         return self.state == "idle" and self.result is not None and self.position > 0
+
+    def brush(self, p: Point, radius: float, grow: bool = True) -> bool:
+        """Paint the movable region with a soft round brush at ``p`` (layer coordinates):
+        ``grow`` adds to it, else it takes away; the next drag sends the painted mask (the
+        inversion region stays the one opened). Without a selection the region starts as
+        the whole layer. False when nothing was painted (busy, off the layer)."""
+        if self.busy or radius <= 0:
+            return False
+        w, h = self.image.width, self.image.height
+        cx, cy = float(p[0]), float(p[1])
+        x0, x1 = max(0, int(cx - radius)), min(w, int(math.ceil(cx + radius)))
+        y0, y1 = max(0, int(cy - radius)), min(h, int(math.ceil(cy + radius)))
+        if x1 <= x0 or y1 <= y0:
+            return False
+        if self.mask is None or self.mask.data is None:
+            cls = type(self.mask) if self.mask is not None else MaskInfo
+            self.mask = cls(bytes(b"\xff" * (w * h)), w, h)
+        data = bytearray(self.mask.data)
+        soft = 0.5 * radius          # the outer half of the brush fades out
+        for y in range(y0, y1):
+            row = data[y * w + x0:y * w + x1]
+            dy = y + 0.5 - cy
+            for i in range(len(row)):
+                k = (radius - math.hypot(x0 + i + 0.5 - cx, dy)) / soft
+                if k > 0:
+                    k = min(1.0, k)
+                    v = row[i]
+                    row[i] = int(round(v + (255 - v) * k if grow else v * (1.0 - k)))
+            data[y * w + x0:y * w + x1] = row
+        self.mask.data = bytes(data)
+        self.use_mask = True
+        self.mask_serial += 1
+        return True
+
+    def brush_line(self, a: Point, b: Point, radius: float, grow: bool = True) -> bool:
+        """Brush dabs from ``a`` to ``b`` close enough to make one stroke (a mouse moves
+        farther than a brush between two events)."""
+        n = max(1, int(math.ceil(math.hypot(b[0] - a[0], b[1] - a[1]) / (0.4 * radius))))
+        painted = False
+        for i in range(1, n + 1):
+            t = i / float(n)
+            painted |= self.brush((a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1])),
+                                  radius, grow)
+        return painted
 
     def set_use_mask(self, on: bool) -> None:
         self.use_mask = bool(on) and self.mask is not None and self.mask.data is not None

@@ -171,6 +171,20 @@ def run(window, R):
     spin(100)
     R["after_pick"] = {"position": live.position, "items": len(window.history_buttons),
                        "apply_enabled": window.apply_button.get_sensitive()}
+    # the brush takes a stroke of the region away (right button), for the next drag
+    window.brush_check.set_active(True)
+    event(Gdk.EventType.BUTTON_PRESS, (30.0, 40.0), 3)
+    ev = Gdk.Event.new(Gdk.EventType.MOTION_NOTIFY)
+    ev.x, ev.y = (float(v) for v in window.to_view((44.0, 40.0)))
+    ev.window = window.area.get_window()
+    ev.state = Gdk.ModifierType.BUTTON3_MASK
+    window.area.event(ev)
+    event(Gdk.EventType.BUTTON_RELEASE, (44.0, 40.0), 3)
+    window.brush_check.set_active(False)
+    spin(100)
+    m = live.mask
+    R["brushed"] = [m.data[40 * m.width + x] for x in (30, 37, 44)] + [
+        m.data[100 * m.width + 100], live.mask_serial, len(live.points)]
     shot("gimp-live-history.png")
     expected = bytes(live.result.data)
     R["equals_first_drag"] = expected == first
@@ -296,6 +310,8 @@ def test_live_view_in_gimp(chroot_root, face_daemon, tmp_path):
     assert live["after_continue"] == {"position": 2, "points": 3, "items": 3}
     assert live["after_pick"] == {"position": 1, "items": 2, "apply_enabled": True}
     assert live["equals_first_drag"]
+    assert live["brushed"][:4] == [0, 0, 0, 255] and live["brushed"][4] >= 2, live["brushed"]
+    assert live["brushed"][5] == 2                 # entry 1's points: the brush added none
     assert live["session_closed"] == "closed"
     assert res["status"] == "success", (res, r.log()[-3000:])
     assert res["stack"] == ["portrait (dragged)", "portrait"], res["stack"]

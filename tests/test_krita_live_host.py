@@ -246,6 +246,17 @@ def run(window, app, R):
     spin(100)
     R["after_pick"] = {"position": live.position, "items": hl.count(),
                        "apply_enabled": dialog.apply_button.isEnabled()}
+    # the brush takes a stroke of the region away (right button), for the next drag
+    dialog.brush_check.setChecked(True)
+    QTest.mousePress(canvas, Qt.RightButton, Qt.NoModifier, at((30.0, 40.0)))
+    QApplication.sendEvent(canvas, QMouseEvent(QEvent.MouseMove, QPointF(at((44.0, 40.0))),
+                                               Qt.NoButton, Qt.RightButton, Qt.NoModifier))
+    QTest.mouseRelease(canvas, Qt.RightButton, Qt.NoModifier, at((44.0, 40.0)))
+    dialog.brush_check.setChecked(False)
+    spin(100)
+    m = live.mask
+    R["brushed"] = [m.data[40 * m.width + x] for x in (30, 37, 44)] + [
+        m.data[100 * m.width + 100], live.mask_serial, len(live.points)]
     dialog.grab().save(os.path.join(shots, "krita-live-history.png"))
     watch.pause()
     expected = bytes(live.result.data)
@@ -266,7 +277,8 @@ def run(window, app, R):
         rgba[0::4], rgba[2::4] = got[2::4], got[0::4]
         R["result_equal"] = bytes(rgba) == expected
         src = bytes(node(doc, "portrait").pixelData(0, 0, w, h))
-        R["changed_pixels"] = sum(1 for i in range(0, len(src), 4) if src[i:i + 3] != got[i:i + 3])
+        R["changed_pixels"] = sum(1 for i in range(0, len(src), 4)
+                                  if src[i:i + 3] != got[i:i + 3])
     app.action("edit_undo").trigger()
     spin(300)
     R["stack_after_undo"] = stack(doc)
@@ -344,6 +356,8 @@ def test_live_view_in_the_krita_gui(chroot_root, face_daemon, tmp_path):
     assert res["after_continue"]["items"] == 3, res["after_continue"]
     assert res["after_pick"] == {"position": 1, "items": 2, "apply_enabled": True}
     assert res["equals_first_drag"], "history entry 1 is not the first drag's result"
+    assert res["brushed"][:4] == [0, 0, 0, 255] and res["brushed"][4] >= 2, res
+    assert res["brushed"][5] == 2                  # entry 1's points: the brush added none
     assert not res["visible_after_apply"] and res["session_closed"] == "closed"
     assert res["stack"] == ["portrait", "portrait (dragged)", "drag"], res["stack"]
     assert res["result_equal"], "the result layer differs from the daemon's state"
@@ -353,11 +367,13 @@ def test_live_view_in_the_krita_gui(chroot_root, face_daemon, tmp_path):
         assert (tmp_path / name).stat().st_size > 1000, name
     # Figures, not limits (timed asserts would be flaky on a shared CPU): reported here.
     print("\nKrita live view: %d previews shown (%.1f frames/s received), click to first "
-          "frame %.0f ms (%.0f ms to arrive), longest UI-thread stall %.0f ms (top [s, s after Live view]: %s; Start at %s s); the "
+          "frame %.0f ms (%.0f ms to arrive), longest UI-thread stall %.0f ms (top [s, s after "
+          "Live view]: %s; Start at %s s); the "
           "view's longest callback %.0f ms wall, %.0f ms CPU; screenshots in %s" % (
               res["frames_seen"], res["fps"] or 0, 1000 * res["click_to_first_frame_s"],
               1000 * (res["first_frame_s"] or 0), 1000 * res["watch"]["max_gap"],
-              res["watch"]["top"], res["start_clicked_at"], 1000 * res["work_max_s"], 1000 * res["work_cpu_max_s"],
+              res["watch"]["top"], res["start_clicked_at"], 1000 * res["work_max_s"],
+              1000 * res["work_cpu_max_s"],
               tmp_path))
 
 

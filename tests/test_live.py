@@ -213,3 +213,41 @@ def test_the_connection_line_follows_a_daemon_that_goes_away(tiny_model_path, tm
         live.close()
     finally:
         d.stop()
+
+
+def test_the_brush_grows_and_shrinks_the_movable_region_softly_and_the_drag_uses_it(
+        running_daemon):
+    live = LiveSession(settings(free_endpoint()), layer(), selection())
+    x0, y0, w, h = SEL
+    inside, outside = (y0 + 10) * W + x0 + 10, 2 * W + 2
+    assert live.mask.data[inside] == 255 and live.mask.data[outside] == 0
+    assert live.brush((2.5, 2.5), 2.0, grow=True)
+    assert live.mask.data[outside] == 255                 # the centre: fully
+    assert 0 < live.mask.data[3 * W + 3] < 255            # the soft edge
+    assert live.mask.data[2 * W + 5] == 0                 # beyond the brush: untouched
+    assert live.brush((x0 + 10.5, y0 + 10.5), 3.0, grow=False)
+    assert live.mask.data[inside] == 0 and live.mask_serial == 2
+    assert not live.brush((-50.0, -50.0), 3.0)            # off the layer
+    assert live.brush_line((x0 + 2.5, y0 + 20.5), (x0 + 20.5, y0 + 20.5), 2.0, grow=False)
+    assert live.mask.data[(y0 + 20) * W + x0 + 2:(y0 + 20) * W + x0 + 21] == bytes(19)
+
+    unselected = LiveSession(settings(free_endpoint()), layer(), None)
+    assert unselected.mask is None and not unselected.use_mask
+    unselected.brush((10.5, 10.5), 2.0, grow=False)     # the whole layer, less a spot
+    m = unselected.mask.data
+    assert unselected.use_mask and m[10 * W + 10] == 0 and m.count(255) > W * H - 30
+
+    # a handle where the brush took the region away is refused, then allowed again
+    live = opened(running_daemon.endpoint, max_steps=3)
+    live.points = []
+    live.click((20.0, 16.0))
+    live.click((22.0, 17.0))
+    live.brush((20.0, 16.0), 4.0, grow=False)
+    assert live.start_drag()
+    run_until(live, lambda: live.state == "idle", 30)
+    assert live.position == 0 and "outside the movable region" in live.notice, live.notice
+    live.brush((20.0, 16.0), 4.0, grow=True)
+    assert live.start_drag()
+    run_until(live, lambda: live.state == "idle", 60)
+    assert live.position == 1, live.notice
+    live.close()

@@ -45,9 +45,9 @@ def test_the_offer_is_only_for_the_local_default_address():
 def test_a_started_daemon_answers_and_the_live_session_works_on_it(tiny_model_path, tmp_path):
     endpoint = free_endpoint()
     log = tmp_path / "logs" / "serve.log"
-    start = dl.DaemonStart(DRAGD, endpoint, ["serve", "--bind", endpoint, "--model",
-                                             str(tiny_model_path), "--device", "cpu",
-                                             "--cache-dir", str(tmp_path / "inv")], log=str(log))
+    args = ["serve", "--bind", endpoint, "--model", str(tiny_model_path), "--device", "cpu",
+            "--cache-dir", str(tmp_path / "inv")]
+    start = dl.DaemonStart(DRAGD, endpoint, args, log=str(log))
     start.start()
     try:
         assert start.state == "starting" and str(log) in start.message
