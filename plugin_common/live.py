@@ -568,8 +568,13 @@ class LiveSession:
         history = int(f.get("history", self.position + 1))
         frame = self.frame if self.timings.frames else self._show_frame(
             img, (0.0, 0.0, float(img.width), float(img.height)))
-        # The daemon keeps a bounded history: entries it dropped (the oldest) go here too.
-        self.history = [e for e in self.history if e.index < history][:history]
+        if history <= self.position:
+            # The daemon's history was full: it dropped its oldest drags (after the start).
+            drop = self.position + 1 - history
+            self.history = self.history[:1] + self.history[1 + drop:]
+            for e in self.history[1:]:
+                e.index -= drop
+        self.history = [e for e in self.history if e.index < history]
         entry = HistoryEntry(history, frame, [LivePoint(p.handle, p.target) for p in done],
                              int(f.get("steps", 0)), str(f.get("stop", "converged")),
                              f.get("distance"))

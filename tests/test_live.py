@@ -8,7 +8,7 @@ import time
 
 from daemon_fixture import free_endpoint
 from dragd.plugin_common import Arrow, BaseDragSettings, make_mask
-from dragd.plugin_common.live import LiveSession
+from dragd.plugin_common.live import HistoryEntry, LivePoint, LiveSession
 from dragd.protocol import Client, Image
 
 W, H = 48, 40
@@ -251,3 +251,30 @@ def test_the_brush_grows_and_shrinks_the_movable_region_softly_and_the_drag_uses
     run_until(live, lambda: live.state == "idle", 60)
     assert live.position == 1, live.notice
     live.close()
+
+
+class _Result:
+    """A drag's result event as the client hands it over."""
+
+    def __init__(self, history, image):
+        self.fields = {"history": history, "handles": [[1.0, 1.0]], "steps": 1}
+        self.images = {"image": image}
+
+
+def test_the_strip_follows_the_daemons_bounded_history():
+    """The daemon keeps the start and its last 63 drags: when a drag pushes the oldest out,
+    its answer's history index stays the same and the strip drops that entry too."""
+    live = LiveSession(settings(free_endpoint()), layer(), None)
+    live.history = [HistoryEntry(0, None, [])]
+    live.state = "dragging"
+    for n in range(1, 4):
+        live._drag_points = [LivePoint((0.0, 0.0), (2.0, 2.0))]
+        live.state = "dragging"
+        live._on_dragged(_Result(n, live.image))
+    assert [e.index for e in live.history] == [0, 1, 2, 3] and live.position == 3
+    steps = [e.steps for e in live.history]
+    live.history[1].steps, live.history[2].steps = 11, 22          # to tell them apart
+    live.state = "dragging"
+    live._on_dragged(_Result(3, live.image))       # full: the daemon dropped its drag 1
+    assert [e.index for e in live.history] == [0, 1, 2, 3] and live.position == 3
+    assert [e.steps for e in live.history][1] == 22, steps
