@@ -104,6 +104,7 @@ class LiveWindow:
         self._cache: dict = {}
         self._shown: Any = None
         self._history_shown: Any = None
+        self._offered: Any = None          # the failed session the offer was made for
         g = self.geometry
         self.base = pixbuf(live_module().Image(self.pixels, g.width, g.height, 4))
         self._build(GimpUi)
@@ -254,7 +255,8 @@ class LiveWindow:
             self.live.tick(0)
             if self.live.view_box != before:
                 self.fit()
-            if self.live.state == "failed":
+            if self.live.state == "failed" and self._offered is not self.live:
+                self._offered = self.live          # looks for dragd once per failure
                 self._set_offer()
             self.refresh()
         except Exception as e:

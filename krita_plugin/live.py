@@ -275,7 +275,6 @@ class LiveDialog(QDialog):
                  host: Any = None):
         super().__init__(parent)
         self.setWindowTitle(WINDOW_TITLE)
-        self.setAttribute(Qt.WA_DeleteOnClose, False)
         self.doc = doc
         self.settings = settings
         self.host = host or KritaHost()
@@ -291,6 +290,7 @@ class LiveDialog(QDialog):
         self._overlay: Optional[QImage] = None
         self._shown: Any = None
         self._history_shown: Any = None
+        self._offered: Any = None         # the failed session the offer was made for
         self._build()
         self.timer = QTimer(self)
         self.timer.setInterval(POLL_INTERVAL_MS)
@@ -474,7 +474,8 @@ class LiveDialog(QDialog):
             self.live.tick(0)
             if self.live.view_box != before:
                 self.canvas.fit()
-            if self.live.state == "failed" and self.launcher is None:
+            if self.live.state == "failed" and self._offered is not self.live:
+                self._offered = self.live          # looks for dragd once per failure
                 self._set_offer(self.live)
         if self.writer is not None and self.writer.step():
             self._applied(self.writer.layer)
