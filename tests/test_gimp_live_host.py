@@ -24,7 +24,7 @@ import pytest
 from dragd.daemon.cli.install_plugins import install_gimp
 from hosts.chroot import GIMP_PLUGIN_DIR, HostResult, ensure_chroot, new_home, run_in_chroot
 from test_krita_live_host import (LINE, MOVED_TARGET, PAIRS, SEL, THIRD,  # noqa: F401
-                                  face_daemon, portrait)
+                                  face_daemon, portrait, stand_in_dragd)
 
 pytestmark = pytest.mark.hosts
 
@@ -328,3 +328,90 @@ def test_live_view_in_gimp(chroot_root, face_daemon, tmp_path):
               1000 * (live["first_frame_s"] or 0), 1000 * live["max_gap"], live["top_gaps"],
               live["slow"], 1000 * live["work_max_s"], 1000 * live["work_cpu_max_s"],
               tmp_path))
+
+
+OFFER_DRIVER = r'''
+import json, os, time
+
+
+def main(window):
+    from gi.repository import GLib
+    R = {}
+
+    def spin(ms):
+        loop = GLib.MainLoop()
+        GLib.timeout_add(ms, lambda: loop.quit() or False)
+        loop.run()
+
+    def wait(cond, timeout):
+        t0 = time.monotonic()
+        while not cond() and time.monotonic() - t0 < timeout:
+            spin(20)
+        return cond()
+
+    try:
+        wait(lambda: window.offer_button.get_visible(), 30)
+        R["offer_visible"] = window.offer_button.get_visible()
+        R["offer_text"] = window.offer_label.get_text()
+        R["connection"] = window.connection_label.get_text()
+        t0 = time.monotonic()
+        window.offer_button.clicked()
+        R["starting_status"] = window.status_label.get_text()
+        ok = wait(lambda: window.launcher is None and window.live.state == "idle", 150)
+        R["ready_s"] = time.monotonic() - t0
+        R["state"] = window.live.state
+        spin(100)
+        R["connected"] = window.connection_label.get_text()
+        if ok:
+            window.live.points = []
+            for p in ((96.0, 100.0), (100.0, 100.0)):
+                window.live.click(p)
+            window.start_button.clicked()
+            wait(lambda: window.live.state == "idle" and window.live.position == 1, 120)
+            with open(os.environ["DRAGD_LIVE_EXPECTED"], "wb") as f:
+                f.write(bytes(window.live.result.data))
+            window.apply_button.clicked()
+        else:
+            window.cancel()
+    except Exception:
+        import traceback
+        R["error"] = traceback.format_exc()
+        window.cancel()
+    with open(os.environ["DRAGD_LIVE_RESULT"], "w") as f:
+        json.dump(R, f)
+'''
+
+
+def test_no_daemon_the_gimp_live_view_offers_to_start_one(chroot_root, tmp_path):
+    """As in Krita: no daemon on the default address, a stand-in dragd in the chroot; the
+    offer names the log, accepting runs `dragd serve`, then a drag and Apply work."""
+    with new_home("gimp") as home:
+        install_gimp(home.path(GIMP_PLUGIN_DIR))
+        portrait(home.path("portrait.png"))
+        home.path("driver.py").write_text(OFFER_DRIVER)
+        with stand_in_dragd(home, tmp_path / "daemon") as ran:
+            r = run_gimp_live(home, {
+                "DRAGD_ENDPOINT": "tcp://127.0.0.1:5557",
+                "DRAGD_PICTURE": home.chroot_path("portrait.png"),
+                "DRAGD_COMMAND": home.chroot_path("bin/dragd"),
+                "DRAGD_GIMP_TEST_DIALOG": "ok",
+                "DRAGD_GIMP_TEST_LIVE": home.chroot_path("driver.py"),
+                "DRAGD_LIVE_RESULT": home.chroot_path("live.json"),
+                "DRAGD_LIVE_EXPECTED": home.chroot_path("expected.rgba")}, timeout=600)
+        live = (json.loads(home.path("live.json").read_text())
+                if home.path("live.json").exists() else None)
+    res = r.result
+    assert res is not None and live is not None, r.log()[-4000:]
+    assert "error" not in live, live["error"] + r.log()[-3000:]
+    assert live["offer_visible"], live
+    assert "No dragd daemon answers at tcp://127.0.0.1:5557" in live["offer_text"]
+    assert "/.cache/dragd/serve.log" in live["offer_text"], live["offer_text"]
+    assert live["connection"].startswith("\u25cb Not connected")
+    assert ran["invoked"][1:] == ["serve"] and ran["log"]
+    assert live["starting_status"].startswith("Starting the dragd daemon (log: ")
+    assert live["state"] == "idle", live
+    assert live["connected"].startswith("\u25cf Connected to tcp://127.0.0.1:5557")
+    assert res["status"] == "success" and res["result_equal"], res
+    assert res["stack"] == ["portrait (dragged)", "portrait"], res["stack"]
+    print("\nGIMP, no daemon: offer shown, accepted, the daemon answered %.1f s later, "
+          "the edit applied" % live["ready_s"])

@@ -13,7 +13,13 @@ Screenshots of the view go to the test's tmp folder (docs/krita-live-*.png are c
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
+import socket
+import threading
+import time
 
 import pytest
 import torch
@@ -452,61 +458,63 @@ exec sleep 150
 """
 
 
-def test_no_daemon_the_live_view_offers_to_start_one(chroot_root, tmp_path):
-    """Nothing on the local default address and dragd installed (a stand-in inside the
-    chroot): the offer names the log file; accepting runs `dragd serve` with its output there;
-    once a daemon answers (the real one, started by this test when the stand-in ran), the
-    edit works."""
-    import os
-    import signal
-    import socket
-    import threading
-    import time
-
+@contextlib.contextmanager
+def stand_in_dragd(home, workdir):
+    """A stand-in `dragd` in home's bin/ ($DRAGD_COMMAND points at it) and, once the plug-in
+    has run it, the real daemon with the embedded model on the default address, started here
+    (the chroot has no torch). Yields a dict: "invoked" (the stand-in's argv) and "log" (the
+    log file existed) once the block ends. Skips when the default address is taken."""
     from daemon_fixture import start_daemon
     from dragd.daemon.model.registry import DEFAULT_MODEL_PATH
 
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", 5557)) == 0:
             pytest.skip("something already listens on 127.0.0.1:5557, the default address")
+    fake = home.path("bin/dragd")
+    fake.parent.mkdir()
+    fake.write_text(FAKE_DRAGD)
+    fake.chmod(0o755)
+    started = home.path("dragd-started")
+    done, daemon, out = threading.Event(), {}, {}
+
+    def watch():
+        while not done.is_set():
+            if started.exists() and started.read_text().strip():
+                daemon["d"] = start_daemon(DEFAULT_MODEL_PATH, workdir, port=5557)
+                return
+            time.sleep(0.1)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        yield out
+        out["invoked"] = started.read_text().split() if started.exists() else []
+        out["log"] = home.path(".cache/dragd/serve.log").exists()
+    finally:
+        done.set()
+        t.join(100)
+        if "d" in daemon:
+            daemon["d"].stop()
+        argv = started.read_text().split() if started.exists() else []
+        if argv:
+            try:
+                os.kill(int(argv[0]), signal.SIGTERM)    # the stand-in this test made run
+            except (ProcessLookupError, ValueError):
+                pass
+
+
+def test_no_daemon_the_live_view_offers_to_start_one(chroot_root, tmp_path):
+    """Nothing on the local default address and dragd installed (a stand-in inside the
+    chroot): the offer names the log file; accepting runs `dragd serve` with its output there;
+    once a daemon answers (the real one, started by this test when the stand-in ran), the
+    edit works."""
     test_file = tmp_path / "krita_gui_offer.py"
     test_file.write_text(OFFER_TEST)
-    daemon = {}
     with new_home("krita-gui") as home:
         install_krita(home.path(".local/share/krita/pykrita"), home.path(".config/kritarc"))
-        fake = home.path("bin/dragd")
-        fake.parent.mkdir()
-        fake.write_text(FAKE_DRAGD)
-        fake.chmod(0o755)
-        started = home.path("dragd-started")
-        done = threading.Event()
-
-        def watch():
-            while not done.is_set():
-                if started.exists() and started.read_text().strip():
-                    daemon["d"] = start_daemon(DEFAULT_MODEL_PATH, tmp_path / "daemon",
-                                               port=5557)
-                    return
-                time.sleep(0.1)
-
-        t = threading.Thread(target=watch, daemon=True)
-        t.start()
-        try:
+        with stand_in_dragd(home, tmp_path / "daemon") as ran:
             r = run_krita_gui(test_file, timeout=600, home=home,
                               env={"DRAGD_COMMAND": home.chroot_path("bin/dragd")})
-            invoked = started.read_text().split() if started.exists() else []
-            log = home.path(".cache/dragd/serve.log")
-            log_exists = log.exists()
-        finally:
-            done.set()
-            t.join(100)
-            if "d" in daemon:
-                daemon["d"].stop()
-            if started.exists() and started.read_text().split():
-                try:
-                    os.kill(int(started.read_text().split()[0]), signal.SIGTERM)
-                except (ProcessLookupError, ValueError):
-                    pass
     res = r.result
     assert res is not None, r.log()[-4000:]
     assert "error" not in res, res["error"] + r.log()[-3000:]
@@ -514,7 +522,7 @@ def test_no_daemon_the_live_view_offers_to_start_one(chroot_root, tmp_path):
     assert "No dragd daemon answers at tcp://127.0.0.1:5557" in res["offer_text"]
     assert "/.cache/dragd/serve.log" in res["offer_text"], res["offer_text"]
     assert res["connection"].startswith("\u25cb Not connected")
-    assert invoked[1:] == ["serve"] and log_exists
+    assert ran["invoked"][1:] == ["serve"] and ran["log"]
     assert res["starting_status"].startswith("Starting the dragd daemon (log: ")
     assert res["state"] == "idle", res
     assert res["connected"].startswith("\u25cf Connected to tcp://127.0.0.1:5557")
