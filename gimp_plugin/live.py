@@ -144,6 +144,8 @@ class LiveWindow:
         self.area.add_events(Gdk.EventMask.BUTTON_PRESS_MASK | Gdk.EventMask.BUTTON_RELEASE_MASK
                              | Gdk.EventMask.BUTTON1_MOTION_MASK
                              | Gdk.EventMask.BUTTON3_MOTION_MASK)
+        self.area.add_events(Gdk.EventMask.SCROLL_MASK)
+        self.area.connect("scroll-event", self._scroll)
         self.area.connect("button-press-event", self._press)
         self.area.connect("motion-notify-event", self._motion)
         self.area.connect("button-release-event", self._release)
@@ -153,7 +155,8 @@ class LiveWindow:
         box.pack_start(scroll, True, True, 0)
 
         tools = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=4)
-        for text, tip, fn in (("\u2212", "Zoom out", lambda b: self.zoom(1 / 1.5)),
+        for text, tip, fn in (("\u2212", "Zoom out (or Ctrl + wheel)",
+                               lambda b: self.zoom(1 / 1.5)),
                               ("Fit", "Fit the region to the window", lambda b: self.fit()),
                               ("+", "Zoom in", lambda b: self.zoom(1.5))):
             b = Gtk.Button(label=text)
@@ -471,6 +474,16 @@ class LiveWindow:
                 self.live.click(pt)
                 self.clicks += 1
         self.refresh()
+        return True
+
+    def _scroll(self, area: Any, ev: Any) -> bool:
+        """Ctrl + wheel zooms (the wheel alone scrolls)."""
+        if not ev.state & self.Gdk.ModifierType.CONTROL_MASK:
+            return False
+        if ev.direction == self.Gdk.ScrollDirection.UP:
+            self.zoom(1.25)
+        elif ev.direction == self.Gdk.ScrollDirection.DOWN:
+            self.zoom(0.8)
         return True
 
     def _motion(self, area: Any, ev: Any) -> bool:

@@ -234,6 +234,14 @@ class LiveCanvas(QWidget):
             live.move(self._held[0], self._held[1], self.to_layer(event.pos()))
             self.update()
 
+    def wheelEvent(self, event: Any) -> None:
+        """Ctrl + wheel zooms (the wheel alone scrolls)."""
+        if event.modifiers() & Qt.ControlModifier:
+            self.set_scale(self.scale * (1.25 if event.angleDelta().y() > 0 else 0.8))
+            event.accept()
+        else:
+            event.ignore()
+
     def mouseReleaseEvent(self, event: Any) -> None:
         self._held = None
         self._brushing = None
@@ -318,8 +326,10 @@ class LiveDialog(QDialog):
         self.scroll.setAlignment(Qt.AlignCenter)
         self.scroll.setMinimumSize(VIEW_SIZE + 24, VIEW_SIZE + 24)
 
-        self.zoom_out = _tool("\u2212", "Zoom out", lambda: self.zoom(1 / 1.5))
-        self.zoom_fit = _tool("Fit", "Fit the region to the window", self.canvas.fit)
+        self.zoom_out = _tool("\u2212", "Zoom out (or Ctrl + wheel)",
+                              lambda: self.zoom(1 / 1.5))
+        self.zoom_fit = _tool("Fit", "Fit the region to the window",
+                              lambda: self.canvas.fit())
         self.zoom_in = _tool("+", "Zoom in", lambda: self.zoom(1.5))
         self.mask_check = QCheckBox("Only the selection may move")
         self.mask_check.setToolTip("The selection is the movable region (the rest is shown "

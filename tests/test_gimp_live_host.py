@@ -126,6 +126,14 @@ def run(window, R):
     R["view_box"] = list(live.view_box)
     R["prefilled"] = [[list(p.handle), list(p.target)] for p in live.points]
     R["mask_switch"] = [window.mask_check.get_sensitive(), window.mask_check.get_active()]
+    fit = window.scale                     # Ctrl + wheel zooms in, Fit goes back
+    ev = Gdk.Event.new(Gdk.EventType.SCROLL)
+    ev.direction, ev.state = Gdk.ScrollDirection.UP, Gdk.ModifierType.CONTROL_MASK
+    ev.window = window.area.get_window()
+    window.area.event(ev)
+    R["zoom"] = [window.scale / fit, window.view_size[0]]
+    window.fit()
+    R["zoom"].append(window.scale / fit)
     click(live.points[0].handle, 3)
     R["after_remove"] = len(live.points)
     for h, t in PAIRS:
@@ -300,6 +308,8 @@ def test_live_view_in_gimp(chroot_root, face_daemon, tmp_path):
     assert x0 < SEL[0] and y0 < SEL[1] and x1 > SEL[0] + SEL[2] and y1 > SEL[1] + SEL[3]
     assert live["prefilled"] == [[list(LINE[0]), list(LINE[1])]]
     assert live["mask_switch"] == [True, True] and live["after_remove"] == 0
+    assert live["zoom"][0] == pytest.approx(1.25) and live["zoom"][1] > 560, live["zoom"]
+    assert live["zoom"][2] == pytest.approx(1.0)
     expect = [[list(h), list(t)] for h, t in PAIRS]
     expect[1][1] = list(MOVED_TARGET)
     for got, want in zip(live["placed"], expect):

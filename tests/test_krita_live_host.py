@@ -140,7 +140,7 @@ def main(window, app):
 
 def run(window, app, R):
     from PyQt5.QtCore import QEvent, QPoint, QPointF, Qt
-    from PyQt5.QtGui import QMouseEvent
+    from PyQt5.QtGui import QMouseEvent, QWheelEvent
     from PyQt5.QtTest import QTest
     from PyQt5.QtWidgets import QApplication
     docker = [d for d in window.dockers() if d.objectName() == "dragd_krita_docker"][0]
@@ -195,6 +195,13 @@ def run(window, app, R):
     R["canvas_size"] = [canvas.width(), canvas.height()]
     R["prefilled"] = [[list(p.handle), list(p.target)] for p in live.points]
     R["mask_switch"] = [dialog.mask_check.isEnabled(), dialog.mask_check.isChecked()]
+    fit = canvas.scale                     # Ctrl + wheel zooms in, Fit goes back
+    QApplication.sendEvent(canvas, QWheelEvent(QPointF(10, 10), QPointF(10, 10), QPoint(0, 0),
+                                               QPoint(0, 120), Qt.NoButton, Qt.ControlModifier,
+                                               Qt.NoScrollPhase, False))
+    R["zoom"] = [canvas.scale / fit, canvas.width()]
+    dialog.zoom_fit.click()
+    R["zoom"].append(canvas.scale / fit)
     click(live.points[0].handle, Qt.RightButton)          # remove the drawn arrow's point
     R["after_remove"] = len(live.points)
     for h, t in PAIRS:
@@ -350,6 +357,8 @@ def test_live_view_in_the_krita_gui(chroot_root, face_daemon, tmp_path):
     assert x0 < SEL[0] and y0 < SEL[1] and x1 > SEL[0] + SEL[2] and y1 > SEL[1] + SEL[3]
     assert res["prefilled"] == [[list(LINE[0]), list(LINE[1])]]
     assert res["mask_switch"] == [True, True]
+    assert res["zoom"][0] == pytest.approx(1.25) and res["zoom"][1] > 560, res["zoom"]
+    assert res["zoom"][2] == pytest.approx(1.0)
     assert res["after_remove"] == 0
     expect = [[list(h), list(t)] for h, t in PAIRS]
     expect[1][1] = list(MOVED_TARGET)
