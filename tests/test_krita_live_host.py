@@ -292,6 +292,18 @@ def run(window, app, R):
         src = bytes(node(doc, "portrait").pixelData(0, 0, w, h))
         R["changed_pixels"] = sum(1 for i in range(0, len(src), 4)
                                   if src[i:i + 3] != got[i:i + 3])
+    # The view again, now on the result (the paint layer below "drag"): the daemon
+    # continues the edit instead of inverting; Cancel leaves the image as it was.
+    docker.live_button.click()
+    again = L._open[-1]
+    wait(lambda: again.live is not None and again.live.state == "idle", 120)
+    R["reopened"] = {"source": again.inputs.source.name(), "state": again.live.state,
+                     "continues": (again.live.session_info.get("info") or {}).get(
+                         "continues_edit")}
+    QTest.mouseClick(again.cancel_button, Qt.LeftButton)
+    spin(100)
+    R["after_cancel"] = {"visible": again.isVisible(), "session": again.live.state,
+                         "stack": stack(doc)}
     app.action("edit_undo").trigger()
     spin(300)
     R["stack_after_undo"] = stack(doc)
@@ -377,6 +389,10 @@ def test_live_view_in_the_krita_gui(chroot_root, face_daemon, tmp_path):
     assert res["stack"] == ["portrait", "portrait (dragged)", "drag"], res["stack"]
     assert res["result_equal"], "the result layer differs from the daemon's state"
     assert res["changed_pixels"] > 100, res["changed_pixels"]
+    assert res["reopened"] == {"source": "portrait (dragged)", "state": "idle",
+                               "continues": True}, res["reopened"]
+    assert res["after_cancel"] == {"visible": False, "session": "closed",
+                                   "stack": ["portrait", "portrait (dragged)", "drag"]}
     assert res["stack_after_undo"] == ["portrait", "drag"], res["stack_after_undo"]
     for name in SHOTS:
         assert (tmp_path / name).stat().st_size > 1000, name
