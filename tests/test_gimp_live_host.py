@@ -40,14 +40,29 @@ THIRD = %(THIRD)r
 
 def main(window):
     R = {}
+    reopened = window.layer.get_name().endswith("(dragged)")
     try:
-        run(window, R)
+        (reopen if reopened else run)(window, R)
     except Exception:
         import traceback
         R["error"] = traceback.format_exc()
         window.cancel()
-    with open(os.environ["DRAGD_LIVE_RESULT"], "w") as f:
+    with open(os.environ["DRAGD_LIVE_RESULT"] + (".reopen" if reopened else ""), "w") as f:
         json.dump(R, f)
+
+
+def reopen(window, R):
+    """The view on the result layer: the daemon continues the edit; then Cancel."""
+    from gi.repository import GLib
+    t0 = time.monotonic()
+    while window.live.state != "idle" and time.monotonic() - t0 < 120:
+        loop = GLib.MainLoop()
+        GLib.timeout_add(20, lambda: loop.quit() or False)
+        loop.run()
+    R["state"] = window.live.state
+    R["continues"] = (window.live.session_info.get("info") or {}).get("continues_edit")
+    window.cancel_button.clicked()
+    R["session"] = window.live.state
 
 
 def run(window, R):
@@ -252,6 +267,11 @@ if R["status"] == "success":
                                        Gegl.AbyssPolicy.NONE))
     R["changed_pixels"] = sum(1 for i in range(0, len(src), 4) if src[i:i + 3] != got[i:i + 3])
     R["position"] = image.get_item_position(new)
+    if os.environ.get("DRAGD_REOPEN"):          # the view again on the result, cancelled
+        cfg.set_core_object_array("drawables", [new])
+        again = proc.run(cfg)
+        R["reopen_status"] = again.index(0).value_nick
+        R["stack_after_cancel"] = [lyr.get_name() for lyr in image.get_layers()]
 elif res.length() > 1:
     R["message"] = res.index(1)
 with open(os.environ["DRAGD_RESULT"], "w") as f:
@@ -292,9 +312,12 @@ def test_live_view_in_gimp(chroot_root, face_daemon, tmp_path):
             "DRAGD_GIMP_TEST_LIVE": home.chroot_path("driver.py"),
             "DRAGD_LIVE_RESULT": home.chroot_path("live.json"),
             "DRAGD_LIVE_EXPECTED": home.chroot_path("expected.rgba"),
-            "DRAGD_SHOTS": home.chroot_path("shots")})
+            "DRAGD_SHOTS": home.chroot_path("shots"),
+            "DRAGD_REOPEN": "1"})
         live = (json.loads(home.path("live.json").read_text())
                 if home.path("live.json").exists() else None)
+        reopened = (json.loads(home.path("live.json.reopen").read_text())
+                    if home.path("live.json.reopen").exists() else None)
         for name in SHOTS:
             if home.path("shots/" + name).exists():
                 shutil.copy(home.path("shots/" + name), tmp_path / name)
@@ -328,6 +351,10 @@ def test_live_view_in_gimp(chroot_root, face_daemon, tmp_path):
     assert res["position"] == 0
     assert res["result_equal"], res["result_size"]
     assert res["changed_pixels"] > 100
+    # the view reopened on the result continues the daemon's edit; Cancel changes nothing
+    assert reopened == {"state": "idle", "continues": True, "session": "closed"}, reopened
+    assert res["reopen_status"] == "cancel"
+    assert res["stack_after_cancel"] == ["portrait (dragged)", "portrait"]
     for name in SHOTS:
         assert (tmp_path / name).stat().st_size > 1000, name
     print("\nGIMP live view: %d previews shown (%.1f frames/s received), click to first "
