@@ -136,8 +136,8 @@ def r1_gamma_heuristic(resolution: int, batch: int) -> float:
 # Distillation: the mapping's lr is raised (it must learn the renderer's parameters from z),
 # Adam with momentum as for any regression, no style mixing (each z has its own target).
 _DISTILL = dict(z_dim=128, w_dim=256, mapping_layers=4, g_channel_base=4096, g_channel_max=128,
-                d_channel_base=1024, d_channel_max=32, batch=8, objective="distill", g_lr=0.002,
-                beta1=0.9, beta2=0.99, style_mixing_prob=0.0, mapping_lr_multiplier=0.1,
+                d_channel_base=1024, d_channel_max=32, batch=8, objective="distill", g_lr=0.005,
+                beta1=0.9, beta2=0.99, style_mixing_prob=0.0, mapping_lr_multiplier=1.0,
                 ema_kimg=2.0, ema_rampup=0.1, sample_every_kimg=10.0, ckpt_every_min=5.0,
                 log_every=50, data="dragd.lab.portraits:render_latents")
 
