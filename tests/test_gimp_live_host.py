@@ -22,7 +22,9 @@ import time
 import pytest
 
 from dragd.daemon.cli.install_plugins import install_gimp
-from hosts.chroot import GIMP_PLUGIN_DIR, HostResult, ensure_chroot, new_home, run_in_chroot
+from hosts.chroot import (GIMP_PLUGIN_DIR, PROBE_DIR, HostResult, copy_into_home, ensure_chroot,
+                          new_home, run_in_chroot)
+from test_gimp_host import check_one_undo_group, plugin_processes
 from test_krita_live_host import (LINE, MOVED_TARGET, PAIRS, SEL, THIRD,  # noqa: F401
                                   face_daemon, portrait, stand_in_dragd)
 
@@ -284,9 +286,16 @@ def chroot_root():
     return ensure_chroot()
 
 
-def run_gimp_live(home, env, timeout=900):
+def run_gimp_live(home, env, timeout=900, trace=False):
+    """The batch SCRIPT in gimp-console under xvfb-run; with trace, GIMP's undo tracer
+    (tests/hosts/probe/gimp/gimp_trace) records every state-changing call -> `.trace`."""
     rel = ".dragd-result-%d.json" % random.getrandbits(40)
     env = dict(env, DRAGD_RESULT=home.chroot_path(rel))
+    if trace:
+        copy_into_home(home, PROBE_DIR / "gimp" / "gimp_trace" / "sitecustomize.py",
+                       ".dragd-trace/sitecustomize.py")
+        env.update(DRAGD_GIMP_TRACE=home.chroot_path(".dragd-trace/trace.jsonl"),
+                   PYTHONPATH=home.chroot_path(".dragd-trace"))
     t0 = time.monotonic()
     proc = run_in_chroot(["xvfb-run", "-a", "-n", str(random.randrange(200, 900)), "-s",
                           "-nolisten tcp -screen 0 1280x1024x24", "gimp-console-3.0", "-nis",
@@ -296,6 +305,8 @@ def run_gimp_live(home, env, timeout=900):
     r.elapsed = time.monotonic() - t0
     if home.path(rel).exists():
         r.result = json.loads(home.path(rel).read_text())
+    tr = home.path(".dragd-trace/trace.jsonl")
+    r.trace = [json.loads(line) for line in tr.read_text().splitlines()] if tr.exists() else []
     return r
 
 
@@ -313,7 +324,7 @@ def test_live_view_in_gimp(chroot_root, face_daemon, tmp_path):
             "DRAGD_LIVE_RESULT": home.chroot_path("live.json"),
             "DRAGD_LIVE_EXPECTED": home.chroot_path("expected.rgba"),
             "DRAGD_SHOTS": home.chroot_path("shots"),
-            "DRAGD_REOPEN": "1"})
+            "DRAGD_REOPEN": "1"}, trace=True)
         live = (json.loads(home.path("live.json").read_text())
                 if home.path("live.json").exists() else None)
         reopened = (json.loads(home.path("live.json.reopen").read_text())
@@ -355,6 +366,11 @@ def test_live_view_in_gimp(chroot_root, face_daemon, tmp_path):
     assert reopened == {"state": "idle", "continues": True, "session": "closed"}, reopened
     assert res["reopen_status"] == "cancel"
     assert res["stack_after_cancel"] == ["portrait (dragged)", "portrait"]
+    # Apply is one undo group holding every change; the cancelled view changed nothing (a
+    # process that changes nothing leaves no trace)
+    (applied,) = plugin_processes(r)
+    names = check_one_undo_group(applied)
+    assert "Image.insert_layer" in names, names
     for name in SHOTS:
         assert (tmp_path / name).stat().st_size > 1000, name
     print("\nGIMP live view: %d previews shown (%.1f frames/s received), click to first "
