@@ -101,6 +101,7 @@ class TrainConfig:
     objective: str = "gan"
     distill_scales: int = 3           # L1 at full, 1/2, 1/4 … resolution
     distill_grad_weight: float = 1.0  # L1 of the images' finite differences (edges)
+    distill_adv_weight: float = 0.0   # weight of a GAN term beside the dense loss (0: no D)
 
     def generator_config(self) -> GeneratorConfig:
         return GeneratorConfig(resolution=self.resolution, z_dim=self.z_dim, w_dim=self.w_dim,
@@ -399,14 +400,27 @@ class Trainer:
             self.G_opt.step()
             stats["pl_penalty"] = penalty.mean().detach()
 
-        # Dmain: softplus(D(G(z))) + softplus(-D(x)).
-        G.requires_grad_(False)
+        with torch.no_grad(), self.autocast():
+            fake, _ = self.generate(b, update_w_avg=True)
+        self.discriminator_step(reals, fake, stats)
+        keys = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
+        values = torch.stack([stats[k].float() for k in keys]).tolist()   # one host transfer
+        stats.update(zip(keys, values))
+
+        stats["ema_beta"] = self.update_ema()
+        self.nimg += b
+        self.step_idx += 1
+        return stats
+
+    def discriminator_step(self, reals: torch.Tensor, fake: torch.Tensor, stats: dict) -> None:
+        """Dmain: softplus(D(G(z))) + softplus(−D(x)); then, lazily, Dreg: R1 = ‖∇_x D(x)‖² on
+        reals as its own optimiser step (fp32). `fake` carries no graph."""
+        cfg, D = self.cfg, self.D
+        self.G.requires_grad_(False)
         D.requires_grad_(True)
         self.D_opt.zero_grad(set_to_none=True)
         with self.autocast():
-            with torch.no_grad():
-                fake, _ = self.generate(b, update_w_avg=True)
-            fake_logits = D(self._images_for(fake)).float()
+            fake_logits = D(self._images_for(fake.detach())).float()
             real_logits = D(reals).float()
         loss_d = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
         loss_d.backward()
@@ -414,8 +428,6 @@ class Trainer:
         stats["loss_D"] = loss_d.detach()
         stats["D_real"] = real_logits.detach().mean()
         stats["D_fake"] = fake_logits.detach().mean()
-
-        # Dreg: R1 = ‖∇_x D(x)‖² on reals, lazily, as its own optimiser step (fp32).
         if cfg.r1_gamma > 0 and self.step_idx % cfg.r1_interval == 0:
             self.D_opt.zero_grad(set_to_none=True)
             x = reals.detach().requires_grad_(True)
@@ -426,24 +438,20 @@ class Trainer:
             self.D_opt.step()
             stats["r1_penalty"] = penalty.detach().mean()
         D.requires_grad_(False)
-        keys = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
-        values = torch.stack([stats[k].float() for k in keys]).tolist()   # one host transfer
-        stats.update(zip(keys, values))
-
-        stats["ema_beta"] = self.update_ema()
-        self.nimg += b
-        self.step_idx += 1
-        return stats
 
     def distill_step(self) -> dict:
         """One minibatch of distillation: G(z) regresses onto the renderer's portrait for the
         same z (`data` maps normalised latents to images), so every sample has its own
         target and nothing can collapse. Loss: L1 at `distill_scales` resolutions plus L1 of
-        horizontal and vertical differences, which keeps edges from averaging into a blur."""
+        horizontal and vertical differences, which keeps edges from averaging into a blur.
+        With `distill_adv_weight` > 0 a discriminator adds the non-saturating GAN loss, as
+        pix2pix adds one to its L1: the dense loss decides what is drawn, D how sharply."""
         cfg, G = self.cfg, self.G
         z = self.randn(cfg.batch, cfg.z_dim)
         with torch.no_grad():
             target = fetch_latent_reals(self.data_fn, normalize_latents(z), cfg.resolution, self.device)
+        adversarial = cfg.distill_adv_weight > 0
+        self.D.requires_grad_(False)
         G.requires_grad_(True)
         self.G_opt.zero_grad(set_to_none=True)
         with self.autocast():
@@ -451,10 +459,17 @@ class Trainer:
         loss_l1 = multiscale_l1(fake, target, cfg.distill_scales)
         loss_grad = gradient_l1(fake, target)
         loss = loss_l1 + cfg.distill_grad_weight * loss_grad
+        stats = {"step": self.step_idx, "l1": loss_l1.detach(), "grad_l1": loss_grad.detach()}
+        if adversarial:
+            with self.autocast():
+                loss_adv = F.softplus(-self.D(self._images_for(fake)).float()).mean()
+            loss = loss + cfg.distill_adv_weight * loss_adv
+            stats["adv"] = loss_adv.detach()
         loss.backward()
         self.G_opt.step()
-        stats = {"step": self.step_idx, "loss_G": loss.detach(), "l1": loss_l1.detach(),
-                 "grad_l1": loss_grad.detach()}
+        stats["loss_G"] = loss.detach()
+        if adversarial:
+            self.discriminator_step(self._images_for(target), fake, stats)
         keys = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
         stats.update(zip(keys, torch.stack([stats[k].float() for k in keys]).tolist()))
         stats["ema_beta"] = self.update_ema()
@@ -656,7 +671,7 @@ def train(preset: str | TrainConfig = "tiny", kimg: float = 1.0, out: str | Path
                 stats_file.flush()
                 extra = "".join(f" {k}={stats[k]:.4f}" for k in ("r1_penalty", "pl_penalty") if k in stats)
                 losses = " ".join(f"{k} {stats[k]:.4f}" for k in
-                                  ("loss_G", "loss_D", "D_real", "D_fake", "l1", "grad_l1") if k in stats)
+                                  ("loss_G", "loss_D", "D_real", "D_fake", "l1", "grad_l1", "adv") if k in stats)
                 log(f"step {trainer.step_idx} kimg {trainer.nimg / 1000:.2f} {kimg_s * 3600:.1f} kimg/h "
                     f"{losses}{extra} wall {trainer.wall_s / 60:.1f} min")
             if trainer.nimg >= next_sample_nimg:

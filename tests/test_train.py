@@ -277,3 +277,14 @@ def test_growing_copies_the_low_resolution_blocks_and_refuses_other_architecture
     other = T.Trainer(tiny(objective="distill", style_mixing_prob=0.0, w_dim=16), data_fn=latent_standin)
     with pytest.raises(ValueError, match="same z_dim"):
         other.grow_from(tmp_path / "s16" / T.CKPT_NAME)
+
+
+def test_distillation_with_an_adversarial_term_trains_d_on_the_targets():
+    cfg = tiny(objective="distill", style_mixing_prob=0.0, distill_adv_weight=0.1, r1_interval=2)
+    tr = T.Trainer(cfg, data_fn=latent_standin)
+    d_before = [p.clone() for p in tr.D.parameters()]
+    stats = [tr.step() for _ in range(3)]
+    assert all({"adv", "loss_D", "D_real", "D_fake"} <= set(s) for s in stats)
+    assert "r1_penalty" in stats[0] and "r1_penalty" not in stats[1]
+    assert all(all_finite(s) for s in stats)
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, tr.D.parameters()))
