@@ -32,9 +32,9 @@ from .geometry import Arrow, Point
 from .hello import accept_hello
 from .jobs import inversion_psnr, poor_domain
 from .mask import MaskInfo
-from .messages import not_answering
+from .messages import WRONG_SIZE, not_answering, stop_unanswered
 from .settings import CLOSE_TIMEOUT, CONNECT_TIMEOUT, STOP_GRACE
-from .task import _close, _connect, user_message
+from .task import close_quietly, connect, user_message
 
 __all__ = ["Frame", "HistoryEntry", "LivePoint", "LiveSession"]
 
@@ -161,6 +161,7 @@ class LiveSession:
         self._hint = ""
         self._serial = 0
         self._drag_points: List[LivePoint] = []
+        self._undo_to = 0                      # the history index an undo goes to
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -171,9 +172,8 @@ class LiveSession:
         self._show_frame(self.image, (0.0, 0.0, float(self.image.width),
                                       float(self.image.height)))
         try:
-            self.client, self._hint = _connect(
-                self.client_factory, s.endpoint, self.connect_timeout,
-                min(1.0, self.connect_timeout / 2), self.client_name)
+            self.client, self._hint = connect(self.client_factory, s.endpoint,
+                                              self.connect_timeout, self.client_name)
         except UserError as e:
             self._fail(str(e))
             return
@@ -313,7 +313,7 @@ class LiveSession:
     def go_to(self, index: int) -> bool:
         """Return the session to history entry ``index`` (the daemon's undo). False when
         that is not possible now."""
-        if self.state != "idle" or index == self.position or not (0 <= index < self.position):
+        if self.state != "idle" or not 0 <= index < self.position:
             return False
         job = self._send(lambda: self.client.start_undo(self.session, self.position - index))
         if job is None:
@@ -421,8 +421,8 @@ class LiveSession:
         ready = "Ready"
         psnr = inversion_psnr(self.session_info)
         if psnr is not None:
-            ready += " (inversion %.1f dB%s)" % (psnr, "; " + poor_domain(self.session_info)
-                                                  if poor_domain(self.session_info) else "")
+            poor = poor_domain(self.session_info)
+            ready += " (inversion %.1f dB%s)" % (psnr, "; " + poor if poor else "")
         return ready + ": click a handle, then its target; Start."
 
     # -- internals ----------------------------------------------------------------------
@@ -452,8 +452,7 @@ class LiveSession:
             self._fail(not_answering(self.settings.endpoint, self.connect_timeout, self._hint))
         elif (self.state == "stopping" and self._cancel_at is not None
               and now - self._cancel_at > self.stop_grace):
-            self._fail("The daemon did not stop the drag within %.0f s of the stop request."
-                       % self.stop_grace)
+            self._fail(stop_unanswered(self.stop_grace))
 
     def _keep_alive(self) -> None:
         """While nothing runs, a ping now and then: a daemon that went away shows as not
@@ -556,8 +555,7 @@ class LiveSession:
         f = ev.fields
         img = ev.images.get("image")
         if img is None or (img.width, img.height) != (self.image.width, self.image.height):
-            self._fail("The daemon returned an image of the wrong size; update the daemon and "
-                       "the plug-in to the same dragd release.")
+            self._fail(WRONG_SIZE)
             return
         self.result = img
         handles = [list(h) for h in (f.get("handles") or [])]
@@ -602,11 +600,9 @@ class LiveSession:
         st = self.state
         if st in ("connecting", "opening") or (
                 isinstance(err, DaemonUnavailable) and st != "idle"):
-            msg = user_message(err)
-            if isinstance(err, DaemonUnavailable) and self._hint:
-                msg += "." + self._hint
-            self.connected = False if isinstance(err, DaemonUnavailable) else self.connected
-            self._fail(msg)
+            if isinstance(err, DaemonUnavailable):
+                self.connected = False
+            self._fail(user_message(err, self._hint))
             return
         if isinstance(err, RemoteError) and err.code == ErrorCode.CANCELLED:
             self.notice = "Stopped before the drag began; nothing changed."
@@ -625,4 +621,4 @@ class LiveSession:
     def _shutdown(self) -> None:
         c, self.client = self.client, None
         if c is not None:
-            _close(c)
+            close_quietly(c)

@@ -36,14 +36,17 @@ from .keys import curve_for
 from .mask import MaskInfo
 from .settings import CLOSE_TIMEOUT, CONNECT_TIMEOUT, STOP_GRACE
 
-__all__ = ["DaemonProbe", "DragTask", "Image", "user_message"]
+__all__ = ["DaemonProbe", "DragTask", "Image", "close_quietly", "connect", "user_message"]
 
 
-def user_message(err: BaseException) -> str:
-    """The sentence for an error the client or the daemon reported."""
+def user_message(err: BaseException, hint: str = "") -> str:
+    """The sentence for an error the client or the daemon reported; ``hint`` (from
+    :func:`connect`) is added when the daemon cannot be reached, not when it refused us."""
     if isinstance(err, UserError):
         return str(err)
     if isinstance(err, DaemonUnavailable):
+        if hint and not isinstance(err, DaemonRefused):
+            return err.message + "." + hint
         return err.message
     if isinstance(err, RemoteError):
         return messages.refused(err.message)
@@ -52,10 +55,13 @@ def user_message(err: BaseException) -> str:
     return messages.bug(err)
 
 
-def _connect(factory: Callable[..., Any], endpoint: str, timeout: float, heartbeat: float,
-             client_name: str) -> Tuple[Any, str]:
+def connect(factory: Callable[..., Any], endpoint: str, timeout: float, client_name: str,
+            heartbeat: Optional[float] = None) -> Tuple[Any, str]:
     """A client for ``endpoint`` (with CurveZMQ keys for a remote daemon), and the hint
-    to add when that daemon cannot be reached. Raises UserError."""
+    to add when that daemon cannot be reached. The heartbeat defaults to half the timeout,
+    at most a second. Raises UserError."""
+    if heartbeat is None:
+        heartbeat = min(1.0, timeout / 2)
     curve, hint = curve_for(endpoint)
     try:
         return factory(endpoint, timeout=timeout, heartbeat=heartbeat, job_timeout=None,
@@ -64,7 +70,7 @@ def _connect(factory: Callable[..., Any], endpoint: str, timeout: float, heartbe
         raise UserError(messages.bad_address(endpoint, e))
 
 
-def _close(client: Any) -> None:
+def close_quietly(client: Any) -> None:
     try:
         client.close()
     except Exception:
@@ -122,9 +128,8 @@ class DragTask:
         if self.time_limit is not None:
             self._run_deadline = now + self.time_limit
         try:
-            self.client, self._hint = _connect(
-                self.client_factory, s.endpoint, self.connect_timeout,
-                min(1.0, self.connect_timeout / 2), self.client_name)
+            self.client, self._hint = connect(self.client_factory, s.endpoint,
+                                              self.connect_timeout, self.client_name)
         except UserError as e:
             self._fail(str(e))
             return
@@ -167,7 +172,7 @@ class DragTask:
     def close(self) -> None:
         """Drop the connection now (the daemon frees a session whose client is gone)."""
         if self.client is not None:
-            _close(self.client)
+            close_quietly(self.client)
             self.client = None
         if not self.done:
             self._cancelled()
@@ -232,10 +237,7 @@ class DragTask:
         if isinstance(err, RemoteError) and err.code == ErrorCode.CANCELLED:
             self._cancelled()
             return
-        msg = user_message(err)
-        if isinstance(err, DaemonUnavailable) and not isinstance(err, DaemonRefused) and self._hint:
-            msg += "." + self._hint
-        self._fail(msg)
+        self._fail(user_message(err, self._hint))
 
     def _on_hello(self, fields: Dict[str, Any]) -> None:
         s, m = self.settings, self.model
@@ -323,7 +325,7 @@ class DragTask:
     def _shutdown(self) -> None:
         c, self.client = self.client, None
         if c is not None:
-            _close(c)
+            close_quietly(c)
 
 
 class DaemonProbe:
@@ -351,8 +353,8 @@ class DaemonProbe:
 
     def start(self) -> None:
         try:
-            self.client, _ = _connect(self.client_factory, self.endpoint, self.timeout,
-                                      self.timeout / 3, self.client_name)
+            self.client, _ = connect(self.client_factory, self.endpoint, self.timeout,
+                                     self.client_name, heartbeat=self.timeout / 3)
             self.job = self.client.start("hello", {"client": self.client_name})
         except Exception as e:
             self._end(user_message(e))
@@ -389,5 +391,5 @@ class DaemonProbe:
         self.error = error
         self.done = True
         if self.client is not None:
-            _close(self.client)
+            close_quietly(self.client)
             self.client = None

@@ -278,3 +278,39 @@ def test_the_strip_follows_the_daemons_bounded_history():
     live._on_dragged(_Result(3, live.image))       # full: the daemon dropped its drag 1
     assert [e.index for e in live.history] == [0, 1, 2, 3] and live.position == 3
     assert [e.steps for e in live.history][1] == 22, steps
+
+
+class _Refusing:
+    """A client whose daemon answers the hello with ``error``."""
+
+    def __init__(self, error):
+        self.error, self.job = error, None
+
+    def __call__(self, endpoint, **kw):
+        return self
+
+    def start(self, kind, fields, **kw):
+        self.job = type("Job", (), {"done": False})()
+        return self.job
+
+    def poll(self, timeout_ms):
+        ev = type("Event", (), {"job": self.job, "kind": "error", "final": True,
+                                "error": self.error, "fields": {}, "images": {}})()
+        return [ev]
+
+    def close(self):
+        pass
+
+
+def test_a_daemon_that_refuses_our_key_gets_no_hint_to_copy_keys(tmp_path, monkeypatch):
+    from dragd.protocol.client import DaemonRefused, DaemonUnavailable
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    endpoint = "tcp://192.0.2.7:5555"           # remote: its errors carry the keys hint
+    for err, hinted in ((DaemonUnavailable(endpoint), True),
+                        (DaemonRefused(endpoint, "key"), False)):
+        live = LiveSession(settings(endpoint), layer(), client_factory=_Refusing(err))
+        live.start()
+        assert not live.tick(0)
+        assert live.state == "failed" and live.connected is False
+        assert ("copy the daemon's server.key" in live.error) is hinted, live.error
