@@ -142,7 +142,9 @@ def bench_speed(args) -> None:
         t_whole = timed(whole.step, args.warmup, args.repeats)
         t_unsplit = timed(unsplit.step, args.warmup, args.repeats)
         t_naive = timed(naive.step, args.warmup, args.repeats)
-        same = all(torch.allclose(ours.latent, s.latent, atol=1e-5) for s in (whole, unsplit))
+        # Adam moves every coordinate by about lr, so float-order noise on coordinates whose gradient
+        # is ~0 reaches a fraction of lr (measured at 512 px: 3e-5 on 23 of 3072 after 6 steps)
+        same = all(torch.allclose(ours.latent, s.latent, atol=0.05 * ours.config.lr) for s in (whole, unsplit))
         C = G.cfg.channels(G.block_resolution(ours.feature_block))
         fmt = lambda t: f"{t[0]:>6.0f} /{t[1]:>6.0f}"          # noqa: E731
         print(f"{res:>4} {f'{args.channel_base}/{args.channel_max}':>11} {ours.feature_block:>3} {C:>4} | "
