@@ -31,7 +31,9 @@ import traceback
 from typing import Any, List, Optional, Tuple
 
 from ..plugin_common import daemon_launcher
+from ..plugin_common.geometry import view_crop
 from ..plugin_common.loader import load_task
+from ..plugin_common.mask import DIM_ALPHA
 from .host import GimpHost, UndoGroup
 from .model import CLIENT_NAME, DragSettings, JobModel, UserError, region_for
 
@@ -371,22 +373,14 @@ class LiveWindow:
         if key[0] == "frame":
             for k in [k for k in self._cache if k[0] == "frame"]:
                 del self._cache[k]
-        vx0, vy0, vx1, vy1 = self.live.view_box
-        fx0, fy0, fx1, fy1 = box
-        ix0, iy0, ix1, iy1 = max(vx0, fx0), max(vy0, fy0), min(vx1, fx1), min(vy1, fy1)
-        if ix1 <= ix0 or iy1 <= iy0:
+        crop = view_crop(self.live.view_box, box, (pb.get_width(), pb.get_height()),
+                         self.scale)
+        if crop is None:
             return None
-        sx, sy = pb.get_width() / (fx1 - fx0), pb.get_height() / (fy1 - fy0)
-        px, py = int(math.floor((ix0 - fx0) * sx)), int(math.floor((iy0 - fy0) * sy))
-        pw = max(1, min(pb.get_width() - px, int(math.ceil((ix1 - ix0) * sx))))
-        ph = max(1, min(pb.get_height() - py, int(math.ceil((iy1 - iy0) * sy))))
-        sub = pb.new_subpixbuf(px, py, pw, ph)
-        w = max(1, int(round((ix1 - ix0) * self.scale)))
-        h = max(1, int(round((iy1 - iy0) * self.scale)))
+        cut, (x, y), size = crop
         interp = (self.GdkPixbuf.InterpType.NEAREST if self.scale >= 2
                   else self.GdkPixbuf.InterpType.BILINEAR)
-        out = ((ix0 - vx0) * self.scale, (iy0 - vy0) * self.scale,
-               sub.scale_simple(w, h, interp))
+        out = (x, y, pb.new_subpixbuf(*cut).scale_simple(*size, interp))
         self._cache[key] = out
         return out
 
@@ -395,7 +389,7 @@ class LiveWindow:
         if "overlay" not in self._cache:
             m = self.live.mask
             rgba = bytearray(4 * m.width * m.height)
-            rgba[3::4] = m.data.translate(bytes(int((255 - v) * 0.55) for v in range(256)))
+            rgba[3::4] = m.data.translate(DIM_ALPHA)
             img = live_module().Image(bytes(rgba), m.width, m.height, 4)
             self._cache["overlay"] = pixbuf(img)
         return self._cache["overlay"]
@@ -418,8 +412,7 @@ class LiveWindow:
             layers.append(self._scaled(("mask",), self._overlay, layer_box))
         for item in layers:
             if item is not None:
-                x, y, pb = item
-                _paste(dest, pb, int(round(x)), int(round(y)))
+                _paste(dest, *item)
         for handle, target in self.live.shown_points():
             self._draw_point(dest, handle, target)
         self.picture.set_from_pixbuf(dest)
@@ -512,10 +505,9 @@ class LiveWindow:
     def _set_offer(self) -> None:
         live = self.live
         failed = live is not None and live.state == "failed" and self.launcher is None
-        command = daemon_launcher.find_dragd() if failed and not live.connected else None
-        offer = command is not None and daemon_launcher.can_offer(self.settings.endpoint)
-        self.offer_label.set_text(daemon_launcher.offer_text(command) if offer else "")
-        for w, on in ((self.offer_label, offer), (self.offer_button, offer),
+        offer = daemon_launcher.offer(self.settings.endpoint, failed and not live.connected)
+        self.offer_label.set_text(offer or "")
+        for w, on in ((self.offer_label, bool(offer)), (self.offer_button, bool(offer)),
                       (self.retry_button, failed)):
             w.set_visible(on)
 

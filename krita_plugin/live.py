@@ -32,7 +32,9 @@ from PyQt5.QtWidgets import (QCheckBox, QDialog, QHBoxLayout, QLabel, QListView,
                              QToolButton, QVBoxLayout, QWidget)
 
 from ..plugin_common import daemon_launcher
+from ..plugin_common.geometry import region_box, view_crop
 from ..plugin_common.loader import load_task
+from ..plugin_common.mask import DIM_ALPHA
 from .host import PAINT, KritaHost
 from .model import CLIENT_NAME, DragSettings, JobModel, UserError
 
@@ -105,11 +107,7 @@ class LiveCanvas(QWidget):
         if live is not None:
             return live.view_box
         r = self.dialog.inputs.mask.region() if self.dialog.inputs else None
-        w, h = self.dialog.layer_size()
-        if r is None:
-            return (0.0, 0.0, float(w), float(h))
-        return (float(r["x"]), float(r["y"]), float(r["x"] + r["width"]),
-                float(r["y"] + r["height"]))
+        return region_box(r, *self.dialog.layer_size())
 
     def fit(self, longest: int = VIEW_SIZE) -> None:
         x0, y0, x1, y1 = self.box()
@@ -166,20 +164,12 @@ class LiveCanvas(QWidget):
         if key[0] == "frame":          # keep one frame: the next one replaces it
             for k in [k for k in self._cache if k[0] == "frame"]:
                 del self._cache[k]
-        vx0, vy0, vx1, vy1 = self.box()
-        fx0, fy0, fx1, fy1 = box
-        ix0, iy0, ix1, iy1 = max(vx0, fx0), max(vy0, fy0), min(vx1, fx1), min(vy1, fy1)
-        if ix1 <= ix0 or iy1 <= iy0:
+        crop = view_crop(self.box(), box, (img.width(), img.height()), self.scale)
+        if crop is None:
             return None
-        sx, sy = img.width() / (fx1 - fx0), img.height() / (fy1 - fy0)
-        src = img.copy(int(math.floor((ix0 - fx0) * sx)), int(math.floor((iy0 - fy0) * sy)),
-                       max(1, int(math.ceil((ix1 - ix0) * sx))),
-                       max(1, int(math.ceil((iy1 - iy0) * sy))))
-        w = max(1, int(round((ix1 - ix0) * self.scale)))
-        h = max(1, int(round((iy1 - iy0) * self.scale)))
+        cut, (x, y), (w, h) = crop
         mode = Qt.FastTransformation if self.scale >= 2 else Qt.SmoothTransformation
-        pm = QPixmap.fromImage(src.scaled(w, h, Qt.IgnoreAspectRatio, mode))
-        out = (int(round((ix0 - vx0) * self.scale)), int(round((iy0 - vy0) * self.scale)), pm)
+        out = (x, y, QPixmap.fromImage(img.copy(*cut).scaled(w, h, Qt.IgnoreAspectRatio, mode)))
         self._cache[key] = out
         return out
 
@@ -429,8 +419,7 @@ class LiveDialog(QDialog):
         if m is None or m.data is None:
             return None
         if self._overlay is None:
-            table = bytes(int((255 - v) * 0.55) for v in range(256))
-            alpha = m.data.translate(table)
+            alpha = m.data.translate(DIM_ALPHA)
             img = QImage(alpha, m.width, m.height, m.width, QImage.Format_Alpha8)
             self._overlay = img.convertToFormat(QImage.Format_ARGB32_Premultiplied)
         return self._overlay
@@ -581,11 +570,10 @@ class LiveDialog(QDialog):
         """Offer to start a daemon when none answers on the local default address and
         dragd is installed here; else, after a failure, to connect again."""
         failed = live is not None and live.state == "failed"
-        command = daemon_launcher.find_dragd() if failed and not live.connected else None
-        offer = command is not None and daemon_launcher.can_offer(self.settings.endpoint)
-        self.offer_label.setText(daemon_launcher.offer_text(command) if offer else "")
-        self.offer_label.setVisible(offer)
-        self.offer_button.setVisible(offer)
+        offer = daemon_launcher.offer(self.settings.endpoint, failed and not live.connected)
+        self.offer_label.setText(offer or "")
+        self.offer_label.setVisible(bool(offer))
+        self.offer_button.setVisible(bool(offer))
         self.retry_button.setVisible(failed)
 
     def refresh(self) -> None:

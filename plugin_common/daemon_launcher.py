@@ -3,7 +3,8 @@ daemon answers on the local default address and ``dragd`` is installed on this m
 live view offers to run ``dragd serve`` (detached: it outlives the host, which is what a
 daemon that several views and both hosts share should do), its output in a known log file.
 
-:func:`find_dragd` looks for the command; :class:`DaemonStart` starts it and, ticked from
+:func:`find_dragd` looks for the command, :func:`offer` says whether to offer it;
+:class:`DaemonStart` starts it and, ticked from
 the host's timer, asks it for ``hello`` until it answers (``state`` "ready"), exits
 ("failed", with the end of its log) or takes too long. A remote daemon stays the user's to
 run: :func:`can_offer` is False for any other address.
@@ -66,6 +67,16 @@ def can_offer(endpoint: str) -> bool:
 def offer_text(command: str) -> str:
     return ("No dragd daemon answers at %s. Start one here (%s serve)? Its log goes to %s."
             % (DEFAULT_ENDPOINT, command, log_path()))
+
+
+def offer(endpoint: str, unreachable: bool) -> Optional[str]:
+    """What a live view offers when the daemon at ``endpoint`` could not be reached
+    (``unreachable``): :func:`offer_text` when it is the local default address and dragd
+    is installed here, else None (nothing to offer)."""
+    if not unreachable or not can_offer(endpoint):
+        return None
+    command = find_dragd()
+    return offer_text(command) if command is not None else None
 
 
 class DaemonStart:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..protocol import Client, DaemonUnavailable, ErrorCode, Image, RemoteError
 from .errors import UserError
-from .geometry import Arrow, Point
+from .geometry import Arrow, Box, Point, region_box
 from .hello import accept_hello
 from .jobs import inversion_psnr, poor_domain
 from .mask import MaskInfo
@@ -37,8 +37,6 @@ from .settings import CLOSE_TIMEOUT, CONNECT_TIMEOUT, STOP_GRACE
 from .task import close_quietly, connect, user_message
 
 __all__ = ["Frame", "HistoryEntry", "LivePoint", "LiveSession"]
-
-Box = Tuple[float, float, float, float]          # x0, y0, x1, y1 in layer coordinates
 
 #: Seconds between two liveness pings while no job runs: the connection line stays true
 #: even when the user only looks.
@@ -142,7 +140,7 @@ class LiveSession:
         self.daemon: Dict[str, Any] = {}
         self.session: Any = None
         self.session_info: Dict[str, Any] = {}
-        self.view_box: Box = self._region_box()
+        self.view_box: Box = region_box(self.region, image.width, image.height)
         self.frame: Optional[Frame] = None
         self.tracked: Optional[List[List[float]]] = None    # handles during a drag
         self.step = 0
@@ -426,13 +424,6 @@ class LiveSession:
         return ready + ": click a handle, then its target; Start."
 
     # -- internals ----------------------------------------------------------------------
-
-    def _region_box(self) -> Box:
-        r = self.region
-        if r is None:
-            return (0.0, 0.0, float(self.image.width), float(self.image.height))
-        return (float(r["x"]), float(r["y"]), float(r["x"] + r["width"]),
-                float(r["y"] + r["height"]))
 
     def _show_frame(self, image: Any, box: Box) -> Frame:
         self._serial += 1

@@ -18,6 +18,9 @@ _NONZERO = re.compile(rb"[^\x00]")
 #: Partial pixels beyond EDGE_FACTOR * sqrt(selected pixels) make a selection "feathered"
 #: (soft) rather than one with an antialiased edge.
 EDGE_FACTOR = 10.0
+#: A selection byte -> the alpha of a live view's overlay: the unselected part dimmed, the
+#: selected part clear (``mask.data.translate(DIM_ALPHA)``).
+DIM_ALPHA = bytes(int((255 - v) * 0.55) for v in range(256))
 
 
 @dataclass

@@ -314,3 +314,18 @@ def test_a_daemon_that_refuses_our_key_gets_no_hint_to_copy_keys(tmp_path, monke
         assert not live.tick(0)
         assert live.state == "failed" and live.connected is False
         assert ("copy the daemon's server.key" in live.error) is hinted, live.error
+
+
+def test_a_picture_is_cut_to_the_view_and_scaled_to_it():
+    from dragd.plugin_common.geometry import region_box, view_crop
+
+    view = (10.0, 10.0, 30.0, 30.0)
+    assert view_crop(view, (0.0, 0.0, 40.0, 40.0), (40, 40), 2.0) == (
+        (10, 10, 20, 20), (0, 0), (40, 40))
+    # A half-resolution preview of a box reaching past the view: its corner, where it lies.
+    assert view_crop(view, (20.0, 20.0, 60.0, 60.0), (20, 20), 2.0) == (
+        (0, 0, 5, 5), (20, 20), (20, 20))
+    assert view_crop(view, (30.0, 0.0, 40.0, 40.0), (10, 40), 2.0) is None
+    assert region_box(None, 48, 40) == (0.0, 0.0, 48.0, 40.0)
+    assert region_box({"x": 8, "y": 6, "width": 30, "height": 28}, 48, 40) == (
+        8.0, 6.0, 38.0, 34.0)

@@ -42,6 +42,15 @@ def test_the_offer_is_only_for_the_local_default_address():
     assert not dl.can_offer("tcp://192.168.1.5:5557")
 
 
+def test_the_offer_needs_an_unreachable_local_daemon_and_dragd_here(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRAGD_COMMAND", str(tmp_path / "none"))        # not installed
+    assert dl.offer(dl.DEFAULT_ENDPOINT, True) is None
+    monkeypatch.setenv("DRAGD_COMMAND", DRAGD)
+    assert dl.offer(dl.DEFAULT_ENDPOINT, True) == dl.offer_text(DRAGD)
+    assert dl.offer(dl.DEFAULT_ENDPOINT, False) is None
+    assert dl.offer("tcp://192.168.1.5:5557", True) is None
+
+
 def test_a_started_daemon_answers_and_the_live_session_works_on_it(tiny_model_path, tmp_path):
     endpoint = free_endpoint()
     log = tmp_path / "logs" / "serve.log"
