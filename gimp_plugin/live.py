@@ -264,12 +264,20 @@ class LiveWindow:
                 self._offered = self.live          # looks for dragd once per failure
                 self._set_offer()
             self.refresh()
-        except Exception as e:
-            from ..plugin_common.messages import bug
-
-            traceback.print_exc()
-            self.status_label.set_text(bug(e, " with GIMP's error output"))
+        except Exception as e:     # nothing may escape the timer into GTK's loop
+            self._bug(e)
         return True
+
+    def _bug(self, e: Exception) -> None:
+        """Say an unexpected error; as the session's notice the status line keeps it until
+        the next action (a label text would be replaced at the next tick)."""
+        from ..plugin_common.messages import bug
+
+        traceback.print_exc()
+        message = str(e) if isinstance(e, UserError) else bug(e, " with GIMP's error output")
+        if self.live is not None:
+            self.live.notice = message
+        self.status_label.set_text(message)
 
     # -- the buttons ------------------------------------------------------------------
 
@@ -304,6 +312,9 @@ class LiveWindow:
                 self.image.set_selected_layers([layer])
             except Exception:
                 pass     # selecting the result is a courtesy; it is written
+        except Exception as e:     # the view stays open: the user may try again or cancel
+            self._bug(e)
+            return
         finally:
             undo.end()
         self.host.flush()

@@ -42,6 +42,10 @@ POLL_INTERVAL_MS = 30
 #: The view's longest side when it opens (view pixels); the zoom buttons change it.
 VIEW_SIZE = 560
 THUMB_SIZE = 72
+#: A press this close to a point (view pixels) grabs it instead of placing a new one.
+GRAB_RADIUS = 8.0
+#: The mask brush's radius in view pixels (zoom in for a finer brush).
+BRUSH_RADIUS = 14.0
 HANDLE_COLOUR = QColor(255, 59, 48)
 TARGET_COLOUR = QColor(10, 132, 255)
 WINDOW_TITLE = "DragGAN live view"
@@ -238,12 +242,6 @@ class LiveCanvas(QWidget):
         self.dialog.refresh()
 
 
-#: A press this close to a point (view pixels) grabs it instead of placing a new one.
-GRAB_RADIUS = 8.0
-#: The mask brush's radius in view pixels (zoom in for a finer brush).
-BRUSH_RADIUS = 14.0
-
-
 def _arrowhead(p: QPainter, h: QPointF, t: QPointF) -> None:
     dx, dy = t.x() - h.x(), t.y() - h.y()
     n = math.hypot(dx, dy)
@@ -335,22 +333,17 @@ class LiveDialog(QDialog):
         tools.addWidget(self.brush_check)
         tools.addWidget(self.mask_check)
 
-        self.start_button = QPushButton("Start")
-        self.start_button.setToolTip("Drag the handles (red) to the targets (blue); after a "
-                                     "drag, Continue drags on from where it ended")
-        self.start_button.clicked.connect(self.start_drag)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setToolTip("Stop the drag and keep what it reached")
-        self.stop_button.clicked.connect(self.stop_drag)
-        self.reset_button = QPushButton("Reset points")
-        self.reset_button.setToolTip("Remove the points and start a new set from this picture")
-        self.reset_button.clicked.connect(self.reset_points)
-        self.apply_button = QPushButton("Apply")
-        self.apply_button.setToolTip("Write the picture shown as a new layer above the source")
-        self.apply_button.clicked.connect(self.apply)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Close the live view and leave the image as it was")
-        self.cancel_button.clicked.connect(self.reject)
+        self.start_button = _button("Start", "Drag the handles (red) to the targets (blue); "
+                                    "after a drag, Continue drags on from where it ended",
+                                    self.start_drag)
+        self.stop_button = _button("Stop", "Stop the drag and keep what it reached",
+                                   self.stop_drag)
+        self.reset_button = _button("Reset points", "Remove the points and start a new set "
+                                    "from this picture", self.reset_points)
+        self.apply_button = _button("Apply", "Write the picture shown as a new layer above "
+                                    "the source", self.apply)
+        self.cancel_button = _button("Cancel", "Close the live view and leave the image as it "
+                                     "was", self.reject)
         buttons = QHBoxLayout()
         for w in (self.start_button, self.stop_button, self.reset_button):
             buttons.addWidget(w)
@@ -441,14 +434,22 @@ class LiveDialog(QDialog):
     # -- the timer --------------------------------------------------------------------
 
     def tick(self) -> None:
+        """The timer's callback: nothing may escape it into Krita."""
         try:
             self._tick()
+            self.refresh()
         except Exception as e:
             from ..plugin_common.messages import bug
 
-            self.status_label.setText(str(e) if isinstance(e, UserError) else bug(e))
             self.writer = None
-        self.refresh()
+            self._say(str(e) if isinstance(e, UserError) else bug(e))
+
+    def _say(self, message: str) -> None:
+        """A sentence that stays: as the session's notice the status line keeps it until
+        the next action (it would replace a label text at the next tick)."""
+        if self.live is not None:
+            self.live.notice = message
+        self.status_label.setText(message)
 
     def _tick(self) -> None:
         inp = self.inputs
@@ -627,6 +628,13 @@ class LiveDialog(QDialog):
             self.history_list.addItem(item)
             if e.index == self.live.position:
                 item.setSelected(True)
+
+
+def _button(text: str, tip: str, fn: Any) -> QPushButton:
+    b = QPushButton(text)
+    b.setToolTip(tip)
+    b.clicked.connect(fn)
+    return b
 
 
 def _tool(text: str, tip: str, fn: Any) -> QToolButton:

@@ -157,8 +157,7 @@ class DaemonStart:
 
     def _end(self, state: str, message: str) -> None:
         self.state, self.message = state, message
-        if self._probe is not None:
-            self._probe = None
+        self._probe = None
 
 
 def _probe(endpoint: str) -> Any:
@@ -177,4 +176,4 @@ def _detached() -> dict:
     return {"start_new_session": True}
 
 
-__all__ = ["DaemonStart", "can_offer", "find_dragd", "log_path", "offer_text"]
+__all__ = ["DaemonStart", "can_offer", "find_dragd", "log_path", "offer", "offer_text"]
