@@ -178,26 +178,24 @@ class DragdGimp(Gimp.PlugIn):
 
     def do_create_procedure(self, name):
         if name == LIVE_PROCEDURE_NAME:
-            return self._live_procedure(name)
-        proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
-        proc.set_image_types("RGB*, GRAY*")
-        proc.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
-        proc.set_menu_label(MENU_LABEL)
-        proc.add_menu_path(MENU_PATH)
-        proc.set_documentation(
-            "Drag points of a layer with DragGAN",
+            return self._procedure(
+                name, run_live_view, LIVE_MENU_LABEL,
+                "Drag points of a layer interactively with DragGAN",
+                "Opens the live view: click a handle and then its target on the picture, "
+                "Start, watch the picture follow, Stop, add points and Continue, go back to an "
+                "earlier drag, Apply. Served by the dragd daemon (start it with: dragd serve). "
+                "The selection is the region that may move; the strokes of the path are the "
+                "first points. Apply adds the result as a new layer above the source, in one "
+                "undo step.")
+        proc = self._procedure(
+            name, run, MENU_LABEL, "Drag points of a layer with DragGAN",
             "Moves handle points of the active layer to target points with DragGAN, served "
             "by the dragd daemon (start it with: dragd serve). The points come from the "
             "selected path (else the only path): every stroke is one drag, its first anchor "
             "the handle and its last anchor the target. The selection is the region that "
             "may move (none: the whole layer) and, with a margin, the part the model "
             "works on; a feathered selection gives soft weights. The result is a new layer "
-            "above the source, in one undo step.",
-            name)
-        proc.set_attribution("dragd", "dragd contributors", "2025")
-        add_arguments(proc)
-        proc.add_layer_return_value("new-layer", "New layer", "The layer holding the result",
-                                    True, RW)
+            "above the source, in one undo step.")
         proc.add_int_return_value("steps", "Steps", "Optimisation steps the drag took",
                                   0, 1 << 30, 0, RW)
         proc.add_string_return_value("stop-reason", "Stop reason",
@@ -209,21 +207,15 @@ class DragdGimp(Gimp.PlugIn):
                                      "", RW)
         return proc
 
-    def _live_procedure(self, name):
-        proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_live_view,
-                                       None)
+    def _procedure(self, name, run_fn, label, blurb, help_text):
+        """What the filter and the live view declare alike: an image procedure on a layer
+        under MENU_PATH with the drag's arguments, returning the result layer."""
+        proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_fn, None)
         proc.set_image_types("RGB*, GRAY*")
         proc.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
-        proc.set_menu_label(LIVE_MENU_LABEL)
+        proc.set_menu_label(label)
         proc.add_menu_path(MENU_PATH)
-        proc.set_documentation(
-            "Drag points of a layer interactively with DragGAN",
-            "Opens the live view: click a handle and then its target on the picture, Start, "
-            "watch the picture follow, Stop, add points and Continue, go back to an earlier "
-            "drag, Apply. Served by the dragd daemon (start it with: dragd serve). The "
-            "selection is the region that may move; the strokes of the path are the first "
-            "points. Apply adds the result as a new layer above the source, in one undo step.",
-            name)
+        proc.set_documentation(blurb, help_text, name)
         proc.set_attribution("dragd", "dragd contributors", "2025")
         add_arguments(proc)
         proc.add_layer_return_value("new-layer", "New layer", "The layer holding the result",

@@ -225,13 +225,9 @@ class DragDocker(DockWidget):
         """The Run button."""
         if self.current_run is not None and not self.current_run.finished:
             return self.current_run
-        s = self.settings()
-        try:
-            s.validate()
-        except UserError as e:
-            self._show(0.0, str(e))
+        s = self._valid_settings()
+        if s is None:
             return None
-        save_settings(s)
         self._set_running(True)
         self._show(0.0, "Starting\u2026")
         self._doc = Krita.instance().activeDocument()
@@ -246,6 +242,14 @@ class DragDocker(DockWidget):
         """The Live view button: the interactive view on the active document."""
         from .live import open_live_view
 
+        s = self._valid_settings()
+        if s is None:
+            return None
+        return open_live_view(Krita.instance().activeDocument(), s, self)
+
+    def _valid_settings(self) -> Optional[DragSettings]:
+        """The docker's settings, saved for next time; None (and why, shown) when they are
+        not valid."""
         s = self.settings()
         try:
             s.validate()
@@ -253,7 +257,7 @@ class DragDocker(DockWidget):
             self._show(0.0, str(e))
             return None
         save_settings(s)
-        return open_live_view(Krita.instance().activeDocument(), s, self)
+        return s
 
     def stop(self, how: str) -> None:
         if self.current_run is not None:
