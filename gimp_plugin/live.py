@@ -423,7 +423,8 @@ class LiveWindow:
             layers.append(self._scaled(("mask",), self._overlay, layer_box))
         for item in layers:
             if item is not None:
-                _paste(dest, *item)
+                x, y, pb = item
+                _paste(dest, pb, x, y)
         for handle, target in self.live.shown_points():
             self._draw_point(dest, handle, target)
         self.picture.set_from_pixbuf(dest)
