@@ -25,16 +25,33 @@ from dragd.daemon.cli.install_plugins import install_gimp
 from hosts.chroot import (GIMP_PLUGIN_DIR, PROBE_DIR, HostResult, copy_into_home, ensure_chroot,
                           new_home, run_in_chroot)
 from test_gimp_host import check_one_undo_group, plugin_processes
-from test_krita_live_host import (LINE, MOVED_TARGET, PAIRS, SEL, THIRD,  # noqa: F401
+from test_krita_live_host import (CALL_TIMES, LINE, MOVED_TARGET, PAIRS, SEL, THIRD,  # noqa: F401
                                   face_daemon, portrait, stand_in_dragd)
 
 pytestmark = pytest.mark.hosts
 
 SHOTS = ("gimp-live-dragging.png", "gimp-live-history.png")
 
-DRIVER = r'''
+#: What both drivers wait with: GTK's loop runs (the dialog's timer, the events) meanwhile.
+WAITS = r'''
 import json, os, time
 
+
+def spin(ms):
+    from gi.repository import GLib
+    loop = GLib.MainLoop()
+    GLib.timeout_add(ms, lambda: loop.quit() or False)
+    loop.run()
+
+
+def wait(cond, timeout):
+    t0 = time.monotonic()
+    while not cond() and time.monotonic() - t0 < timeout:
+        spin(10)
+    return cond()
+'''
+
+DRIVER = WAITS + CALL_TIMES + r'''
 PAIRS = %(PAIRS)r
 MOVED_TARGET = %(MOVED_TARGET)r
 THIRD = %(THIRD)r
@@ -55,12 +72,7 @@ def main(window):
 
 def reopen(window, R):
     """The view on the result layer: the daemon continues the edit; then Cancel."""
-    from gi.repository import GLib
-    t0 = time.monotonic()
-    while window.live.state != "idle" and time.monotonic() - t0 < 120:
-        loop = GLib.MainLoop()
-        GLib.timeout_add(20, lambda: loop.quit() or False)
-        loop.run()
+    wait(lambda: window.live.state == "idle", 120)
     R["state"] = window.live.state
     R["continues"] = (window.live.session_info.get("info") or {}).get("continues_edit")
     window.cancel_button.clicked()
@@ -69,17 +81,6 @@ def reopen(window, R):
 
 def run(window, R):
     from gi.repository import Gdk, GLib
-
-    def spin(ms):
-        loop = GLib.MainLoop()
-        GLib.timeout_add(ms, lambda: loop.quit() or False)
-        loop.run()
-
-    def wait(cond, timeout):
-        t0 = time.monotonic()
-        while not cond() and time.monotonic() - t0 < timeout:
-            spin(10)
-        return cond()
 
     gaps, last, slow = [], [time.monotonic()], []
     R["slow"] = slow
@@ -94,21 +95,10 @@ def run(window, R):
         return True
 
     GLib.timeout_add(10, tick)
-    # How long the view's own callbacks run (wall and CPU time): the gaps above also count
-    # the time this process waits for a core on a loaded machine.
-    work = []
-
-    def timed(fn):
-        def run(*a):
-            t0, c0 = time.perf_counter(), time.thread_time()
-            out = fn(*a)
-            work.append((time.perf_counter() - t0, time.thread_time() - c0))
-            return out
-        return run
-
+    work = []                              # (wall, CPU) seconds of the view's callbacks
     GLib.source_remove(window.timer_id)
-    GLib.timeout_add(30, timed(window._tick))
-    window.redraw = timed(window.redraw)
+    GLib.timeout_add(30, timed(window._tick, work))
+    window.redraw = timed(window.redraw, work)
 
     def shot(name):
         gw = window.dialog.get_window()
@@ -383,25 +373,10 @@ def test_live_view_in_gimp(chroot_root, face_daemon, tmp_path):
               tmp_path))
 
 
-OFFER_DRIVER = r'''
-import json, os, time
-
+OFFER_DRIVER = WAITS + CALL_TIMES + r'''
 
 def main(window):
-    from gi.repository import GLib
     R = {}
-
-    def spin(ms):
-        loop = GLib.MainLoop()
-        GLib.timeout_add(ms, lambda: loop.quit() or False)
-        loop.run()
-
-    def wait(cond, timeout):
-        t0 = time.monotonic()
-        while not cond() and time.monotonic() - t0 < timeout:
-            spin(20)
-        return cond()
-
     try:
         wait(lambda: window.offer_button.get_visible(), 30)
         R["offer_visible"] = window.offer_button.get_visible()

@@ -37,14 +37,9 @@ MOVED_TARGET = (136.0, 108.0)    # where the second pair's target is dragged to
 THIRD = ((96.0, 130.0), (96.0, 140.0))
 SHOTS = ("krita-live-dragging.png", "krita-live-history.png")
 
-GUI_TEST = r'''
+#: What both GUI scripts wait with: Qt's loop runs (the view's timer, the events) meanwhile.
+QT_WAITS = r'''
 import json, os, time
-
-PAIRS = %(PAIRS)r
-LINE = %(LINE)r
-SEL = %(SEL)r
-MOVED_TARGET = %(MOVED_TARGET)r
-THIRD = %(THIRD)r
 
 
 def spin(ms):
@@ -52,6 +47,36 @@ def spin(ms):
     loop = QEventLoop()
     QTimer.singleShot(ms, loop.quit)
     loop.exec_()
+
+
+def wait(cond, timeout):
+    t0 = time.monotonic()
+    while not cond() and time.monotonic() - t0 < timeout:
+        spin(10)
+    return cond()
+'''
+
+#: How long the view's own callbacks run, wall and CPU time (the GIMP test's driver uses it
+#: too): the gaps of the UI thread also count the time the host waits for a core on a loaded
+#: machine.
+CALL_TIMES = r'''
+
+def timed(fn, work):
+    """``fn``, adding each call's (wall, CPU) seconds to ``work``."""
+    def run(*a):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        out = fn(*a)
+        work.append((time.perf_counter() - t0, time.thread_time() - c0))
+        return out
+    return run
+'''
+
+GUI_TEST = QT_WAITS + CALL_TIMES + r'''
+PAIRS = %(PAIRS)r
+LINE = %(LINE)r
+SEL = %(SEL)r
+MOVED_TARGET = %(MOVED_TARGET)r
+THIRD = %(THIRD)r
 
 
 class Watch:
@@ -81,13 +106,6 @@ class Watch:
         top = sorted(self.gaps, reverse=True)[:5]
         return {"max_gap": top[0][0] if top else None, "ticks": len(self.gaps),
                 "top": [[round(g, 3), round(t - self.t0, 2)] for g, t in top]}
-
-
-def wait(cond, timeout):
-    t0 = time.monotonic()
-    while not cond() and time.monotonic() - t0 < timeout:
-        spin(10)
-    return cond()
 
 
 def stack(doc):
@@ -153,25 +171,14 @@ def run(window, app, R):
     docker.inversion_box.setCurrentIndex(docker.inversion_box.findData("fast"))
     docker.paste_box.setCurrentIndex(docker.paste_box.findData("resample"))
     from dragd.krita_plugin import live as L
-    # How long the view's own callbacks run (wall and CPU time): the Watch's gaps also
-    # count the time Krita waits for a core on a loaded machine.
-    work = []
-
-    def timed(fn):
-        def run(*a):
-            t0, c0 = time.perf_counter(), time.thread_time()
-            out = fn(*a)
-            work.append((time.perf_counter() - t0, time.thread_time() - c0))
-            return out
-        return run
-
-    L.LiveCanvas.paintEvent = timed(L.LiveCanvas.paintEvent)
+    work = []                              # (wall, CPU) seconds of the view's callbacks
+    L.LiveCanvas.paintEvent = timed(L.LiveCanvas.paintEvent, work)
     watch = Watch()
     t0 = time.monotonic()
     docker.live_button.click()
     dialog = L._open[-1]
     dialog.timer.timeout.disconnect()
-    dialog.timer.timeout.connect(timed(dialog.tick))
+    dialog.timer.timeout.connect(timed(dialog.tick, work))
     R["opened_s"] = time.monotonic() - t0
     shots = os.environ["DRAGD_SHOTS"]
     canvas = dialog.canvas
@@ -408,26 +415,9 @@ def test_live_view_in_the_krita_gui(chroot_root, face_daemon, tmp_path):
               tmp_path))
 
 
-OFFER_TEST = r'''
-import os, time
-
-
-def spin(ms):
-    from PyQt5.QtCore import QEventLoop, QTimer
-    loop = QEventLoop()
-    QTimer.singleShot(ms, loop.quit)
-    loop.exec_()
-
-
-def wait(cond, timeout):
-    t0 = time.monotonic()
-    while not cond() and time.monotonic() - t0 < timeout:
-        spin(20)
-    return cond()
-
+OFFER_TEST = QT_WAITS + r'''
 
 def main(window, app):
-    from krita import Selection
     from PyQt5.QtCore import QByteArray, QPoint, Qt
     from PyQt5.QtTest import QTest
     from dragd.krita_plugin import live as L
