@@ -102,14 +102,8 @@ def run(procedure: Any, run_mode: Any, image: Any, drawables: Any, config: Any,
                                           dialog_factory)
         if interactive:
             Gimp.message("Drag (DragGAN): %s." % outcome.summary())
-    except Cancelled as e:
-        return _error(procedure, Gimp.PDBStatusType.CANCEL, str(e))
-    except UserError as e:
-        return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, str(e))
-    except Exception as e:  # a bug: say so, with the details on stderr
-        traceback.print_exc()
-        return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR,
-                      bug(e, " with GIMP's error output"))
+    except Exception as e:
+        return _failed(procedure, e)
     rv = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, None)
     _set_return(rv, 1, GObject.Value(Gimp.Layer, new_layer))
     _set_return(rv, 2, GObject.Value(GObject.TYPE_INT, int(outcome.steps)))
@@ -146,17 +140,26 @@ def run_live_view(procedure: Any, run_mode: Any, image: Any, drawables: Any, con
             return _error(procedure, Gimp.PDBStatusType.CANCEL, "Cancelled.")
         new_layer = run_live(GimpUi, host, image, layer,
                              DragSettings.from_values(config_values(config)))
-    except UserError as e:
-        return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, str(e))
-    except Exception as e:  # a bug: say so, with the details on stderr
-        traceback.print_exc()
-        return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR,
-                      bug(e, " with GIMP's error output"))
+    except Exception as e:
+        return _failed(procedure, e)
     if new_layer is None:
         return _error(procedure, Gimp.PDBStatusType.CANCEL, "Cancelled.")
     rv = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, None)
     _set_return(rv, 1, GObject.Value(Gimp.Layer, new_layer))
     return rv
+
+
+def _failed(procedure: Any, e: Exception) -> Any:
+    """The return values for what a run raised: Cancelled is CANCEL, a UserError says its
+    sentence, anything else is a bug (said so, its details on stderr). Call it in the
+    except block: the traceback is the one being handled."""
+    if isinstance(e, Cancelled):
+        return _error(procedure, Gimp.PDBStatusType.CANCEL, str(e))
+    if isinstance(e, UserError):
+        return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, str(e))
+    traceback.print_exc()
+    return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR,
+                  bug(e, " with GIMP's error output"))
 
 
 def _set_return(rv: Any, index: int, value: Any) -> None:
