@@ -196,18 +196,25 @@ class LiveSession:
         return self.state not in ("failed", "closed")
 
     def close(self, wait_s: float = CLOSE_WAIT) -> None:
-        """Stop what runs, close the daemon session and the connection, waiting at most
-        ``wait_s`` for the daemon's answer (the socket drops what it has not sent when it
-        closes; a daemon that does not answer in time frees the session of a client that
-        went away on its own)."""
-        if self.client is not None and self.session is not None and self.session.id:
+        """Stop what runs (a drag, an undo, the open), close the daemon session (also the
+        one an open still in flight makes) and the connection, waiting at most ``wait_s`` in
+        all for the daemon's answers (the socket drops what it has not sent when it closes;
+        a daemon that does not answer in time frees the session of a client that went away
+        on its own)."""
+        if self.client is not None:
             try:
-                if self.busy or self.state == "opening":
-                    self.client.cancel(self._job, wait=False)
-                job = self.client.start("close_session", {"session": self.session.id})
                 deadline = self.clock() + wait_s
-                while not job.done and self.clock() < deadline:
-                    self.client.poll(10)
+                if self._job is not None and (self.busy or self.state == "opening"):
+                    self.client.cancel(self._job, wait=False)
+                session = self.session
+                if self.state == "opening":
+                    # The session exists once the open's answer is here (the cancel may
+                    # come too late to stop it): wait for that answer, then close it.
+                    self._poll_until(self._job, deadline)
+                    session = self._job.session
+                if session is not None and session.id:
+                    self._poll_until(self.client.start("close_session", {"session": session.id}),
+                                     deadline)
             except Exception:
                 pass       # the daemon frees a session whose client is gone
         self._shutdown()
@@ -429,6 +436,10 @@ class LiveSession:
         self._serial += 1
         self.frame = Frame(image, box, self._serial)
         return self.frame
+
+    def _poll_until(self, job: Any, deadline: float) -> None:
+        while not job.done and self.clock() < deadline:
+            self.client.poll(10)
 
     def _send(self, fn: Callable[[], Any]) -> Any:
         try:

@@ -200,6 +200,20 @@ def test_the_connection_line_follows_a_daemon_that_goes_away(tiny_model_path, tm
         # asked for, not left to the daemon's clean-up of a client that went away
         log = d.log()[log_before:]
         assert "event=cancel " in log and "type=close_session" in log, log
+        # closing it while the layer is being opened leaves no session on the daemon (the
+        # inversion is cached by now: the open answers before the cancel reaches it)
+        live = LiveSession(settings(d.endpoint), layer(), selection())
+        live.start()
+        run_until(live, lambda: live.state == "opening", 30)
+        log_before = len(d.log())
+        live.close()
+        assert live.state == "closed"
+        with Client(d.endpoint, timeout=5.0) as other:
+            t0 = time.monotonic()
+            while other.status()["others"] != {"sessions": 0, "jobs": 0}:
+                assert time.monotonic() - t0 < 5, other.status()["others"]
+                time.sleep(0.05)
+        assert "type=close_session" in d.log()[log_before:]
         live = opened(d.endpoint, max_steps=3)
         assert live.connected
         d.stop()
