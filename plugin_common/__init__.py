@@ -9,7 +9,8 @@ relatively (``from ..plugin_common import ...``) in the repository and inside th
 * :mod:`.errors`: :class:`UserError`, :class:`Cancelled`;
 * :mod:`.settings`: the shared constants (endpoint, timeouts) and :class:`BaseDragSettings`
   (the drag's fields and what they become on the wire);
-* :mod:`.geometry`: :class:`Arrow` (handle->target in layer coordinates);
+* :mod:`.geometry`: :class:`Arrow` (handle->target in layer coordinates), and how the
+  live views show a layer box (:func:`~.geometry.region_box`, :func:`~.geometry.view_crop`);
 * :mod:`.mask`: selection -> movable region (:func:`make_mask`,
   :func:`check_handles_movable`);
 * :mod:`.pixels`: :func:`to_rgba`, :func:`merge_alpha`;
