@@ -288,3 +288,6 @@ def test_distillation_with_an_adversarial_term_trains_d_on_the_targets():
     assert "r1_penalty" in stats[0] and "r1_penalty" not in stats[1]
     assert all(all_finite(s) for s in stats)
     assert any(not torch.equal(a, b) for a, b in zip(d_before, tr.D.parameters()))
+    late = T.Trainer(tiny(objective="distill", style_mixing_prob=0.0, distill_adv_weight=0.1,
+                          distill_adv_start_kimg=0.008), data_fn=latent_standin)
+    assert ["adv" in late.step() for _ in range(3)] == [False, False, True]   # 4 images a step
