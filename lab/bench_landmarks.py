@@ -108,7 +108,7 @@ def _dedupe(handles: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _latents(G, seeds: list[int], truncation: float, device) -> torch.Tensor:
+def seeded_ws(G, seeds: list[int], truncation: float, device) -> torch.Tensor:
     z = torch.stack([torch.randn(G.cfg.z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
     return G.mapping(z.to(device), truncation_psi=truncation)            # [N, num_ws, w_dim]
 
@@ -121,7 +121,7 @@ def run_benchmark(G, detector_net, pairs: int = 20, point_counts=(1, 5, None), m
     det = Detector(detector_net)
     lr = DragConfig.lr if lr is None else lr
     report = Report(res, pairs, max_steps, str(device), method, lr)
-    ws = _latents(G, [seed * 100003 + i for i in range(2 * pairs)], truncation, device)
+    ws = seeded_ws(G, [seed * 100003 + i for i in range(2 * pairs)], truncation, device)
     with torch.no_grad():
         images = torch.cat([G.synthesize(ws[i:i + 1]).image.cpu() for i in range(2 * pairs)])
     lms = det.landmarks(images)                                           # [2N, L, 2]

@@ -25,7 +25,7 @@ import time
 import torch
 
 from . import landmarks
-from .bench_landmarks import frechet_distance, run_benchmark
+from .bench_landmarks import frechet_distance, run_benchmark, seeded_ws
 from .portraits import render_seeds
 
 INVERSION_SEED0 = 900_000
@@ -33,14 +33,10 @@ INVERSION_SEED0 = 900_000
 
 @torch.no_grad()
 def sample_images(G, seeds: range, batch: int = 25, truncation: float = 1.0) -> torch.Tensor:
-    """[N, 3, R, R] generated images, z from torch.Generator().manual_seed(seed)."""
-    out = []
+    """[N, 3, R, R] generated images, z seeded as the landmark benchmark seeds them."""
     device = next(G.parameters()).device
-    for i in range(0, len(seeds), batch):
-        z = torch.stack([torch.randn(G.cfg.z_dim, generator=torch.Generator().manual_seed(s))
-                         for s in seeds[i:i + batch]]).to(device)
-        out.append(G.synthesize(G.mapping(z, truncation_psi=truncation)).image.float().clamp(-1, 1).cpu())
-    return torch.cat(out)
+    return torch.cat([G.synthesize(seeded_ws(G, list(seeds[i:i + batch]), truncation, device))
+                      .image.float().clamp(-1, 1).cpu() for i in range(0, len(seeds), batch)])
 
 
 @torch.no_grad()

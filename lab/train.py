@@ -207,10 +207,14 @@ def resolve_data_fn(spec: str | Callable) -> Callable:
 
 def fetch_reals(data_fn: Callable, seeds: list[int], resolution: int,
                 device: torch.device) -> torch.Tensor:
-    out = data_fn(seeds, resolution=resolution, device=device)
-    images = out[0] if isinstance(out, (tuple, list)) else out
-    images = images.to(device=device, dtype=torch.float32)
-    expected = (len(seeds), 3, resolution, resolution)
+    return _checked_images(data_fn(seeds, resolution=resolution, device=device), len(seeds),
+                           resolution, device)
+
+
+def _checked_images(out, n: int, resolution: int, device: torch.device) -> torch.Tensor:
+    """A data function's images (alone or first of a tuple) as fp32 on `device`, [n, 3, R, R]."""
+    images = (out[0] if isinstance(out, (tuple, list)) else out).to(device=device, dtype=torch.float32)
+    expected = (n, 3, resolution, resolution)
     if tuple(images.shape) != expected:
         raise ValueError(f"data function returned {tuple(images.shape)}, expected {expected}")
     return images
@@ -224,12 +228,7 @@ def normalize_latents(z: torch.Tensor) -> torch.Tensor:
 
 def fetch_latent_reals(data_fn: Callable, z: torch.Tensor, resolution: int,
                        device: torch.device) -> torch.Tensor:
-    out = data_fn(z, resolution=resolution)
-    images = (out[0] if isinstance(out, (tuple, list)) else out).to(device=device, dtype=torch.float32)
-    expected = (z.shape[0], 3, resolution, resolution)
-    if tuple(images.shape) != expected:
-        raise ValueError(f"data function returned {tuple(images.shape)}, expected {expected}")
-    return images
+    return _checked_images(data_fn(z, resolution=resolution), z.shape[0], resolution, device)
 
 
 def multiscale_l1(fake: torch.Tensor, real: torch.Tensor, scales: int) -> torch.Tensor:
@@ -408,12 +407,14 @@ class Trainer:
         with torch.no_grad(), self.autocast():
             fake, _ = self.generate(b, update_w_avg=True)
         self.discriminator_step(reals, fake, stats)
-        keys = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
-        values = torch.stack([stats[k].float() for k in keys]).tolist()   # one host transfer
-        stats.update(zip(keys, values))
+        return self._end_step(stats)
 
+    def _end_step(self, stats: dict) -> dict:
+        """Stats to floats (one host transfer), EMA, counters: the tail of every step."""
+        keys = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
+        stats.update(zip(keys, torch.stack([stats[k].float() for k in keys]).tolist()))
         stats["ema_beta"] = self.update_ema()
-        self.nimg += b
+        self.nimg += self.cfg.batch
         self.step_idx += 1
         return stats
 
@@ -475,12 +476,7 @@ class Trainer:
         stats["loss_G"] = loss.detach()
         if adversarial:
             self.discriminator_step(self._images_for(target), fake, stats)
-        keys = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
-        stats.update(zip(keys, torch.stack([stats[k].float() for k in keys]).tolist()))
-        stats["ema_beta"] = self.update_ema()
-        self.nimg += cfg.batch
-        self.step_idx += 1
-        return stats
+        return self._end_step(stats)
 
     # -- samples ---------------------------------------------------------------------------
 
