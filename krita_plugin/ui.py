@@ -16,6 +16,7 @@ from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, 
                              QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox,
                              QToolButton, QVBoxLayout, QWidget)
 
+from ..plugin_common.loader import preload
 from .model import ALIGN_SWITCH, DEFAULT_ENDPOINT, DragSettings, UserError
 from .run import DragRun, make_probe, start_drag
 
@@ -168,6 +169,7 @@ class DragDocker(DockWidget):
         self.setWidget(root)
         self.set_settings(load_settings())
         self._set_running(False)
+        preload()
 
     # -- Krita -------------------------------------------------------------------
 

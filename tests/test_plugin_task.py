@@ -420,6 +420,34 @@ def test_loading_the_task_without_pyzmq_says_how_to_install_it():
     assert msg.endswith("See docs/GIMP.md for Flatpak, AppImage, Windows and macOS.")
 
 
+PRELOAD = """
+import sys, threading
+from dragd.plugin_common.loader import preload
+before = [m in sys.modules for m in ("zmq", "dragd.plugin_common.task", "dragd.plugin_common.live")]
+t = preload()
+print(t.name, t.daemon, t is not threading.current_thread())
+t.join(60)
+print(before, [m in sys.modules for m in ("zmq", "dragd.plugin_common.task", "dragd.plugin_common.live")])
+"""
+
+
+def test_preload_imports_the_machinery_on_a_background_thread():
+    """What the Krita docker starts when it is built, so a first click finds the modules
+    imported; without pyzmq the thread ends quietly and load_task still says what to do."""
+    r = subprocess.run([sys.executable, "-c", PRELOAD], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    thread, modules = r.stdout.strip().split("\n")
+    assert thread == "dragd-preload True True"
+    assert modules == "[False, False, False] [True, True, True]"
+    hidden = HIDE_ZMQ.replace("from dragd.plugin_common.loader import load_task",
+                              "from dragd.plugin_common.loader import load_task, preload\n"
+                              "preload().join(60)")
+    r = subprocess.run([sys.executable, "-c", hidden], capture_output=True, text=True)
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    msg, loaded = r.stdout.strip().split("\n")
+    assert "needs the Python packages pyzmq and msgpack" in msg and loaded == "False"
+
+
 def test_previews_from_the_real_daemon_are_the_region_at_display_size_through_the_mask(
         running_daemon):
     """The real `dragd serve` (tiny model, no inversion): the open reply has no
