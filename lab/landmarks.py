@@ -13,6 +13,7 @@ Seeds: every seed below HELD_OUT_SEEDS_END is held out; training renders start a
 
     python -m dragd.lab.landmarks train --out lab/assets/landmarks.safetensors
     python -m dragd.lab.landmarks eval
+    python -m dragd.lab.landmarks response
 """
 from __future__ import annotations
 
@@ -231,6 +232,56 @@ def errors(model: LandmarkDetector, seeds, batch: int = 64) -> Tensor:
     return torch.cat(out)
 
 
+def local_move(images: Tensor, points: Tensor, shift: Tensor, sigma: float) -> Tensor:
+    """Move the content at each image's point by its shift, fading out with distance.
+
+    images [B, C, H, W]; points, shift [B, 2] (x, y; pixel centres at integer + 0.5, as
+    detect's). A backward warp out(x) = in(x − s·w(x)) with w = max(g(x − p − s), g(x − p)),
+    g a Gaussian of `sigma` px (inf: the whole image shifts): w is 1 at p + s, so what was
+    at p is now at p + s exactly, and it does not fold while |s| < sigma·√e."""
+    b, _, h, w = images.shape
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=images.dtype) + 0.5,
+                            torch.arange(w, dtype=images.dtype) + 0.5, indexing="ij")
+    grid = torch.stack([xs, ys], -1)[None]                                     # [1, H, W, 2]
+    p, d = points[:, None, None, :].to(images.dtype), shift[:, None, None, :].to(images.dtype)
+    if math.isinf(sigma):
+        weight = torch.ones(b, h, w, 1, dtype=images.dtype)
+    else:
+        def g(c):
+            return torch.exp(-(grid - c).square().sum(-1, keepdim=True) / (2 * sigma ** 2))
+        weight = torch.maximum(g(p + d), g(p))
+    src = grid - d * weight                                                    # [B, H, W, 2]
+    norm = torch.stack([src[..., 0] / w, src[..., 1] / h], -1) * 2 - 1
+    return F.grid_sample(images, norm, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@torch.no_grad()
+def local_move_response(model: LandmarkDetector, seeds, resolution: int = 64, shift: float = 2.0,
+                        sigmas=(2.0, 4.0, 8.0, math.inf)) -> dict[float, float]:
+    """How much of a known move of one landmark's content the detector reports.
+
+    For each held-out render (at `resolution`, the benchmark's model's) one landmark, drawn
+    per seed, has its content moved `shift` px in a drawn direction by :func:`local_move`;
+    the result per sigma is the mean of (found − before)·s / |s|², 1.0 for a detector that
+    follows the content. The drag benchmark moves content this way, so this is the share
+    of a drag's move its MD can see."""
+    seeds = torch.as_tensor(list(seeds))
+    if (seeds >= HELD_OUT_SEEDS_END).any():
+        raise ValueError("evaluation seeds must be held out (below HELD_OUT_SEEDS_END)")
+    images, truth = render_seeds(seeds, resolution)
+    gen = torch.Generator().manual_seed(0)
+    pick = torch.randint(0, truth.shape[1], (len(seeds),), generator=gen)
+    angle = torch.rand(len(seeds), generator=gen) * 2 * math.pi
+    s = shift * torch.stack([angle.cos(), angle.sin()], -1)
+    before = detect(images, model)[torch.arange(len(seeds)), pick]
+    points = truth[torch.arange(len(seeds)), pick]
+    out = {}
+    for sigma in sigmas:
+        found = detect(local_move(images, points, s, sigma), model)[torch.arange(len(seeds)), pick]
+        out[sigma] = float(((found - before) * s).sum(-1).div(shift ** 2).mean())
+    return out
+
+
 def summary(err: Tensor) -> dict[str, float]:
     flat = err.flatten()
     return {"mean": flat.mean().item(), "median": flat.median().item(),
@@ -248,7 +299,13 @@ def main(argv=None):
     ev.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     ev.add_argument("--first-seed", type=int, default=0)
     ev.add_argument("--count", type=int, default=1000)
-    for p in (tr, ev):
+    rs = sub.add_parser("response", help="the share of a known local move of one landmark "
+                                         "the detector reports")
+    rs.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
+    rs.add_argument("--count", type=int, default=200)
+    rs.add_argument("--resolution", type=int, default=64)
+    rs.add_argument("--shift", type=float, default=2.0)
+    for p in (tr, ev, rs):
         p.add_argument("--threads", type=int, default=1,
                        help="torch threads; the committed weights were trained with 1")
     args = ap.parse_args(argv)
@@ -259,6 +316,12 @@ def main(argv=None):
         model = train(cfg)
         save(model, args.out, cfg)
         print(f"saved {args.out} after {time.perf_counter() - start:.0f} s")
+    elif args.cmd == "response":
+        model = load(args.weights)
+        got = local_move_response(model, range(args.count), args.resolution, args.shift)
+        print(f"{args.count} held-out renders at {args.resolution} px, one landmark's content moved "
+              f"{args.shift:g} px (Gaussian falloff of sigma px; inf = the whole image): share reported "
+              + "  ".join(f"sigma {k:g}: {v:.2f}" for k, v in got.items()))
     else:
         model = load(args.weights)
         err = errors(model, range(args.first_seed, args.first_seed + args.count))

@@ -1,6 +1,7 @@
 """The landmark benchmark (the paper's Table-1 protocol) on a tiny model, end to end."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dragd.daemon.model.checkpoints import load_checkpoint
@@ -32,3 +33,22 @@ def test_benchmark_drags_landmarks_towards_their_targets_and_prints_its_table():
         assert row.md_512 == row.md * 512 / G.resolution
     table = report.table()
     assert "MD no edit" in table and "paper" in table and len(table.splitlines()) == 6
+
+
+def test_local_move_puts_the_content_at_the_point_exactly_where_the_shift_says():
+    """The detector-response figure's warp: what was at p is at p + s (a dot's pixel moves
+    whole), the picture far away stays, and sigma inf shifts everything."""
+    img = torch.zeros(2, 1, 32, 32)
+    img[:, 0, 10, 12] = 1.0                         # pixel (x 12, y 10): centre (12.5, 10.5)
+    p = torch.tensor([[12.5, 10.5], [12.5, 10.5]])
+    s = torch.tensor([[3.0, 0.0], [0.0, -2.0]])
+    for sigma in (3.0, float("inf")):
+        out = landmarks.local_move(img, p, s, sigma)[:, 0]
+        assert float(out[0, 10, 15]) == pytest.approx(1.0, abs=1e-5), sigma
+        assert float(out[1, 8, 12]) == pytest.approx(1.0, abs=1e-5), sigma
+        assert float(out[0, 10, 12]) < 0.5 and float(out[1, 10, 12]) < 0.5
+    marked = img.clone()
+    marked[:, 0, 30, 1] = 0.5                       # far from the move
+    out = landmarks.local_move(marked, p, s, 3.0)
+    assert torch.allclose(out[:, 0, 30, 1], torch.tensor([0.5, 0.5]), atol=1e-4)
+    assert float(landmarks.local_move(marked, p, s, float("inf"))[0, 0, 30, 1]) < 0.01
