@@ -24,6 +24,7 @@ Test hook (the host tests under Xvfb, inert otherwise): ``DRAGD_GIMP_TEST_LIVE=F
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import runpy
@@ -56,7 +57,10 @@ def live_module() -> Any:
     return live
 
 
+@functools.lru_cache(maxsize=None)
 def _gtk() -> Tuple[Any, Any, Any, Any]:
+    # Cached: gi.require_version walks the typelib repository each time (~0.1 ms), and the
+    # arrows are drawn as hundreds of small composites (57 ms of a redraw, measured in GIMP).
     import gi
     gi.require_version("Gtk", "3.0")
     gi.require_version("Gdk", "3.0")
