@@ -53,6 +53,10 @@ class TrainConfig:
     batch: int = 32
     lr: float = 2e-3
     warmup: int = 100
+    # The share of training renders in which one landmark's content is moved by local_move
+    # (labels moved with it): renders alone teach the CNN how landmarks move together, and
+    # then it reports about half of a local move (`response`), which a drag makes.
+    local_moves: float = 0.0
 
 
 def _conv_block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -204,6 +208,9 @@ def train(cfg: TrainConfig = TrainConfig(), model_cfg: DetectorConfig = Detector
     start, running = time.perf_counter(), 0.0
     for step in range(cfg.steps):
         images, target = render_seeds(_train_seeds(cfg, step), model_cfg.resolution)
+        if cfg.local_moves > 0:
+            images, target = _with_local_moves(images, target, cfg.local_moves,
+                                               torch.Generator().manual_seed(cfg.seed * 100_003 + step))
         for group in opt.param_groups:
             group["lr"] = _learning_rate(cfg, step)
         pred = model(images.contiguous(memory_format=torch.channels_last))
@@ -232,27 +239,72 @@ def errors(model: LandmarkDetector, seeds, batch: int = 64) -> Tensor:
     return torch.cat(out)
 
 
-def local_move(images: Tensor, points: Tensor, shift: Tensor, sigma: float) -> Tensor:
+def _falloff(x: Tensor, p: Tensor, d: Tensor, sigma: Tensor) -> Tensor:
+    """w(x) = max(g(x − p − d), g(x − p)), g a Gaussian of sigma px; x [B, ..., 2] with
+    p, d [B, 1.., 2] and sigma [B, 1..] broadcasting; → [B, ..., 1]."""
+    def g(c):
+        return torch.exp(-(x - c).square().sum(-1, keepdim=True) / (2 * sigma.square()))
+    return torch.maximum(g(p + d), g(p))
+
+
+def _as_sigma(sigma, b: int, dtype) -> Tensor:
+    return torch.as_tensor(sigma, dtype=dtype).expand(b).clone()
+
+
+def local_move(images: Tensor, points: Tensor, shift: Tensor, sigma) -> Tensor:
     """Move the content at each image's point by its shift, fading out with distance.
 
     images [B, C, H, W]; points, shift [B, 2] (x, y; pixel centres at integer + 0.5, as
-    detect's). A backward warp out(x) = in(x − s·w(x)) with w = max(g(x − p − s), g(x − p)),
-    g a Gaussian of `sigma` px (inf: the whole image shifts): w is 1 at p + s, so what was
-    at p is now at p + s exactly, and it does not fold while |s| < sigma·√e."""
+    detect's); sigma a float or [B]. A backward warp out(x) = in(x − s·w(x)) with
+    w = max(g(x − p − s), g(x − p)), g a Gaussian of sigma px (inf: the whole image shifts):
+    w is 1 at p + s, so what was at p is now at p + s exactly, and it does not fold while
+    |s| < sigma·√e."""
     b, _, h, w = images.shape
     ys, xs = torch.meshgrid(torch.arange(h, dtype=images.dtype) + 0.5,
                             torch.arange(w, dtype=images.dtype) + 0.5, indexing="ij")
     grid = torch.stack([xs, ys], -1)[None]                                     # [1, H, W, 2]
     p, d = points[:, None, None, :].to(images.dtype), shift[:, None, None, :].to(images.dtype)
-    if math.isinf(sigma):
-        weight = torch.ones(b, h, w, 1, dtype=images.dtype)
-    else:
-        def g(c):
-            return torch.exp(-(grid - c).square().sum(-1, keepdim=True) / (2 * sigma ** 2))
-        weight = torch.maximum(g(p + d), g(p))
+    sig = _as_sigma(sigma, b, images.dtype)
+    weight = torch.where(sig.isinf()[:, None, None, None], torch.ones(()),
+                         _falloff(grid, p, d, sig.clamp(max=1e6)[:, None, None, None]))
     src = grid - d * weight                                                    # [B, H, W, 2]
     norm = torch.stack([src[..., 0] / w, src[..., 1] / h], -1) * 2 - 1
     return F.grid_sample(images, norm, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def moved_points(landmarks: Tensor, points: Tensor, shift: Tensor, sigma, iterations: int = 30) -> Tensor:
+    """Where :func:`local_move` takes each of `landmarks` [B, L, 2]: the x with
+    x − s·w(x) = q, found by fixed-point iteration (a contraction while |s| < sigma·√e / 2)."""
+    p, d = points[:, None, :], shift[:, None, :]
+    sig = _as_sigma(sigma, landmarks.shape[0], landmarks.dtype)[:, None, None]
+    if bool(sig.isinf().all()):
+        return landmarks + d
+    x = landmarks.clone()
+    for _ in range(iterations):
+        x = landmarks + d * _falloff(x, p, d, sig)
+    return x
+
+
+def _with_local_moves(images: Tensor, target: Tensor, share: float, gen: torch.Generator
+                      ) -> tuple[Tensor, Tensor]:
+    """Training augmentation: in a `share` of the batch one drawn landmark's content moves
+    by up to 6 % of the image (sigma 3–12 % of it, |shift| ≤ 0.8 sigma); labels follow."""
+    b, size = images.shape[0], images.shape[-1]
+    chosen = torch.rand(b, generator=gen) < share
+    if not bool(chosen.any()):
+        return images, target
+    idx = chosen.nonzero()[:, 0]
+    n = len(idx)
+    pick = torch.randint(0, target.shape[1], (n,), generator=gen)
+    sigma = size * (0.03 + 0.09 * torch.rand(n, generator=gen))
+    length = torch.minimum(0.8 * sigma, torch.full_like(sigma, 0.06 * size)) * torch.rand(n, generator=gen)
+    angle = 2 * math.pi * torch.rand(n, generator=gen)
+    shift = length[:, None] * torch.stack([angle.cos(), angle.sin()], -1)
+    p = target[idx, pick]
+    images, target = images.clone(), target.clone()
+    images[idx] = local_move(images[idx], p, shift, sigma)
+    target[idx] = moved_points(target[idx], p, shift, sigma)
+    return images, target
 
 
 @torch.no_grad()

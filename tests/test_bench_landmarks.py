@@ -52,3 +52,25 @@ def test_local_move_puts_the_content_at_the_point_exactly_where_the_shift_says()
     out = landmarks.local_move(marked, p, s, 3.0)
     assert torch.allclose(out[:, 0, 30, 1], torch.tensor([0.5, 0.5]), atol=1e-4)
     assert float(landmarks.local_move(marked, p, s, float("inf"))[0, 0, 30, 1]) < 0.01
+
+
+def test_moved_points_are_where_local_move_takes_their_content():
+    """The labels of the detector's local-move augmentation: the moved point lands at p + s,
+    a far one stays, and for any point the warp reads its new place from where it was (an
+    image of its own coordinates, warped, gives back q at moved_points(q))."""
+    size = 48
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    coords = torch.stack([xs, ys])[None].repeat(2, 1, 1, 1)             # [2, 2, H, W]
+    p = torch.tensor([[20.0, 24.0], [30.5, 18.5]])
+    s = torch.tensor([[4.0, 1.0], [-3.0, 2.5]])
+    sigma = torch.tensor([6.0, 5.0])
+    q = torch.tensor([[[20.0, 24.0], [26.0, 22.0], [2.0, 45.0]],
+                      [[30.5, 18.5], [27.0, 23.0], [45.0, 2.0]]])
+    x = landmarks.moved_points(q, p, s, sigma)
+    assert torch.allclose(x[:, 0], p + s, atol=1e-4)
+    assert torch.allclose(x[:, 2], q[:, 2], atol=1e-3)
+    assert (x[:, 1] - q[:, 1]).norm(dim=-1).min() > 0.5                # it moved, partly
+    warped = landmarks.local_move(coords, p, s, sigma)
+    grid = (x / size * 2 - 1)[:, :, None, :]                            # [2, 3, 1, 2]
+    read = torch.nn.functional.grid_sample(warped, grid, align_corners=False)[..., 0]
+    assert torch.allclose(read.permute(0, 2, 1), q, atol=0.05), read.permute(0, 2, 1) - q
