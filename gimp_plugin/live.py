@@ -169,6 +169,8 @@ class LiveWindow:
             b.set_tooltip_text(tip)
             b.connect("clicked", fn)
             tools.pack_start(b, False, False, 0)
+            if text == "Fit":
+                self.zoom_fit = b
         self.mask_check = Gtk.CheckButton(label="Only the selection may move")
         self.mask_check.set_tooltip_text("The selection is the movable region (the rest is "
                                          "shown dimmed); off: everything may move")

@@ -4,10 +4,9 @@ under Xvfb, against a real `dragd serve` with the embedded model on this machine
 A batch script (gimp-console under xvfb-run) builds the image (the embedded model's portrait,
 a rectangular selection, a path with one stroke) and calls ``plug-in-dragd-live``
 interactively; the plug-in process shows the dialog, and its test hook
-(``DRAGD_GIMP_TEST_LIVE``) runs DRIVER inside the dialog's GTK loop. The chroot has no
-xdotool, so the driver sends GDK button and motion events to the view (``widget.event``: the
-handlers a user's clicks reach) and presses the buttons with ``clicked()``: the path's stroke
-is the first point; it is removed with a right click; two pairs are clicked, one target
+(``DRAGD_GIMP_TEST_LIVE``) runs DRIVER inside the dialog's GTK loop. The driver clicks
+with xdotool (pointer moves and button presses through the X server, as a user's): the
+path's stroke is the first point; it is removed with a right click; two pairs are clicked, one target
 dragged elsewhere; Start, at least 10 previews, Stop; a third pair, Continue; the first history
 entry; Apply. The batch script then checks the new layer against the daemon's state of that
 entry pixel for pixel. A 10 ms GLib timeout in the dialog's loop measures its longest stall.
@@ -25,7 +24,7 @@ from dragd.daemon.cli.install_plugins import install_gimp
 from hosts.chroot import (GIMP_PLUGIN_DIR, PROBE_DIR, HostResult, copy_into_home, ensure_chroot,
                           new_home, run_in_chroot)
 from test_gimp_host import check_one_undo_group, plugin_processes
-from test_krita_live_host import (CALL_TIMES, LINE, MOVED_TARGET, PAIRS, SEL, THIRD,  # noqa: F401
+from test_krita_live_host import (CALL_TIMES, LINE, MOVED_TARGET, PAIRS, SEL, THIRD, XDO,  # noqa: F401
                                   face_daemon, portrait, stand_in_dragd)
 
 pytestmark = pytest.mark.hosts
@@ -49,9 +48,28 @@ def wait(cond, timeout):
     while not cond() and time.monotonic() - t0 < timeout:
         spin(10)
     return cond()
+
+
+def screen(widget, x=None, y=None):
+    """Screen coordinates of (x, y) in ``widget``'s allocation (its centre by default)."""
+    a = widget.get_allocation()
+    if x is None:
+        x, y = a.width / 2.0, a.height / 2.0
+    top = widget.get_toplevel()
+    tx, ty = widget.translate_coordinates(top, int(round(x)), int(round(y)))
+    origin = top.get_window().get_origin()
+    return origin[-2] + tx, origin[-1] + ty
+
+
+def press(widget):
+    """A left click on a button, as the user gives it, once it can take one."""
+    wait(lambda: widget.get_sensitive() and widget.get_mapped(), 10)
+    spin(50)                                # a new widget gets its place on the next layout
+    xdo("mousemove", *screen(widget))
+    xdo("click", 1)
 '''
 
-DRIVER = WAITS + CALL_TIMES + r'''
+DRIVER = WAITS + XDO + CALL_TIMES + r'''
 PAIRS = %(PAIRS)r
 MOVED_TARGET = %(MOVED_TARGET)r
 THIRD = %(THIRD)r
@@ -75,7 +93,7 @@ def reopen(window, R):
     wait(lambda: window.live.state == "idle", 120)
     R["state"] = window.live.state
     R["continues"] = (window.live.session_info.get("info") or {}).get("continues_edit")
-    window.cancel_button.clicked()
+    press(window.cancel_button)
     R["session"] = window.live.state
 
 
@@ -110,20 +128,20 @@ def run(window, R):
         pb.savev(os.path.join(os.environ["DRAGD_SHOTS"], name), "png", [], [])
         last[0] = None                      # the screenshot is the test's own work
 
-    def event(kind, p, button=1):
-        x, y = window.to_view(p)
-        ev = Gdk.Event.new(kind)
-        ev.x, ev.y = float(x), float(y)
-        ev.window = window.area.get_window()
-        if kind == Gdk.EventType.MOTION_NOTIFY:
-            ev.state = Gdk.ModifierType.BUTTON1_MASK
-        else:
-            ev.button = button
-        window.area.event(ev)
+    def view(p):
+        return screen(window.area, *window.to_view(p))
 
     def click(p, button=1):
-        event(Gdk.EventType.BUTTON_PRESS, p, button)
-        event(Gdk.EventType.BUTTON_RELEASE, p, button)
+        xdo("mousemove", *view(p))
+        xdo("click", button)
+
+    def stroke(a, b, button=1):
+        """Press at a, move to b in steps, release: a drag of the pointer."""
+        xdo("mousemove", *view(a))
+        xdo("mousedown", button)
+        for i in range(1, 5):
+            xdo("mousemove", *view((a[0] + (b[0] - a[0]) * i / 4, a[1] + (b[1] - a[1]) * i / 4)))
+        xdo("mouseup", button)
 
     live = window.live
     ok = wait(lambda: live.state == "idle", 300)
@@ -138,27 +156,23 @@ def run(window, R):
     R["prefilled"] = [[list(p.handle), list(p.target)] for p in live.points]
     R["mask_switch"] = [window.mask_check.get_sensitive(), window.mask_check.get_active()]
     fit = window.scale                     # Ctrl + wheel zooms in, Fit goes back
-    ev = Gdk.Event.new(Gdk.EventType.SCROLL)
-    ev.direction, ev.state = Gdk.ScrollDirection.UP, Gdk.ModifierType.CONTROL_MASK
-    ev.window = window.area.get_window()
-    window.area.event(ev)
+    xdo("mousemove", *screen(window.area, 10, 10))
+    xdo("keydown", "ctrl", "click", 4, "keyup", "ctrl")
     R["zoom"] = [window.scale / fit, window.view_size[0]]
-    window.fit()
+    press(window.zoom_fit)
     R["zoom"].append(window.scale / fit)
     click(live.points[0].handle, 3)
     R["after_remove"] = len(live.points)
     for h, t in PAIRS:
         click(h)
         click(t)
-    event(Gdk.EventType.BUTTON_PRESS, PAIRS[1][1])
-    event(Gdk.EventType.MOTION_NOTIFY, MOVED_TARGET)
-    event(Gdk.EventType.BUTTON_RELEASE, MOVED_TARGET)
+    stroke(PAIRS[1][1], MOVED_TARGET)
     R["placed"] = [[list(p.handle), list(p.target)] for p in live.points]
     R["start_enabled"] = window.start_button.get_sensitive()
 
     serial = live.frame.serial
     t_click = time.monotonic()
-    window.start_button.clicked()
+    press(window.start_button)
     wait(lambda: live.frame.serial != serial or live.state == "idle", 60)
     R["click_to_first_frame_s"] = time.monotonic() - t_click
     seen, prev, t_first, shot_taken = set(), None, time.monotonic(), False
@@ -174,32 +188,27 @@ def run(window, R):
     R["frames_received"] = live.timings.frames
     R["fps"] = live.timings.fps()
     R["first_frame_s"] = live.timings.first_frame_s
-    window.stop_button.clicked()
+    press(window.stop_button)
     wait(lambda: live.state == "idle", 60)
     R["after_stop"] = {"position": live.position, "stop": live.history[-1].stop,
                        "button": window.start_button.get_label()}
     first = bytes(live.result.data)
     click(THIRD[0])
     click(THIRD[1])
-    window.start_button.clicked()
+    press(window.start_button)
     wait(lambda: live.state == "idle", 180)
     R["after_continue"] = {"position": live.position, "points": len(live.points),
                            "items": len(window.history_buttons)}
-    window.history_buttons[1].clicked()
+    press(window.history_buttons[1])
     wait(lambda: live.state == "idle", 60)
     spin(100)
     R["after_pick"] = {"position": live.position, "items": len(window.history_buttons),
                        "apply_enabled": window.apply_button.get_sensitive()}
     # the brush takes a stroke of the region away (right button), for the next drag
-    window.brush_check.set_active(True)
-    event(Gdk.EventType.BUTTON_PRESS, (30.0, 40.0), 3)
-    ev = Gdk.Event.new(Gdk.EventType.MOTION_NOTIFY)
-    ev.x, ev.y = (float(v) for v in window.to_view((44.0, 40.0)))
-    ev.window = window.area.get_window()
-    ev.state = Gdk.ModifierType.BUTTON3_MASK
-    window.area.event(ev)
-    event(Gdk.EventType.BUTTON_RELEASE, (44.0, 40.0), 3)
-    window.brush_check.set_active(False)
+    press(window.brush_check)
+    R["brush_on"] = window.brush_check.get_active()
+    stroke((30.0, 40.0), (44.0, 40.0), 3)
+    press(window.brush_check)
     spin(100)
     m = live.mask
     R["brushed"] = [m.data[40 * m.width + x] for x in (30, 37, 44)] + [
@@ -213,7 +222,7 @@ def run(window, R):
     R["max_gap"], R["top_gaps"] = (top[0] if top else None), [round(g, 3) for g in top]
     R["work_max_s"] = max(w for w, _ in work)
     R["work_cpu_max_s"] = max(c for _, c in work)
-    window.apply_button.clicked()
+    press(window.apply_button)
     R["session_closed"] = live.state
 ''' % {"PAIRS": PAIRS, "MOVED_TARGET": MOVED_TARGET, "THIRD": THIRD}
 
@@ -377,7 +386,7 @@ def test_live_view_in_gimp(chroot_root, face_daemon, tmp_path):
               tmp_path))
 
 
-OFFER_DRIVER = WAITS + CALL_TIMES + r'''
+OFFER_DRIVER = WAITS + XDO + CALL_TIMES + r'''
 
 def main(window):
     R = {}
@@ -387,7 +396,7 @@ def main(window):
         R["offer_text"] = window.offer_label.get_text()
         R["connection"] = window.connection_label.get_text()
         t0 = time.monotonic()
-        window.offer_button.clicked()
+        press(window.offer_button)
         R["starting_status"] = window.status_label.get_text()
         ok = wait(lambda: window.launcher is None and window.live.state == "idle", 150)
         R["ready_s"] = time.monotonic() - t0
@@ -397,12 +406,14 @@ def main(window):
         if ok:
             window.live.points = []
             for p in ((96.0, 100.0), (100.0, 100.0)):
-                window.live.click(p)
-            window.start_button.clicked()
+                xdo("mousemove", *screen(window.area, *window.to_view(p)))
+                xdo("click", 1)
+            R["points"] = len(window.live.points)
+            press(window.start_button)
             wait(lambda: window.live.state == "idle" and window.live.position == 1, 120)
             with open(os.environ["DRAGD_LIVE_EXPECTED"], "wb") as f:
                 f.write(bytes(window.live.result.data))
-            window.apply_button.clicked()
+            press(window.apply_button)
         else:
             window.cancel()
     except Exception:

@@ -1,10 +1,9 @@
 """The live view (krita_plugin/live.py) in a REAL Krita 5.2.9 GUI under Xvfb (tests/hosts),
 against a real `dragd serve` with the embedded model on this machine.
 
-The chroot has no xdotool, so the script drives the widgets with Qt's own event delivery
-(PyQt5.QtTest: mouse presses, moves and releases sent to the view, the buttons and the history
-strip, through the same event handlers a user's clicks reach): the docker's Live view
-button; the arrow already drawn on the "drag" vector layer is the view's first point; it is
+The script clicks with xdotool (pointer moves and button presses through the X server, as a
+user's; the docker is shown floating first, as Settings > Dockers would): the docker's Live
+view button; the arrow already drawn on the "drag" vector layer is the view's first point; it is
 removed with a right click; two pairs are clicked, one target dragged elsewhere; Start, at
 least 10 previews, Stop; a third pair, Continue; the first history entry; Apply. The result
 layer must equal the daemon's state of that entry pixel for pixel, Krita's undo must take it
@@ -49,6 +48,33 @@ def spin(ms):
     loop.exec_()
 
 
+def screen(widget, pos=None):
+    """Screen coordinates of ``pos`` in ``widget`` (its centre by default)."""
+    g = widget.mapToGlobal(widget.rect().center() if pos is None else pos)
+    return g.x(), g.y()
+
+
+def show_docker(docker):
+    """Krita starts with the docker hidden (Settings > Dockers shows it): show it as a user
+    would, floating where Xvfb's screen has room for it."""
+    docker.show()
+    docker.setFloating(True)
+    docker.move(40, 40)
+    docker.raise_()
+    spin(300)
+
+
+def press(widget):
+    """A left click on a button, as the user gives it, once it can take one (the view
+    enables its buttons on its next timer tick)."""
+    t0 = time.monotonic()
+    while not (widget.isEnabled() and widget.isVisible()) and time.monotonic() - t0 < 10:
+        spin(10)
+    spin(50)                                # a new widget gets its place on the next layout
+    xdo("mousemove", *screen(widget))
+    xdo("click", 1)
+
+
 def wait(cond, timeout):
     t0 = time.monotonic()
     while not cond() and time.monotonic() - t0 < timeout:
@@ -71,7 +97,28 @@ def timed(fn, work):
     return run
 '''
 
-GUI_TEST = QT_WAITS + CALL_TIMES + r'''
+#: xdotool, waited for with the host's loop turning (each script defines spin): the GIMP
+#: test's driver uses it too.
+XDO = r'''
+
+def xdo(*args):
+    """Run xdotool with the host's loop turning meanwhile: its pointer moves and button
+    presses reach the host through the X server, as a user's do."""
+    import subprocess
+    p = subprocess.Popen(["xdotool"] + [str(a) for a in args])
+    t0 = time.monotonic()
+    while p.poll() is None and time.monotonic() - t0 < 10:
+        spin(5)
+    if p.poll() is None:
+        p.kill()
+        raise RuntimeError("xdotool {!r} did not finish".format(args))
+    if p.returncode:
+        raise RuntimeError("xdotool {!r} failed ({})".format(args, p.returncode))
+    spin(40)
+
+'''
+
+GUI_TEST = QT_WAITS + XDO + CALL_TIMES + r'''
 PAIRS = %(PAIRS)r
 LINE = %(LINE)r
 SEL = %(SEL)r
@@ -86,6 +133,7 @@ class Watch:
     def __init__(self):
         from PyQt5.QtCore import QTimer
         self.t0 = self.last = time.monotonic()
+        self.cpu = time.thread_time()
         self.gaps = []
         self.timer = QTimer()
         self.timer.setInterval(10)
@@ -93,10 +141,12 @@ class Watch:
         self.timer.start()
 
     def _tick(self):
-        now = time.monotonic()
+        now, cpu = time.monotonic(), time.thread_time()
         if self.last is not None:
-            self.gaps.append((now - self.last, now))
-        self.last = now
+            # with the CPU time the UI thread used meanwhile: little means Krita was waiting
+            # (for a core, for a lock), not working
+            self.gaps.append((now - self.last, now, cpu - self.cpu))
+        self.last, self.cpu = now, cpu
 
     def pause(self):
         self.last = None
@@ -105,7 +155,7 @@ class Watch:
         self.timer.stop()
         top = sorted(self.gaps, reverse=True)[:5]
         return {"max_gap": top[0][0] if top else None, "ticks": len(self.gaps),
-                "top": [[round(g, 3), round(t - self.t0, 2)] for g, t in top]}
+                "top": [[round(g, 3), round(t - self.t0, 2), round(c, 3)] for g, t, c in top]}
 
 
 def stack(doc):
@@ -157,9 +207,7 @@ def main(window, app):
 
 
 def run(window, app, R):
-    from PyQt5.QtCore import QEvent, QPoint, QPointF, Qt
-    from PyQt5.QtGui import QMouseEvent, QWheelEvent
-    from PyQt5.QtTest import QTest
+    from PyQt5.QtCore import QPoint
     from PyQt5.QtWidgets import QApplication
     docker = [d for d in window.dockers() if d.objectName() == "dragd_krita_docker"][0]
     doc, art = build(app)
@@ -175,7 +223,15 @@ def run(window, app, R):
     L.LiveCanvas.paintEvent = timed(L.LiveCanvas.paintEvent, work)
     watch = Watch()
     t0 = time.monotonic()
-    docker.live_button.click()
+    show_docker(docker)
+    opened = len(L._open)
+    b = docker.live_button
+    R["live_button"] = [docker.isVisible(), b.isVisible(), screen(b),
+                        type(QApplication.widgetAt(*screen(b))).__name__]
+    press(docker.live_button)
+    if not wait(lambda: len(L._open) > opened, 10):
+        R["error"] = "the Live view button did not open the view: {!r}".format(R["live_button"])
+        return
     dialog = L._open[-1]
     dialog.timer.timeout.disconnect()
     dialog.timer.timeout.connect(timed(dialog.tick, work))
@@ -187,8 +243,18 @@ def run(window, app, R):
         v = canvas.to_view(p)
         return QPoint(int(round(v.x())), int(round(v.y())))
 
-    def click(p, button=Qt.LeftButton):
-        QTest.mouseClick(canvas, button, Qt.NoModifier, at(p))
+    def click(p, button=1):
+        xdo("mousemove", *screen(canvas, at(p)))
+        xdo("click", button)
+
+    def stroke(a, b, button=1):
+        """Press at a, move to b in steps, release: a drag of the pointer."""
+        xdo("mousemove", *screen(canvas, at(a)))
+        xdo("mousedown", button)
+        for i in range(1, 5):
+            xdo("mousemove", *screen(canvas, at((a[0] + (b[0] - a[0]) * i / 4,
+                                                            a[1] + (b[1] - a[1]) * i / 4))))
+        xdo("mouseup", button)
 
     ok = wait(lambda: dialog.live is not None and dialog.live.state == "idle", 300)
     live = dialog.live
@@ -203,29 +269,24 @@ def run(window, app, R):
     R["prefilled"] = [[list(p.handle), list(p.target)] for p in live.points]
     R["mask_switch"] = [dialog.mask_check.isEnabled(), dialog.mask_check.isChecked()]
     fit = canvas.scale                     # Ctrl + wheel zooms in, Fit goes back
-    QApplication.sendEvent(canvas, QWheelEvent(QPointF(10, 10), QPointF(10, 10), QPoint(0, 0),
-                                               QPoint(0, 120), Qt.NoButton, Qt.ControlModifier,
-                                               Qt.NoScrollPhase, False))
+    xdo("mousemove", *screen(canvas, QPoint(10, 10)))
+    xdo("keydown", "ctrl", "click", 4, "keyup", "ctrl")
     R["zoom"] = [canvas.scale / fit, canvas.width()]
-    dialog.zoom_fit.click()
+    press(dialog.zoom_fit)
     R["zoom"].append(canvas.scale / fit)
-    click(live.points[0].handle, Qt.RightButton)          # remove the drawn arrow's point
+    click(live.points[0].handle, 3)          # remove the drawn arrow's point
     R["after_remove"] = len(live.points)
     for h, t in PAIRS:
         click(h)
         click(t)
-    QTest.mousePress(canvas, Qt.LeftButton, Qt.NoModifier, at(PAIRS[1][1]))
-    # QTest.mouseMove only moves the cursor (no event under Xvfb): send the move itself
-    QApplication.sendEvent(canvas, QMouseEvent(QEvent.MouseMove, QPointF(at(MOVED_TARGET)),
-                                               Qt.NoButton, Qt.LeftButton, Qt.NoModifier))
-    QTest.mouseRelease(canvas, Qt.LeftButton, Qt.NoModifier, at(MOVED_TARGET))
+    stroke(PAIRS[1][1], MOVED_TARGET)
     R["placed"] = [[list(p.handle), list(p.target)] for p in live.points]
     R["start_enabled"] = dialog.start_button.isEnabled()
 
     serial = live.frame.serial
     t_click = time.monotonic()
     R["start_clicked_at"] = round(t_click - watch.t0, 2)
-    QTest.mouseClick(dialog.start_button, Qt.LeftButton)
+    press(dialog.start_button)
     wait(lambda: live.frame.serial != serial or live.state == "idle", 60)
     R["click_to_first_frame_s"] = time.monotonic() - t_click
     seen, last = set(), None
@@ -245,7 +306,7 @@ def run(window, app, R):
     R["fps"] = live.timings.fps()
     R["first_frame_s"] = live.timings.first_frame_s
     R["stop_enabled"] = dialog.stop_button.isEnabled()
-    QTest.mouseClick(dialog.stop_button, Qt.LeftButton)
+    press(dialog.stop_button)
     wait(lambda: live.state == "idle", 60)
     R["after_stop"] = {"position": live.position, "stop": live.history[-1].stop,
                        "status": dialog.status_label.text(),
@@ -254,25 +315,24 @@ def run(window, app, R):
 
     click(THIRD[0])
     click(THIRD[1])
-    QTest.mouseClick(dialog.start_button, Qt.LeftButton)
+    press(dialog.start_button)
     wait(lambda: live.state == "idle", 180)
     R["after_continue"] = {"position": live.position, "points": len(live.points),
                            "history": [e.label() for e in live.history],
                            "items": dialog.history_list.count()}
     hl = dialog.history_list
     rect = hl.visualItemRect(hl.item(1))
-    QTest.mouseClick(hl.viewport(), Qt.LeftButton, Qt.NoModifier, rect.center())
+    xdo("mousemove", *screen(hl.viewport(), rect.center()))
+    xdo("click", 1)
     wait(lambda: live.state == "idle", 60)
     spin(100)
     R["after_pick"] = {"position": live.position, "items": hl.count(),
                        "apply_enabled": dialog.apply_button.isEnabled()}
     # the brush takes a stroke of the region away (right button), for the next drag
-    dialog.brush_check.setChecked(True)
-    QTest.mousePress(canvas, Qt.RightButton, Qt.NoModifier, at((30.0, 40.0)))
-    QApplication.sendEvent(canvas, QMouseEvent(QEvent.MouseMove, QPointF(at((44.0, 40.0))),
-                                               Qt.NoButton, Qt.RightButton, Qt.NoModifier))
-    QTest.mouseRelease(canvas, Qt.RightButton, Qt.NoModifier, at((44.0, 40.0)))
-    dialog.brush_check.setChecked(False)
+    press(dialog.brush_check)
+    R["brush_on"] = dialog.brush_check.isChecked()
+    stroke((30.0, 40.0), (44.0, 40.0), 3)
+    press(dialog.brush_check)
     spin(100)
     m = live.mask
     R["brushed"] = [m.data[40 * m.width + x] for x in (30, 37, 44)] + [
@@ -281,7 +341,7 @@ def run(window, app, R):
     watch.pause()
     expected = bytes(live.result.data)
     R["equals_first_drag"] = expected == first
-    QTest.mouseClick(dialog.apply_button, Qt.LeftButton)
+    press(dialog.apply_button)
     wait(lambda: dialog.applied is not None, 60)
     R["visible_after_apply"] = dialog.isVisible()
     R["session_closed"] = live.state
@@ -301,13 +361,14 @@ def run(window, app, R):
                                   if src[i:i + 3] != got[i:i + 3])
     # The view again, now on the result (the paint layer below "drag"): the daemon
     # continues the edit instead of inverting; Cancel leaves the image as it was.
-    docker.live_button.click()
+    press(docker.live_button)
+    wait(lambda: len(L._open) > opened + 1, 10)
     again = L._open[-1]
     wait(lambda: again.live is not None and again.live.state == "idle", 120)
     R["reopened"] = {"source": again.inputs.source.name(), "state": again.live.state,
                      "continues": (again.live.session_info.get("info") or {}).get(
                          "continues_edit")}
-    QTest.mouseClick(again.cancel_button, Qt.LeftButton)
+    press(again.cancel_button)
     spin(100)
     R["after_cancel"] = {"visible": again.isVisible(), "session": again.live.state,
                          "stack": stack(doc)}
@@ -406,7 +467,7 @@ def test_live_view_in_the_krita_gui(chroot_root, face_daemon, tmp_path):
     # Figures, not limits (timed asserts would be flaky on a shared CPU): reported here.
     print("\nKrita live view: %d previews shown (%.1f frames/s received), click to first "
           "frame %.0f ms (%.0f ms to arrive), longest UI-thread stall %.0f ms (top [s, s after "
-          "Live view]: %s; Start at %s s); the "
+          "Live view, CPU s]: %s; Start at %s s); the "
           "view's longest callback %.0f ms wall, %.0f ms CPU; screenshots in %s" % (
               res["frames_seen"], res["fps"] or 0, 1000 * res["click_to_first_frame_s"],
               1000 * (res["first_frame_s"] or 0), 1000 * res["watch"]["max_gap"],
@@ -415,11 +476,10 @@ def test_live_view_in_the_krita_gui(chroot_root, face_daemon, tmp_path):
               tmp_path))
 
 
-OFFER_TEST = QT_WAITS + r'''
+OFFER_TEST = QT_WAITS + XDO + r'''
 
 def main(window, app):
-    from PyQt5.QtCore import QByteArray, QPoint, Qt
-    from PyQt5.QtTest import QTest
+    from PyQt5.QtCore import QByteArray, QPoint
     from dragd.krita_plugin import live as L
     R = {}
     docker = [d for d in window.dockers() if d.objectName() == "dragd_krita_docker"][0]
@@ -436,14 +496,16 @@ def main(window, app):
     docker.endpoint_edit.setText("")            # the local default address
     docker.steps_spin.setValue(5)
     docker.inversion_box.setCurrentIndex(docker.inversion_box.findData("fast"))
-    docker.live_button.click()
+    show_docker(docker)
+    press(docker.live_button)
+    wait(lambda: L._open, 10)
     dialog = L._open[-1]
     wait(lambda: dialog.offer_button.isVisible(), 30)
     R["offer_visible"] = dialog.offer_button.isVisible()
     R["offer_text"] = dialog.offer_label.text()
     R["connection"] = dialog.connection_label.text()
     t0 = time.monotonic()
-    QTest.mouseClick(dialog.offer_button, Qt.LeftButton)
+    press(dialog.offer_button)
     R["starting_status"] = dialog.status_label.text()
     ok = wait(lambda: dialog.live is not None and dialog.live.state == "idle"
               and dialog.launcher is None, 150)
@@ -452,14 +514,22 @@ def main(window, app):
     R["status"] = dialog.status_label.text()
     R["connected"] = dialog.connection_label.text()
     if ok:
+        from PyQt5.QtWidgets import QApplication
+        R["clicked_on"] = []
         for p in ((20.0, 30.0), (26.0, 30.0)):
             v = dialog.canvas.to_view(p)
-            QTest.mouseClick(dialog.canvas, Qt.LeftButton, Qt.NoModifier,
-                             QPoint(int(v.x()), int(v.y())))
-        QTest.mouseClick(dialog.start_button, Qt.LeftButton)
+            at = screen(dialog.canvas, QPoint(int(v.x()), int(v.y())))
+            R["clicked_on"].append(type(QApplication.widgetAt(*at)).__name__)
+            xdo("mousemove", *at)
+            xdo("click", 1)
+        R["points"] = len(dialog.live.points)
+        press(dialog.start_button)
         wait(lambda: dialog.live.state == "idle" and dialog.live.position == 1, 120)
-        QTest.mouseClick(dialog.apply_button, Qt.LeftButton)
+        R["after_drag"] = [dialog.live.state, dialog.live.position, dialog.apply_button.isEnabled(),
+                           type(QApplication.widgetAt(*screen(dialog.apply_button))).__name__]
+        press(dialog.apply_button)
         wait(lambda: dialog.applied is not None, 30)
+        R["after_apply"] = [dialog.isVisible(), dialog.live.state, dialog.status_label.text()]
     R["stack"] = [n.name() for n in doc.rootNode().childNodes() if n.type() != "selectionmask"]
     doc.setModified(False)
     return R
@@ -539,8 +609,8 @@ def test_no_daemon_the_live_view_offers_to_start_one(chroot_root, tmp_path):
     assert res["connection"].startswith("\u25cb Not connected")
     assert ran["invoked"][1:] == ["serve"] and ran["log"]
     assert res["starting_status"].startswith("Starting the dragd daemon (log: ")
-    assert res["state"] == "idle", res
+    assert res["state"] == "idle", {k: res.get(k) for k in ("state", "status", "connected", "ready_s")}
     assert res["connected"].startswith("\u25cf Connected to tcp://127.0.0.1:5557")
-    assert res["stack"] == ["Background", "art", "art (dragged)", "drag"], res
+    assert res["stack"] == ["Background", "art", "art (dragged)", "drag"], {k: res.get(k) for k in ("clicked_on", "points", "after_drag", "after_apply", "stack", "status")}
     print("\nKrita, no daemon: offer shown, accepted, the daemon answered %.1f s later, "
           "the edit applied" % res["ready_s"])

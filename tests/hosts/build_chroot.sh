@@ -29,7 +29,7 @@ PACKAGES=(
     gimp python3-gi gir1.2-gimp-3.0 gir1.2-gegl-0.4
     krita python3-pyqt5
     python3-zmq python3-msgpack
-    xvfb xauth
+    xvfb xauth xdotool
 )
 STAMP_NAME=.dragd-hosts-stamp
 
