@@ -2,6 +2,7 @@
 
     python -m dragd.lab.eval_model MODEL [--samples 5000] [--inversions 20] [--pairs 20]
                                          [--parts fid,inversion,landmarks] [--json OUT]
+                                         [--detector WEIGHTS]
 
 * **FID** on the landmark CNN's pooled features (`lab/landmarks.py`) between `--samples`
   generated images (z from seeds 0…N−1, ψ = 1) and as many renders of held-out seeds
@@ -75,6 +76,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", type=int, default=20)
     ap.add_argument("--parts", default="fid,inversion,landmarks")
     ap.add_argument("--lr", type=float, help="drag learning rate (default: the model's own)")
+    ap.add_argument("--detector", help="landmark CNN for the landmarks part (default: the committed "
+                                       "one, which the FID always uses), e.g. "
+                                       "lab/assets/landmarks_follow.safetensors")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
@@ -98,7 +102,8 @@ def main(argv=None) -> int:
         say(f"inversion, fast preset, {len(ps)} held-out renders: PSNR mean {statistics.mean(ps):.2f} dB, "
             f"min {min(ps):.2f}, max {max(ps):.2f} ({time.perf_counter() - t0:.0f} s)")
     if "landmarks" in parts:
-        bench = run_benchmark(G, net, pairs=args.pairs, lr=args.lr or loaded.drag_lr)
+        bench = run_benchmark(G, landmarks.load(args.detector) if args.detector else net,
+                              pairs=args.pairs, lr=args.lr or loaded.drag_lr)
         report["landmarks"] = [r.__dict__ for r in bench.rows]
         say(bench.table())
     if args.json:
