@@ -237,7 +237,7 @@ def test_toy_mask_keeps_the_other_blob_in_place(toy):
 
 def test_handles_already_at_targets_stop_at_once_with_zero_loss(toy):
     w, c0, h, _ = toy_drag(toy)
-    s = DragSession(toy, w, [h.tolist(), [40.0, 10.0]], [(h + 0.5).tolist(), [40.0, 10.0]])
+    s = DragSession(toy, w, [h.tolist(), [40.0, 10.0]], [(h + 0.3).tolist(), [40.0, 10.0]])
     r = s.step()
     assert r.done and r.reason == "converged" and r.step == 0
     assert r.losses["motion"] == 0.0 and r.losses["total"] == 0.0
@@ -598,3 +598,24 @@ def test_held_handles_read_the_same_features_with_and_without_windows(tiny_real)
         assert torch.equal(ra.handles, rb.handles)
         assert ra.losses["motion"] == pytest.approx(rb.losses["motion"], rel=1e-4)
     assert float(ra.distances[0]) <= 3.0                 # still held
+
+
+def test_subpixel_tracking_finds_a_handle_between_pixels():
+    """Features that are the pixel coordinates themselves (bilinear reads are then exact): the
+    reference at (10.375, 12.625) is found there to the 1/8-px grid, where the paper's integer
+    tracker can only say (10, 13); "dragd" tracks this way and may stop at 0.5 px."""
+    res = 32
+    ys, xs = torch.meshgrid(torch.arange(res, dtype=torch.float32),
+                            torch.arange(res, dtype=torch.float32), indexing="ij")
+    feat = torch.stack([xs, ys])[None]                                   # [1, 2, 32, 32]
+    true = torch.tensor([[10.375, 12.625]])
+    refs = sample_features(feat, true, res)
+    start = torch.tensor([[11.0, 12.0]])
+    assert torch.equal(track_points(feat, start, refs, 3, res), torch.tensor([[10.0, 13.0]]))
+    assert torch.allclose(track_points(feat, start, refs, 3, res, subpixel=True), true, atol=1e-6)
+    G = ToyBlobGenerator(resolution=64)
+    w = torch.zeros(1, G.w_dim)
+    s = DragSession(G, w, [[16.0, 16.0]], [[16.0, 26.0]])
+    assert s._subpixel and s.stop_distance == 0.5
+    p = DragSession(G, w, [[16.0, 16.0]], [[16.0, 26.0]], method="draggan")
+    assert not p._subpixel and p.stop_distance == 1.0
