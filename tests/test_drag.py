@@ -603,7 +603,7 @@ def test_held_handles_read_the_same_features_with_and_without_windows(tiny_real)
 def test_subpixel_tracking_finds_a_handle_between_pixels():
     """Features that are the pixel coordinates themselves (bilinear reads are then exact): the
     reference at (10.375, 12.625) is found there to the 1/8-px grid, where the paper's integer
-    tracker can only say (10, 13); "dragd" tracks this way and, below 128 px, stops at 1/128
+    tracker can only say (10, 13); "dragd" tracks this way below 128 px and stops at 1/128
     of the picture."""
     res = 32
     ys, xs = torch.meshgrid(torch.arange(res, dtype=torch.float32),
@@ -620,5 +620,5 @@ def test_subpixel_tracking_finds_a_handle_between_pixels():
     assert s._subpixel and s.stop_distance == 0.5
     p = DragSession(G, w, [[16.0, 16.0]], [[16.0, 26.0]], method="draggan")
     assert not p._subpixel and p.stop_distance == 1.0
-    big = ToyBlobGenerator(resolution=256)        # from 128 px up the paper's 1-px floor stays
-    assert DragSession(big, w, [[16.0, 16.0]], [[16.0, 26.0]]).stop_distance == 1.0
+    big = DragSession(ToyBlobGenerator(resolution=256), w, [[16.0, 16.0]], [[16.0, 26.0]])
+    assert not big._subpixel and big.stop_distance == 1.0   # from 128 px up: the paper's tracker

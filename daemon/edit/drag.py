@@ -51,8 +51,8 @@ Methods (`DragConfig.method`):
   taken at the step it first came within the stop distance), so its content stays put while the
   other handles are pulled instead of drifting with them; it rejoins the motion term (and
   re-takes the hold when it arrives again) if tracking finds it outside the stop distance.
-  Tracking is refined to 1/8 px (`track_points(subpixel=True)`) and below 128 px the default
-  stop distance goes down to 1/128 of the picture (0.5 px at 64): on the 64-px default model the integer tracker and its 1-px stop left
+  On models below 128 px, tracking is refined to 1/8 px (`track_points(subpixel=True)`) and
+  the default stop distance goes down to 1/128 of the picture (0.5 px at 64): on the 64-px default model the integer tracker and its 1-px stop left
   a 1-point drag 1.22 px from its target by the landmark benchmark's detector, this 0.73 px
   (lab/bench_landmarks.py, 20 pairs).
 * "freedrag": FreeDrag's tracking-free loop (see freedrag.py).
@@ -115,7 +115,8 @@ MAX_HISTORY = 64
 SETTLE_STEPS = 10          # FreeDrag: steps allowed after every point reached its target
 SUBPIXEL_STEP = 0.125      # the sub-pixel tracker's grid (image px) ...
 SUBPIXEL_REACH = 6         # ... ±6 steps (±0.75 px) around the best integer pixel
-SUBPIXEL_STOP = 1 / 128    # "dragd": the default stop distance's floor, a share of the picture
+SUBPIXEL_BELOW = 128       # "dragd" tracks to 1/8 px on models below this resolution ...
+SUBPIXEL_STOP = 1 / 128    # ... and its default stop distance's floor is this share of the picture
 
 
 def default_feature_block(num_blocks: int) -> int:
@@ -143,7 +144,7 @@ class DragConfig:
     r2: int | None = None                   # None → max(1, round(12/512·res))
     stop_distance: float | None = None      # None → (1 px if ≤5 handles else 2 px)·res/512, at
                                             # least 1 px, or min(1 px, res/128) for "dragd"
-    subpixel: bool | None = None            # refine tracking to 1/8 px; None → on for "dragd"
+    subpixel: bool | None = None            # refine tracking to 1/8 px; None → "dragd" below 128 px
     method: str = "dragd"                   # "dragd", "draggan" (the paper's loop), "freedrag"
     stall_steps: int = 60                   # window of the stall rule (module docstring), × 2e-3/lr
                                             # when lr < 2e-3; 0: never stop as "stalled"
@@ -465,7 +466,8 @@ class DragSession:
         self.config, self.feature_block, self.n_optimized_layers = cfg, block, n_opt
         self.r1 = cfg.r1 if cfg.r1 is not None else max(1, round(3 / 512 * res))
         self.r2 = cfg.r2 if cfg.r2 is not None else max(1, round(12 / 512 * res))
-        self._subpixel = cfg.method == "dragd" if cfg.subpixel is None else bool(cfg.subpixel)
+        self._subpixel = (cfg.method == "dragd" and res < SUBPIXEL_BELOW) if cfg.subpixel is None \
+            else bool(cfg.subpixel)
 
         ws = self._check_latent(latent)
         h, t = _check_points(handles, targets, res)
@@ -652,8 +654,9 @@ class DragSession:
             # The paper's 1 / 2 px at 512 scale with the resolution; the integer tracker
             # cannot stop closer than a pixel, the sub-pixel one can: on models below 128 px
             # (where a pixel is more than 1/128 of the picture) it stops at 1/128 of it. From
-            # 128 px up the floor stays 1 px (at 256 px a 0.5-px stop halved the speed-up over
-            # the authors' loop, benchmarks/bench_peer.py).
+            # 128 px up "dragd" is the integer tracker with the 1-px floor: at 256 px a 0.5-px
+            # stop halved the speed-up over the authors' loop and sub-pixel tracking with the
+            # 1-px stop cost a fifth more steps for no closer content (benchmarks/bench_peer.py).
             floor = min(1.0, SUBPIXEL_STOP * self.res) if self._subpixel else 1.0
             self.stop_distance = max((1.0 if p <= 5 else 2.0) * self.res / 512, floor)
         self._f0 = self._features(self._base, grad=False)
