@@ -102,8 +102,8 @@ def main(argv=None) -> int:
         say(f"inversion, fast preset, {len(ps)} held-out renders: PSNR mean {statistics.mean(ps):.2f} dB, "
             f"min {min(ps):.2f}, max {max(ps):.2f} ({time.perf_counter() - t0:.0f} s)")
     if "landmarks" in parts:
-        bench = run_benchmark(G, landmarks.load(args.detector) if args.detector else net,
-                              pairs=args.pairs, lr=args.lr or loaded.drag_lr)
+        bench = run_benchmark(G, landmarks.load(args.detector), pairs=args.pairs,
+                              lr=args.lr or loaded.drag_lr)
         report["landmarks"] = [r.__dict__ for r in bench.rows]
         say(bench.table())
     if args.json:

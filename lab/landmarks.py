@@ -248,8 +248,9 @@ def errors(model: LandmarkDetector, seeds, batch: int = 64) -> Tensor:
 
 
 def _falloff(x: Tensor, p: Tensor, d: Tensor, sigma: Tensor) -> Tensor:
-    """w(x) = max(g(x − p − d), g(x − p)), g a Gaussian of sigma px; x [B, ..., 2] with
-    p, d [B, 1.., 2] and sigma [B, 1..] broadcasting; → [B, ..., 1]."""
+    """w(x) = max(g(x − p − d), g(x − p)), g a Gaussian of sigma px (sigma inf: w = 1
+    everywhere); x [B, ..., 2] with p, d [B, 1.., 2] and sigma [B, 1..] broadcasting;
+    → [B, ..., 1]."""
     def g(c):
         return torch.exp(-(x - c).square().sum(-1, keepdim=True) / (2 * sigma.square()))
     return torch.maximum(g(p + d), g(p))
@@ -272,9 +273,7 @@ def local_move(images: Tensor, points: Tensor, shift: Tensor, sigma) -> Tensor:
                             torch.arange(w, dtype=images.dtype) + 0.5, indexing="ij")
     grid = torch.stack([xs, ys], -1)[None]                                     # [1, H, W, 2]
     p, d = points[:, None, None, :].to(images.dtype), shift[:, None, None, :].to(images.dtype)
-    sig = _as_sigma(sigma, b, images.dtype)
-    weight = torch.where(sig.isinf()[:, None, None, None], torch.ones(()),
-                         _falloff(grid, p, d, sig.clamp(max=1e6)[:, None, None, None]))
+    weight = _falloff(grid, p, d, _as_sigma(sigma, b, images.dtype)[:, None, None, None])
     src = grid - d * weight                                                    # [B, H, W, 2]
     norm = torch.stack([src[..., 0] / w, src[..., 1] / h], -1) * 2 - 1
     return F.grid_sample(images, norm, mode="bilinear", padding_mode="border", align_corners=False)
@@ -285,8 +284,6 @@ def moved_points(landmarks: Tensor, points: Tensor, shift: Tensor, sigma, iterat
     x − s·w(x) = q, found by fixed-point iteration (a contraction while |s| < sigma·√e / 2)."""
     p, d = points[:, None, :], shift[:, None, :]
     sig = _as_sigma(sigma, landmarks.shape[0], landmarks.dtype)[:, None, None]
-    if bool(sig.isinf().all()):
-        return landmarks + d
     x = landmarks.clone()
     for _ in range(iterations):
         x = landmarks + d * _falloff(x, p, d, sig)

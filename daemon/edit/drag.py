@@ -52,9 +52,9 @@ Methods (`DragConfig.method`):
   other handles are pulled instead of drifting with them; it rejoins the motion term (and
   re-takes the hold when it arrives again) if tracking finds it outside the stop distance.
   On models below 128 px, tracking is refined to 1/8 px (`track_points(subpixel=True)`) and
-  the default stop distance goes down to 1/128 of the picture (0.5 px at 64): on the 64-px default model the integer tracker and its 1-px stop left
-  a 1-point drag 1.22 px from its target by the landmark benchmark's detector, this 0.73 px
-  (lab/bench_landmarks.py, 20 pairs).
+  the default stop distance goes down to 1/128 of the picture (0.5 px at 64): on the 64-px
+  default model the integer tracker and its 1-px stop left a 1-point drag 1.22 px from its
+  target by the landmark benchmark's detector, this 0.73 px (lab/bench_landmarks.py, 20 pairs).
 * "freedrag": FreeDrag's tracking-free loop (see freedrag.py).
 
 Stall rule (`stall_steps` > 0, any method): a drag ends as "stalled" only when, over the last
