@@ -321,7 +321,9 @@ class ResultWriter:
     named after it ("art (dragged)", never "art (dragged) (dragged)"), added in the step
     after the last band: directly above the source and above the results made from it
     before. That step is Krita's floor: ``addChildNode`` waits for the whole image to be
-    recomposited (0.2-0.6 s for 6000x4000 on 2 busy cores, an empty layer too). A layer
+    recomposited, an empty layer too, and the canvas then updates all of it at once (for
+    6000x4000 on 2 busy cores: 0.04-0.12 s with the QPainter canvas, 0.2-0.4 s with the
+    OpenGL one on a software renderer; docs/HOSTS.md). A layer
     that is not RGBA/U8 is converted back in one step (rare: 8-bit RGBA is what Krita's
     documents are by default) with the unselected pixels copied from the source bit for
     bit."""

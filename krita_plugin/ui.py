@@ -13,8 +13,8 @@ from krita import DockWidget, Krita
 from PyQt5.QtCore import Qt, QTimer
 from PyQt5.QtGui import QImage, QPixmap
 from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout,
-                             QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox,
-                             QToolButton, QVBoxLayout, QWidget)
+                             QLabel, QLineEdit, QProgressBar, QPushButton, QSizePolicy,
+                             QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
 from ..plugin_common.loader import preload
 from .model import ALIGN_SWITCH, DEFAULT_ENDPOINT, DragSettings, UserError
@@ -25,6 +25,9 @@ DOCKER_TITLE = "DragGAN"
 SETTINGS_GROUP = "dragd"
 #: The docker shows previews up to this size (the daemon's default preview_max_size).
 PREVIEW_SIZE = 256
+PREVIEW_HINT = "The preview of a run appears here."
+#: The preview's area is never smaller than this, however little room the docker has.
+PREVIEW_MIN_HEIGHT = 128
 
 SPACE_ITEMS = (("W+ (one latent per layer)", "w+"), ("W (one shared latent)", "w"))
 METHOD_ITEMS = (("DragGAN, arrived handles held", "dragd"), ("DragGAN as published", "draggan"),
@@ -151,9 +154,15 @@ class DragDocker(DockWidget):
                                    "above the paint layer, select what may move, then Run.")
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.preview_label = QLabel()
+        # The preview's area asks for the same minimum whatever it shows, and takes the
+        # docker's free space: a docker whose minimum size grows when the first preview
+        # comes relays out Krita's window, and that held the UI thread 103 ms on a
+        # 6000x4000 document (the next previews 0.2 ms). Previews are fitted into it.
+        self.preview_label = QLabel(PREVIEW_HINT)
         self.preview_label.setAlignment(Qt.AlignCenter)
-        self.preview_label.hide()
+        self.preview_label.setWordWrap(True)
+        self.preview_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Ignored)
+        self.preview_label.setMinimumHeight(PREVIEW_MIN_HEIGHT)
         self._idle_text = self.status_label.text()
         self._status_by_doc: list = []     # [document, (fraction, text) of its last run]
         self._doc: Any = None
@@ -162,9 +171,8 @@ class DragDocker(DockWidget):
         box.addLayout(form)
         box.addLayout(buttons)
         box.addWidget(self.progress_bar)
-        box.addWidget(self.preview_label)
+        box.addWidget(self.preview_label, 1)
         box.addWidget(self.status_label)
-        box.addStretch(1)
         root.setLayout(box)
         self.setWidget(root)
         self.set_settings(load_settings())
@@ -187,7 +195,7 @@ class DragDocker(DockWidget):
         self._doc = doc
         running = self.current_run is not None and _same_doc(self.current_run.doc, doc)
         if not running:
-            self.preview_label.hide()
+            self._clear_preview()
             known = [st for d, st in self._status_by_doc if _same_doc(d, doc)]
             fraction, text = known[0] if known else (0.0, self._idle_text)
             self._show(fraction, text, remember=False)
@@ -233,7 +241,7 @@ class DragDocker(DockWidget):
         self._set_running(True)
         self._show(0.0, "Starting\u2026")
         self._doc = Krita.instance().activeDocument()
-        self.preview_label.hide()
+        self._clear_preview()
         run = start_drag(self._doc, s, on_update=self._on_update,
                          on_finished=self._on_finished, on_preview=self._on_preview)
         if not run.finished:
@@ -306,7 +314,8 @@ class DragDocker(DockWidget):
         self._show(run.fraction, run.message, run.doc)
 
     def _on_preview(self, img: Any) -> None:
-        """The daemon's preview as it comes (RGB, the docker's size): no scaling here."""
+        """The daemon's preview as it comes (RGB, at most PREVIEW_SIZE): a small region
+        shown larger by whole pixels, and fitted into the preview's area."""
         if img.channels not in (3, 4):
             return
         fmt = QImage.Format_RGB888 if img.channels == 3 else QImage.Format_RGBA8888
@@ -316,8 +325,14 @@ class DragDocker(DockWidget):
         k = PREVIEW_SIZE // max(img.width, img.height)
         if k >= 2:       # a small region: shown larger (it is small, so this is cheap)
             pix = pix.scaled(img.width * k, img.height * k)
+        room = self.preview_label.size()
+        if pix.width() > room.width() or pix.height() > room.height():
+            pix = pix.scaled(room, Qt.KeepAspectRatio, Qt.SmoothTransformation)
         self.preview_label.setPixmap(pix)
-        self.preview_label.show()
+
+    def _clear_preview(self) -> None:
+        self.preview_label.clear()
+        self.preview_label.setText(PREVIEW_HINT)
 
     def _show(self, fraction: float, text: str, doc: Any = None, remember: bool = True) -> None:
         """Show a status; a run's status is remembered for its document, and shown only
