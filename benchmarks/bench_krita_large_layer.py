@@ -28,6 +28,9 @@ from hosts.chroot import ensure_chroot, new_home, run_krita_gui  # noqa: E402
 from dragd.daemon.cli.install_plugins import install_krita  # noqa: E402
 
 MAIN = r'''
+import random
+
+
 def timed(doc, fn):
     watch = Watch(doc)
     t0 = time.monotonic()
@@ -47,9 +50,8 @@ def main(window, app):
     doc = app.createDocument(6000, 4000, "floor", "RGBA", "U8", "", 72.0)
     window.addView(doc)
     spin(1000)
-    R["canvas"] = sorted({w.metaObject().className() for w in QApplication.allWidgets()
-                          if w.metaObject().className().endswith("Canvas2")
-                          or w.metaObject().className().endswith("Canvas")})
+    classes = {w.metaObject().className() for w in QApplication.allWidgets()}
+    R["canvas"] = sorted(c for c in classes if c.endswith(("Canvas", "Canvas2")))
     bg = doc.rootNode().childNodes()[0]
     noise = bytes(random.Random(0).getrandbits(8) for _ in range(6000 * 4 * 8))
     for y in range(0, 4000, 8):
@@ -71,7 +73,7 @@ def run_once(model: Path, tmp: Path, opengl: bool) -> dict:
     daemon = start_daemon(model, tmp / ("daemon-gl" if opengl else "daemon-qp"))
     try:
         test = tmp / "krita_large_layer.py"
-        test.write_text(test_krita_host.GUI_TEST + "import random\n" + MAIN)
+        test.write_text(test_krita_host.GUI_TEST + MAIN)
         with new_home("krita-gui") as home:
             install_krita(home.path(".local/share/krita/pykrita"), home.path(".config/kritarc"))
             if not opengl:
